@@ -1,0 +1,52 @@
+"""fanout: run one Python function over many inputs, on local processes or RQ workers.
+
+Every result says which process produced it (name, pid, parent pid, host)::
+
+    import fanout
+
+    for r in fanout.run(pow, [(2, 5), (3, 3)], star=True):
+        print(r.index, r.value, r.worker.name, r.worker.pid)
+"""
+
+from fanout.api import Fanout, run
+from fanout.backends import backend_names, register_backend
+from fanout.backends.base import Backend, MapSpec
+from fanout.errors import (
+    BackendUnavailable,
+    FanoutError,
+    InputError,
+    SerializationError,
+    TargetError,
+    TaskFailed,
+    TaskTimeout,
+    UnknownBackend,
+    WorkerLost,
+)
+from fanout.models import TaskError, TaskResult, WorkerInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # running
+    "Fanout",
+    "run",
+    # results
+    "TaskError",
+    "TaskResult",
+    "WorkerInfo",
+    # errors
+    "BackendUnavailable",
+    "FanoutError",
+    "InputError",
+    "SerializationError",
+    "TargetError",
+    "TaskFailed",
+    "TaskTimeout",
+    "UnknownBackend",
+    "WorkerLost",
+    # backends
+    "Backend",
+    "MapSpec",
+    "backend_names",
+    "register_backend",
+]

@@ -1,0 +1,771 @@
+"""Local backend: a pool of named worker processes on this machine.
+
+Data flow::
+
+        caller thread: the map() generator drives one event loop
+        |  pickles tasks in batches (a bad argument fails its own task, here)
+        |
+        +-- task pipe 1 --> worker-1 --+   each worker: read a batch, run its tasks
+        +-- task pipe 2 --> worker-2 --+   with stdout/stderr captured, write the
+        |       ...                    |   result records to its own result pipe
+        +-- task pipe N --> worker-N --+
+        ^                              |
+        +-- result pipes, pidfds <-----+   selector: results, deaths, writable pipes
+
+Why a pipe pair per worker and no shared queue: a worker killed while holding a
+shared queue's lock (blocked in ``get()``, or half-way through a ``put()``) takes the
+lock with it and starves every other worker; with private pipes a death only closes
+that worker's own pipes. The caller writes to the task pipes without blocking (a
+buffer per worker, flushed when the pipe is writable), so a worker that is blocked
+writing results can never deadlock with a caller blocked writing tasks.
+
+Batching: a run starts with one task per batch; once durations are measured, batches
+grow so that each takes about ``TARGET_BATCH_SECONDS`` (as joblib's auto batching),
+up to ``MAX_BATCH`` tasks. A worker is fed a second batch while it runs the first, so
+it never waits for the caller, unless tasks are slow enough for that not to matter.
+
+Deaths: every worker has a pidfd (or sentinel) in the selector. When one dies, the
+task it was running fails with ``WorkerLost`` (or ``TaskTimeout`` when the pool killed
+it for over-running; both are retried while ``retries`` allow), the tasks it had not
+started are dispatched again without counting an attempt, and a fresh worker takes its
+place on demand. Workers run in their own process group, so a kill takes the task's
+own children too, and they die with the caller (``PR_SET_PDEATHSIG`` on Linux, and
+end-of-file on the task pipe elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import multiprocessing
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fanout import _task
+from fanout.backends.base import Backend, MapSpec
+from fanout.errors import SerializationError, TargetError, TaskTimeout, WorkerLost
+from fanout.models import TaskError, TaskResult, WorkerInfo
+
+TARGET_BATCH_SECONDS = 0.01
+MAX_BATCH = 1024
+# Batches of tasks slower than this go one at a time: no prefetch, so work spreads evenly.
+SLOW_TASK_SECONDS = 0.05
+# A worker flushes results mid-batch at least this often, so progress is visible.
+FLUSH_SECONDS = 0.1
+# How far ahead of the oldest unfinished task an ordered run may dispatch.
+MIN_ORDER_WINDOW = 10_000
+STOP_GRACE_SECONDS = 2.0
+PIPE_SIZE = 1 << 20
+
+_HEADER = struct.Struct("<Q")
+# Caller -> worker messages.
+_FN, _BATCH = 0, 1
+# Worker -> caller messages.
+_HELLO, _RESULTS = 0, 1
+
+
+class LocalBackend(Backend):
+    """Worker processes on this machine, named ``worker-1``, ``worker-2``, ...
+
+    ``daemon=True`` (default): workers never outlive the caller. ``daemon=False``:
+    ordinary processes, whose tasks may start processes of their own.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, daemon: bool = True) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if workers < 1:
+            raise ValueError(f"the local backend needs at least one worker, got {workers}")
+        self.workers = workers
+        self.daemon = daemon
+        self._pool = _Pool(workers, daemon)
+        self._active: _Run | None = None
+        # Workers are stopped when the backend is garbage-collected or at interpreter exit
+        # (non-daemon workers would otherwise keep the interpreter waiting for them).
+        self._finalizer = weakref.finalize(self, self._pool.shutdown, True)
+
+    def map(self, spec: MapSpec) -> Iterator[TaskResult]:
+        if self._active is not None and not self._active.finished:
+            raise RuntimeError(
+                "another map() on this Fanout is still running: consume or close it first"
+            )
+        import cloudpickle
+
+        try:
+            fn_bytes = cloudpickle.dumps(spec.fn, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TargetError(f"cannot send the target to worker processes: {exc}") from exc
+        run = _Run(spec, fn_bytes, self.workers)
+        self._active = run
+        return self._iterate(run)
+
+    def _iterate(self, run: _Run) -> Iterator[TaskResult]:
+        pool = self._pool
+        try:
+            while True:
+                while run.ready:
+                    yield run.ready.popleft()
+                if run.done():
+                    break
+                pool.step(run)
+        finally:
+            run.finished = True
+            pool.abandon(run)
+        if run.input_error is not None:
+            raise run.input_error
+
+    def close(self, cancel: bool = False) -> None:
+        self._finalizer.detach()
+        self._pool.shutdown(cancel)
+
+
+class _Batch:
+    __slots__ = ("attempts", "done", "id", "indices", "items", "pickled", "run", "sent_at")
+
+    def __init__(
+        self,
+        run: _Run,
+        indices: list[int],
+        items: list[Any],
+        pickled: list[int],
+        attempts: list[int] | None,
+    ) -> None:
+        self.id = next(_batch_ids)
+        self.run = run
+        self.indices = indices
+        self.items = items
+        self.pickled = pickled  # positions whose item travels as its own pickle
+        self.attempts = attempts  # attempts already made per task; None: all first tries
+        self.done = 0  # results received, in order
+        self.sent_at = 0.0
+
+    def prior_attempts(self, pos: int) -> int:
+        return 0 if self.attempts is None else self.attempts[pos]
+
+    def task(self, pos: int) -> tuple[int, Any, bool, int]:
+        return (self.indices[pos], self.items[pos], pos in self.pickled, self.prior_attempts(pos))
+
+
+_batch_ids = itertools.count()
+_fn_ids = itertools.count(1)
+
+
+class _Run:
+    """The state of one map() call: its input, what is in flight, what is ready."""
+
+    def __init__(self, spec: MapSpec, fn_bytes: bytes, workers: int) -> None:
+        self.spec = spec
+        self.fn_id = next(_fn_ids)
+        self.fn_bytes = fn_bytes
+        self.workers = workers
+        self.items = enumerate(spec.items)
+        self.exhausted = False
+        self.input_error: BaseException | None = None
+        self.finished = False
+        self.outstanding = 0  # tasks taken from the input without a final result yet
+        self.retry: deque[tuple[int, Any, bool, int]] = deque()
+        self.ready: deque[TaskResult] = deque()
+        self.reorder: dict[int, TaskResult] = {}
+        self.next_yield = 0
+        self.next_index = 0
+        self.per_task: float | None = None  # measured seconds per task
+
+    def done(self) -> bool:
+        return self.exhausted and self.outstanding == 0 and not self.ready
+
+    def batch_size(self) -> int:
+        if self.per_task is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-7))))
+
+    def depth(self) -> int:
+        """How many batches a worker may hold: 2 hides the round trip for quick tasks."""
+        if self.per_task is None or self.per_task * self.batch_size() >= SLOW_TASK_SECONDS:
+            return 1
+        return 2
+
+    def measure(self, records: list[_task.Record]) -> None:
+        span = records[-1][4] - records[0][3]
+        per = max(span, 0.0) / len(records)
+        self.per_task = per if self.per_task is None else 0.5 * (self.per_task + per)
+
+    def take_batch(self) -> _Batch | None:
+        """The next batch to send: retries first, then fresh items; None if nothing now."""
+        size = self.batch_size()
+        indices: list[int] = []
+        items: list[Any] = []
+        pickled: list[int] = []
+        attempts: list[int] | None = None
+        while self.retry and len(indices) < size:
+            index, item, was_pickled, tried = self.retry.popleft()
+            if was_pickled:
+                pickled.append(len(indices))
+            if attempts is None:
+                attempts = [0] * len(indices)
+            attempts.append(tried)
+            indices.append(index)
+            items.append(item)
+        window = max(MIN_ORDER_WINDOW, 4 * self.workers * size)
+        while not self.exhausted and len(indices) < size:
+            if self.spec.ordered and self.next_index - self.next_yield >= window:
+                break
+            try:
+                index, item = next(self.items)
+            except StopIteration:
+                self.exhausted = True
+                break
+            except BaseException as exc:
+                # Stop reading input; tasks already taken still finish and are yielded.
+                self.exhausted = True
+                self.input_error = exc
+                break
+            self.next_index = index + 1
+            self.outstanding += 1
+            if not _task.is_raw(item):
+                try:
+                    item = _task.dumps(item)
+                except Exception as exc:
+                    self.fail_in_caller(index, _task.input_error(index, exc))
+                    continue
+                pickled.append(len(indices))
+            if attempts is not None:
+                attempts.append(0)
+            indices.append(index)
+            items.append(item)
+        if not indices:
+            return None
+        return _Batch(self, indices, items, pickled, attempts)
+
+    def fail_in_caller(self, index: int, error: tuple[str, str, str]) -> None:
+        now = time.time()
+        info = WorkerInfo.current(LocalBackend.name)
+        self.finish(TaskResult(index, False, None, TaskError(*error), info, 0, now, now, 0.0))
+
+    def finish(self, result: TaskResult) -> None:
+        self.outstanding -= 1
+        if not self.spec.ordered:
+            self.ready.append(result)
+            return
+        self.reorder[result.index] = result
+        while self.next_yield in self.reorder:
+            self.ready.append(self.reorder.pop(self.next_yield))
+            self.next_yield += 1
+
+    def failed_attempt(
+        self, task: tuple[int, Any, bool, int], result: TaskResult, retryable: bool = True
+    ) -> None:
+        """A task's attempt failed: retry it while ``retries`` allow, else report it."""
+        if retryable and task[3] + 1 <= self.spec.retries:
+            self.retry.append((task[0], task[1], task[2], task[3] + 1))
+        else:
+            self.finish(result)
+
+
+class _Worker:
+    __slots__ = (
+        "fn_id",
+        "in_buf",
+        "inflight",
+        "info",
+        "kill_reason",
+        "out_buf",
+        "pid",
+        "pidfd",
+        "process",
+        "result_r",
+        "task_started",
+        "task_w",
+        "writing",
+    )
+
+    def __init__(self, process: BaseProcess, task_w: int, result_r: int) -> None:
+        self.process = process
+        self.pid: int = process.pid or 0
+        self.task_w = task_w
+        self.result_r = result_r
+        self.pidfd: int | None = None
+        self.in_buf = bytearray()
+        self.out_buf = bytearray()
+        self.writing = False
+        self.inflight: deque[_Batch] = deque()
+        self.fn_id = 0
+        self.info: WorkerInfo | None = None
+        self.kill_reason: str | None = None
+        self.task_started = 0.0  # when the task now running (head batch) began
+
+
+class _Pool:
+    """Worker processes and the event loop that feeds them; owned by one LocalBackend."""
+
+    def __init__(self, size: int, daemon: bool) -> None:
+        self.size = size
+        self.daemon = daemon
+        self.ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else None)
+        self.workers: list[_Worker] = []
+        self.selector = selectors.DefaultSelector()
+        self.counter = itertools.count(1)
+        self.closed = False
+
+    # -- the event loop -----------------------------------------------------------------
+
+    def step(self, run: _Run) -> None:
+        """Dispatch what can be dispatched, then wait for one round of events."""
+        self.dispatch(run)
+        if run.ready or run.done():
+            return
+        timeout = self.next_deadline(run)
+        events = self.selector.select(None if timeout is None else max(timeout, 0.0))
+        for key, mask in events:
+            worker, kind = key.data
+            if worker not in self.workers:
+                continue  # already buried in this round
+            if kind == "result":
+                self.read(worker)
+            elif kind == "death":
+                self.bury(worker)
+            elif mask & selectors.EVENT_WRITE:
+                self.flush(worker)
+        if run.spec.timeout is not None:
+            self.enforce_timeout(run)
+
+    def dispatch(self, run: _Run) -> None:
+        pending: _Batch | None = None
+        while not self.closed:
+            if pending is None:
+                pending = run.take_batch()
+                if pending is None:
+                    return
+            worker = self.free_worker(run)
+            if worker is None:
+                # Nobody can take it now: give its tasks back, in order, for later.
+                for pos in reversed(range(len(pending.indices))):
+                    run.retry.appendleft(pending.task(pos))
+                return
+            self.send_batch(worker, pending)
+            pending = None
+
+    def free_worker(self, run: _Run) -> _Worker | None:
+        depth = run.depth()
+        best = None
+        for worker in self.workers:
+            if worker.kill_reason is None and len(worker.inflight) < depth:
+                if best is None or len(worker.inflight) < len(best.inflight):
+                    best = worker
+                    if not worker.inflight:
+                        break
+        if (best is None or best.inflight) and len(self.workers) < self.size:
+            return self.start_worker()
+        return best
+
+    def send_batch(self, worker: _Worker, batch: _Batch) -> None:
+        run = batch.run
+        if worker.fn_id != run.fn_id:
+            flush_each = run.spec.timeout is not None
+            self.send(worker, (_FN, run.fn_id, run.fn_bytes, run.spec.star, flush_each))
+            worker.fn_id = run.fn_id
+        batch.sent_at = time.time()
+        if not worker.inflight:
+            worker.task_started = batch.sent_at
+        worker.inflight.append(batch)
+        self.send(worker, (_BATCH, batch.id, batch.indices, batch.items, batch.pickled))
+
+    def send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        worker.out_buf += _HEADER.pack(len(data))
+        worker.out_buf += data
+        self.flush(worker)
+
+    def flush(self, worker: _Worker) -> None:
+        """Write as much of the worker's buffer as its pipe takes, never blocking."""
+        buf = worker.out_buf
+        try:
+            while buf:
+                n = os.write(worker.task_w, buf)
+                del buf[:n]
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, OSError):
+            buf.clear()  # the worker is dead; its pidfd reports it
+        want_write = bool(buf)
+        if want_write != worker.writing:
+            worker.writing = want_write
+            if want_write:
+                self.selector.register(worker.task_w, selectors.EVENT_WRITE, (worker, "task"))
+            else:
+                self.selector.unregister(worker.task_w)
+
+    def read(self, worker: _Worker) -> None:
+        """Take every complete message waiting on the worker's result pipe."""
+        buf = worker.in_buf
+        while True:
+            try:
+                chunk = os.read(worker.result_r, PIPE_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            if len(chunk) < PIPE_SIZE:
+                break
+        start = 0
+        size = len(buf)
+        while size - start >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(buf, start)
+            end = start + _HEADER.size + n
+            if end > size:
+                break
+            message = pickle.loads(memoryview(buf)[start + _HEADER.size : end])
+            start = end
+            self.handle(worker, message)
+        del buf[:start]
+
+    def handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        if message[0] == _HELLO:
+            worker.info = WorkerInfo(*message[1:], LocalBackend.name)
+            return
+        _, batch_id, records = message
+        batch = worker.inflight[0]
+        assert batch.id == batch_id, "results arrive in the order batches were sent"
+        run = batch.run
+        info = worker.info
+        assert info is not None
+        if not run.finished:
+            run.measure(records)
+            base = batch.done
+            for offset, record in enumerate(records):
+                index, status, payload, started, finished, duration, output = record
+                pos = base + offset
+                tried = batch.prior_attempts(pos)
+                if status == _task.OK_RAW:
+                    run.finish(
+                        TaskResult(
+                            index, True, payload, None, info, tried + 1,
+                            started, finished, duration, output,
+                        )
+                    )  # fmt: skip
+                    continue
+                ok, value = _task.load_value(index, status, payload)
+                error = None if ok else TaskError(*value)
+                result = TaskResult(
+                    index, ok, value if ok else None, error, info, tried + 1,
+                    started, finished, duration, output,
+                )  # fmt: skip
+                if ok:
+                    run.finish(result)
+                else:
+                    retryable = value[0] != SerializationError.__name__
+                    run.failed_attempt(batch.task(pos), result, retryable)
+        batch.done += len(records)
+        worker.task_started = records[-1][4]
+        if batch.done == len(batch.indices):
+            worker.inflight.popleft()
+
+    # -- timeouts and deaths ------------------------------------------------------------
+
+    def next_deadline(self, run: _Run) -> float | None:
+        if run.spec.timeout is None:
+            return None
+        busy = [w.task_started for w in self.workers if w.inflight and w.kill_reason is None]
+        if not busy:
+            return None
+        return min(busy) + run.spec.timeout - time.time()
+
+    def enforce_timeout(self, run: _Run) -> None:
+        assert run.spec.timeout is not None
+        now = time.time()
+        for worker in self.workers:
+            if worker.kill_reason is not None or not worker.inflight:
+                continue
+            if worker.inflight[0].run is run and now - worker.task_started >= run.spec.timeout:
+                self.read(worker)  # a result that just arrived is not a time-out
+                if worker.inflight and now - worker.task_started >= run.spec.timeout:
+                    worker.kill_reason = "timeout"
+                    self.kill(worker)
+
+    def bury(self, worker: _Worker) -> None:
+        """A worker died: settle its tasks, free its resources."""
+        self.read(worker)
+        worker.process.join(1.0)
+        code = worker.process.exitcode
+        self.workers.remove(worker)
+        self.forget(worker)
+        if not worker.inflight:
+            return
+        head = worker.inflight.popleft()
+        run = head.run
+        if not run.finished:
+            pos = head.done
+            task = head.task(pos)
+            index = task[0]
+            info = worker.info or WorkerInfo(
+                worker.process.name, worker.pid, os.getpid(), socket.gethostname(), "local"
+            )
+            now = time.time()
+            timeout = run.spec.timeout
+            if worker.kill_reason == "timeout" and timeout is not None:
+                error = TaskError(
+                    TaskTimeout.__name__,
+                    f"task {index} ran longer than its timeout of {timeout:g} s; "
+                    f"{info.name} (pid {info.pid}) was killed and replaced",
+                )
+            else:
+                error = TaskError(
+                    WorkerLost.__name__,
+                    f"{info.name} (pid {info.pid}) died while running task {index}: "
+                    f"{_describe_exit(code)}",
+                )
+            started = worker.task_started
+            result = TaskResult(
+                index, False, None, error, info, task[3] + 1, started, now, now - started
+            )
+            run.failed_attempt(task, result)
+            rest = [head.task(p) for p in range(pos + 1, len(head.indices))]
+        else:
+            rest = []
+        for batch in worker.inflight:
+            if not batch.run.finished:
+                rest.extend(batch.task(p) for p in range(batch.done, len(batch.indices)))
+        # Tasks the dead worker never started go first, in their order, without an attempt.
+        for task in reversed(rest):
+            run.retry.appendleft(task)
+
+    def kill(self, worker: _Worker) -> None:
+        """SIGKILL the worker's process group: the worker and any children of its task."""
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(worker.pid, signal.SIGKILL)
+                return
+
+    def abandon(self, run: _Run) -> None:
+        """A run ended early: its queued tasks are dropped, results still in flight ignored."""
+        run.retry.clear()
+
+    # -- worker lifecycle ---------------------------------------------------------------
+
+    def start_worker(self) -> _Worker:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        for fd in (task_w, result_w):
+            with contextlib.suppress(OSError, AttributeError):
+                import fcntl
+
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        inherited = [self.selector_fd(), task_w, result_r]
+        for w in self.workers:
+            inherited += [w.task_w, w.result_r] + ([w.pidfd] if w.pidfd is not None else [])
+        name = f"worker-{next(self.counter)}"
+        process = self.ctx.Process(
+            name=name,
+            target=_worker_main,
+            args=(task_r, result_w, inherited, os.getpid()),
+            daemon=self.daemon,
+        )
+        process.start()
+        os.close(task_r)
+        os.close(result_w)
+        # Set the group from both sides: whichever runs first wins the race with a kill.
+        with contextlib.suppress(OSError):
+            os.setpgid(process.pid or 0, process.pid or 0)
+        os.set_blocking(task_w, False)
+        os.set_blocking(result_r, False)
+        worker = _Worker(process, task_w, result_r)
+        try:
+            worker.pidfd = os.pidfd_open(worker.pid)
+            death_fd = worker.pidfd
+        except (AttributeError, OSError):
+            death_fd = process.sentinel
+        self.selector.register(result_r, selectors.EVENT_READ, (worker, "result"))
+        self.selector.register(death_fd, selectors.EVENT_READ, (worker, "death"))
+        self.workers.append(worker)
+        return worker
+
+    def selector_fd(self) -> int:
+        fileno: Callable[[], int] | None = getattr(self.selector, "fileno", None)
+        return fileno() if fileno else -1
+
+    def forget(self, worker: _Worker) -> None:
+        for fd in (worker.result_r, worker.pidfd, worker.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)  # type: ignore[arg-type]
+        if worker.writing:
+            self.selector.unregister(worker.task_w)
+            worker.writing = False
+        for fd in (worker.task_w, worker.result_r, worker.pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        with contextlib.suppress(ValueError):
+            worker.process.close()
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop every worker: idle ones by end-of-file, busy or stuck ones by SIGKILL."""
+        if self.closed:
+            return
+        self.closed = True
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            if cancel or worker.inflight:
+                self.kill(worker)
+            with contextlib.suppress(OSError):
+                os.close(worker.task_w)  # end-of-file: an idle worker exits
+            worker.task_w = -1
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                self.kill(worker)
+                worker.process.join(1.0)
+        for worker in workers:
+            worker.writing = False
+            self.forget(worker)
+        self.selector.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "it stopped responding"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# -- the worker process -----------------------------------------------------------------
+
+
+def _worker_main(task_r: int, result_w: int, inherited: list[int], parent: int) -> None:
+    """Body of a worker process: read batches, run them, write result records."""
+    _die_with_parent(parent)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    # Close the caller's ends of every pipe: only then does end-of-file on the task
+    # pipe mean the caller is gone.
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _task.mark_worker_process()
+    capture = _task.install_capture()
+    reader = open(task_r, "rb", buffering=PIPE_SIZE)  # noqa: SIM115 - lives as long as we do
+    out = _Writer(result_w)
+    me = multiprocessing.current_process()
+    out.send((_HELLO, me.name, os.getpid(), os.getppid(), socket.gethostname()))
+    fn: Callable[..., Any] | None = None
+    fn_error: tuple[str, str, str] | None = None
+    star = flush_each = False
+    while True:
+        header = reader.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return  # the caller closed the pipe (or died): nothing more to do
+        message = pickle.loads(reader.read(_HEADER.unpack(header)[0]))
+        if message[0] == _FN:
+            _, _, fn_bytes, star, flush_each = message
+            try:
+                fn, fn_error = pickle.loads(fn_bytes), None
+            except Exception as exc:
+                fn = None
+                fn_error = (
+                    TargetError.__name__,
+                    f"the worker cannot load the target: {_task.describe(exc)}",
+                    "",
+                )
+            continue
+        _, batch_id, indices, items, pickled = message
+        _run_batch(out, fn, fn_error, star, flush_each, batch_id, indices, items, pickled, capture)
+
+
+def _run_batch(
+    out: _Writer,
+    fn: Callable[..., Any] | None,
+    fn_error: tuple[str, str, str] | None,
+    star: bool,
+    flush_each: bool,
+    batch_id: int,
+    indices: list[int],
+    items: list[Any],
+    pickled: list[int],
+    capture: _task.Capture,
+) -> None:
+    records: list[_task.Record] = []
+    last_flush = time.monotonic()
+    for pos in pickled:
+        try:
+            items[pos] = pickle.loads(items[pos])
+        except Exception as exc:
+            items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
+    for index, item in zip(indices, items):
+        if fn is None or type(item) is _Unloadable:
+            error = fn_error if fn is None else item.error
+            now = time.time()
+            records.append((index, _task.FAILED, error, now, now, 0.0, ""))
+        else:
+            records.append(_task.run_one(fn, index, item, star, capture))
+        if flush_each or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            out.send((_RESULTS, batch_id, records))
+            records = []
+            last_flush = time.monotonic()
+    if records:
+        out.send((_RESULTS, batch_id, records))
+
+
+class _Unloadable:
+    """Stands in for an input the worker could not unpickle."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: tuple[str, str, str]) -> None:
+        self.error = error
+
+
+class _Writer:
+    """Framed, blocking writes to the result pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        view = memoryview(_HEADER.pack(len(data)) + data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BrokenPipeError:
+                os._exit(0)  # the caller is gone
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            view = view[n:]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when the caller dies, so no worker is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the caller died before the request took effect
+        os._exit(0)

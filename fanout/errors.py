@@ -1,0 +1,69 @@
+"""The whole error tree of fanout.
+
+Errors raised to the caller derive from :class:`FanoutError`. Task failures are not
+raised by ``run``/``map``: they come back as failed ``TaskResult``s whose
+``error.type`` names one of these classes (``WorkerLost``, ``TaskTimeout``,
+``SerializationError``) or the task's own exception class.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fanout.models import TaskError
+
+
+class FanoutError(Exception):
+    """Base class of every error fanout raises."""
+
+
+class TargetError(FanoutError):
+    """The target cannot be resolved or imported, or cannot run on the chosen backend."""
+
+
+class UnknownBackend(FanoutError, ValueError):
+    """No backend is registered under the requested name."""
+
+
+class BackendUnavailable(FanoutError):
+    """The backend's service cannot be reached or refused the credentials."""
+
+
+class InputError(FanoutError):
+    """An input item could not be read (bad JSON line, unreadable file)."""
+
+
+class SerializationError(FanoutError):
+    """An input, a return value or an exception could not be pickled or unpickled."""
+
+
+class WorkerLost(FanoutError):
+    """The process running a task died before reporting its result."""
+
+
+class TaskTimeout(FanoutError):
+    """A task ran longer than its ``timeout`` and its process was ended."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of the process that ran a task (as ``__cause__``)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class TaskFailed(FanoutError):
+    """Raised by ``TaskResult.unwrap()`` for a failed task; carries the remote error."""
+
+    def __init__(self, index: int, error: TaskError) -> None:
+        super().__init__(f"task {index} failed: {error.type}: {error.message}")
+        self.index = index
+        self.error = error
+        self.traceback = error.traceback
+        if error.traceback:
+            self.__cause__ = RemoteTraceback(error.traceback)

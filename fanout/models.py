@@ -1,0 +1,101 @@
+"""Plain result records: no connection or backend object lives inside them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from fanout.errors import TaskFailed
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """Identity of the process that ran a task.
+
+    Inside the task, ``os.getpid() == pid``, ``os.getppid() == ppid``,
+    ``socket.gethostname() == host`` and ``current_process().name == name``.
+    """
+
+    name: str
+    pid: int
+    ppid: int
+    host: str
+    backend: str
+
+    @classmethod
+    def current(cls, backend: str) -> WorkerInfo:
+        """The identity of the calling process."""
+        return cls(
+            multiprocessing.current_process().name,
+            os.getpid(),
+            os.getppid(),
+            socket.gethostname(),
+            backend,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """Why a task failed: exception class name, message and the remote traceback text."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, traceback: str = "") -> TaskError:
+        return cls(type(exc).__name__, str(exc), traceback)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of one task: its value or error, and who ran it, when, and what it printed."""
+
+    index: int
+    ok: bool
+    value: Any
+    error: TaskError | None
+    worker: WorkerInfo
+    attempts: int
+    started_at: float
+    finished_at: float
+    duration: float
+    output: str = ""
+
+    def unwrap(self) -> Any:
+        """Return ``value``, or raise :class:`~fanout.TaskFailed` with the remote traceback."""
+        if self.ok:
+            return self.value
+        assert self.error is not None
+        raise TaskFailed(self.index, self.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``fanout run --json`` (the value is left as is)."""
+        w = self.worker
+        return {
+            "index": self.index,
+            "ok": self.ok,
+            "value": self.value,
+            "error": None
+            if self.error is None
+            else {
+                "type": self.error.type,
+                "message": self.error.message,
+                "traceback": self.error.traceback,
+            },
+            "worker": {
+                "name": w.name,
+                "pid": w.pid,
+                "ppid": w.ppid,
+                "host": w.host,
+                "backend": w.backend,
+            },
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": self.duration,
+            "output": self.output,
+        }
