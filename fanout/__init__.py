@@ -26,7 +26,7 @@ from fanout.models import TaskError, TaskResult, WorkerInfo
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by purpose
     # running
     "Fanout",
     "run",

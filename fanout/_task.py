@@ -107,9 +107,7 @@ class Capture(io.TextIOBase):
         return text
 
 
-def run_one(
-    fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: Capture
-) -> Record:
+def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: Capture) -> Record:
     """Call ``fn`` on one input and return its result record (never raises).
 
     ``capture`` must already be installed as ``sys.stdout``/``sys.stderr``.
@@ -123,7 +121,9 @@ def run_one(
         if isinstance(exc, KeyboardInterrupt) and not _worker_flag:
             raise
         duration = time.perf_counter() - t0
-        tb = traceback.format_exc()
+        # Skip this frame: the traceback starts in the user's code.
+        frames = exc.__traceback__.tb_next if exc.__traceback__ else None
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
         return (
             index,
             FAILED,
@@ -154,7 +154,6 @@ def run_one(
             capture.take(),
         )
     return (index, OK_PICKLED, payload, started_at, started_at + duration, duration, capture.take())
-
 
 
 def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:

@@ -107,8 +107,27 @@ def _load_file(path: str) -> Any:
     except Exception as exc:
         del sys.modules[name]
         raise TargetError(f"running {path!r} failed: {type(exc).__name__}: {exc}") from exc
-    import cloudpickle
-
-    # Workers may not have the file's module: send its functions by value.
-    cloudpickle.register_pickle_by_value(module)
+    _file_modules[name] = full
     return module
+
+
+# Modules loaded from file paths, by name: a worker started before one of them was
+# loaded loads it too (see load_file_modules) instead of failing to unpickle the target.
+_file_modules: dict[str, str] = {}
+
+
+def file_modules() -> dict[str, str]:
+    """``{module name: path}`` of every module loaded from a file path so far."""
+    return dict(_file_modules)
+
+
+def load_file_modules(modules: dict[str, str]) -> None:
+    """In a worker: load the file-path modules the caller has and this process lacks."""
+    for name, path in modules.items():
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is not None and spec.loader is not None:
+                module = importlib.util.module_from_spec(spec)
+                module.__fanout_file__ = True  # type: ignore[attr-defined]
+                sys.modules[name] = module
+                spec.loader.exec_module(module)

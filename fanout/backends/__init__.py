@@ -53,10 +53,14 @@ def get_backend(name: str) -> type[Backend]:
                     f"entry point {ep.value!r} for backend {name!r} is not a fanout Backend"
                 )
             return loaded
-    raise UnknownBackend(
-        f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}"
-    )
+    raise UnknownBackend(f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}")
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Backend", "MapSpec", "backend_names", "get_backend",
-           "register_backend"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "MapSpec",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+]

@@ -40,8 +40,13 @@ class Backend(ABC):
     """Base class of backends; subclasses set ``name`` and implement :meth:`map`."""
 
     name: ClassVar[str]
+    #: How many tasks can run at once (set by ``__init__``).
+    workers: int
     #: Workers import the target by name (a lambda or closure cannot be sent).
     needs_importable_target: ClassVar[bool] = False
+
+    def __init__(self, workers: int | None = None, **options: Any) -> None:  # noqa: B027
+        """Take the worker count (None: the backend's default) and backend options."""
 
     @abstractmethod
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:

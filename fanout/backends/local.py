@@ -57,6 +57,7 @@ from fanout import _task
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import SerializationError, TargetError, TaskTimeout, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.targets import file_modules, load_file_modules
 
 TARGET_BATCH_SECONDS = 0.01
 MAX_BATCH = 1024
@@ -362,11 +363,12 @@ class _Pool:
         depth = run.depth()
         best = None
         for worker in self.workers:
-            if worker.kill_reason is None and len(worker.inflight) < depth:
-                if best is None or len(worker.inflight) < len(best.inflight):
-                    best = worker
-                    if not worker.inflight:
-                        break
+            if worker.kill_reason is not None or len(worker.inflight) >= depth:
+                continue
+            if best is None or len(worker.inflight) < len(best.inflight):
+                best = worker
+                if not worker.inflight:
+                    break
         if (best is None or best.inflight) and len(self.workers) < self.size:
             return self.start_worker()
         return best
@@ -375,7 +377,8 @@ class _Pool:
         run = batch.run
         if worker.fn_id != run.fn_id:
             flush_each = run.spec.timeout is not None
-            self.send(worker, (_FN, run.fn_id, run.fn_bytes, run.spec.star, flush_each))
+            message = (_FN, run.fn_id, run.fn_bytes, run.spec.star, flush_each, file_modules())
+            self.send(worker, message)
             worker.fn_id = run.fn_id
         batch.sent_at = time.time()
         if not worker.inflight:
@@ -437,7 +440,8 @@ class _Pool:
 
     def handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         if message[0] == _HELLO:
-            worker.info = WorkerInfo(*message[1:], LocalBackend.name)
+            _, name, pid, ppid, host = message
+            worker.info = WorkerInfo(name, pid, ppid, host, LocalBackend.name)
             return
         _, batch_id, records = message
         batch = worker.inflight[0]
@@ -663,6 +667,9 @@ def _worker_main(task_r: int, result_w: int, inherited: list[int], parent: int) 
             os.close(fd)
     _task.mark_worker_process()
     capture = _task.install_capture()
+    # A process that a task starts writes to the real streams, not to a copy of our
+    # capture that would vanish with it.
+    os.register_at_fork(after_in_child=_restore_streams)
     reader = open(task_r, "rb", buffering=PIPE_SIZE)  # noqa: SIM115 - lives as long as we do
     out = _Writer(result_w)
     me = multiprocessing.current_process()
@@ -676,8 +683,9 @@ def _worker_main(task_r: int, result_w: int, inherited: list[int], parent: int) 
             return  # the caller closed the pipe (or died): nothing more to do
         message = pickle.loads(reader.read(_HEADER.unpack(header)[0]))
         if message[0] == _FN:
-            _, _, fn_bytes, star, flush_each = message
+            _, _, fn_bytes, star, flush_each, modules = message
             try:
+                load_file_modules(modules)
                 fn, fn_error = pickle.loads(fn_bytes), None
             except Exception as exc:
                 fn = None
@@ -710,10 +718,10 @@ def _run_batch(
             items[pos] = pickle.loads(items[pos])
         except Exception as exc:
             items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
-    for index, item in zip(indices, items):
+    for index, item in zip(indices, items, strict=True):
         if fn is None or type(item) is _Unloadable:
-            error = fn_error if fn is None else item.error
             now = time.time()
+            error = item.error if type(item) is _Unloadable else fn_error
             records.append((index, _task.FAILED, error, now, now, 0.0, ""))
         else:
             records.append(_task.run_one(fn, index, item, star, capture))
@@ -753,6 +761,10 @@ class _Writer:
                     continue
                 raise
             view = view[n:]
+
+
+def _restore_streams() -> None:
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
 def _die_with_parent(parent: int) -> None:

@@ -1,0 +1,77 @@
+"""The seed tutorial's scenarios as fanout task functions.
+
+Each one is run through fanout in the README, e.g.::
+
+    fanout run fanout.examples:worker --repeat 5
+    fanout run fanout.examples:numbered --range 5
+    fanout run fanout.examples:role my_service worker worker
+    fanout run fanout.examples:start_child --repeat 2 --no-daemon
+    fanout run fanout.examples:make_object --repeat 1 --json
+    fanout run fanout.examples:f bob bob bob
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+
+def worker() -> None:
+    """Seed: five ``Process(target=worker)`` printing 'worker'."""
+    print("worker")
+
+
+def numbered(num: int) -> None:
+    """Seed: each worker is given a number to print (arguments must be picklable)."""
+    print("worker", num)
+
+
+def role(kind: str = "worker", seconds: float | None = None) -> str:
+    """Seed: a named service (3 s) and workers (2 s), each printing its process name."""
+    name = multiprocessing.current_process().name
+    print(name, "starting", "as", kind)
+    time.sleep(seconds if seconds is not None else (3.0 if kind == "my_service" else 2.0))
+    print(name, "exiting")
+    return name
+
+
+def _child(parent: str) -> None:
+    p = multiprocessing.current_process()
+    print("child of", parent, "running:", p.name, p.pid)
+    sys.stdout.flush()
+
+
+def start_child() -> int:
+    """Seed: daemon vs non-daemon. Start a process of our own, which only works in a
+    non-daemon worker (``--no-daemon``): daemonic processes may not have children."""
+    me = multiprocessing.current_process()
+    print("starting:", me.name, me.pid)
+    child = multiprocessing.Process(name=f"{me.name}-child", target=_child, args=(me.name,))
+    child.start()
+    child.join()
+    print("exiting:", me.name, me.pid)
+    return child.pid or 0
+
+
+def make_object() -> list[Any]:
+    """Seed: an object passed back through a queue (here, as the task's value)."""
+    return [55, None, "hello", "world"]
+
+
+def info(title: str) -> dict[str, Any]:
+    """Seed: print the module name, parent process id and process id."""
+    print(title)
+    print("module name:", __name__)
+    print("parent process:", os.getppid())
+    print("process id:", os.getpid())
+    return {"module": __name__, "ppid": os.getppid(), "pid": os.getpid()}
+
+
+def f(name: str) -> dict[str, Any]:
+    """Seed: ``f('bob')`` in several processes, each reporting who it is."""
+    ids = info("function f")
+    print(name)
+    return ids
