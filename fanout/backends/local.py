@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -48,6 +49,7 @@ import struct
 import sys
 import time
 import weakref
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
@@ -63,7 +65,8 @@ TARGET_BATCH_SECONDS = 0.01
 MAX_BATCH = 1024
 # Batches of tasks slower than this go one at a time: no prefetch, so work spreads evenly.
 SLOW_TASK_SECONDS = 0.05
-# A worker flushes results mid-batch at least this often, so progress is visible.
+# A worker sends results mid-batch once they stand for this much work, or this often.
+FLUSH_WORK_SECONDS = 0.001
 FLUSH_SECONDS = 0.1
 # How far ahead of the oldest unfinished task an ordered run may dispatch.
 MIN_ORDER_WINDOW = 10_000
@@ -283,6 +286,8 @@ class _Worker:
         "inflight",
         "info",
         "kill_reason",
+        "marker",
+        "marker_map",
         "out_buf",
         "pid",
         "pidfd",
@@ -293,8 +298,12 @@ class _Worker:
         "writing",
     )
 
-    def __init__(self, process: BaseProcess, task_w: int, result_r: int) -> None:
+    def __init__(
+        self, process: BaseProcess, task_w: int, result_r: int, marker_map: mmap.mmap
+    ) -> None:
         self.process = process
+        self.marker_map = marker_map
+        self.marker = memoryview(marker_map).cast("q")
         self.pid: int = process.pid or 0
         self.task_w = task_w
         self.result_r = result_r
@@ -503,51 +512,59 @@ class _Pool:
                     self.kill(worker)
 
     def bury(self, worker: _Worker) -> None:
-        """A worker died: settle its tasks, free its resources."""
+        """A worker died: settle its tasks, free its resources.
+
+        The task it was running (known from the shared marker) fails with WorkerLost or
+        TaskTimeout, or is retried. Every other task it held without a result is run
+        again elsewhere, without counting an attempt: those not started, and those that
+        finished in the last instant before the crash but whose results were not sent.
+        """
         self.read(worker)
         worker.process.join(1.0)
         code = worker.process.exitcode
+        running_batch, running_pos = worker.marker[0], worker.marker[1]
         self.workers.remove(worker)
         self.forget(worker)
-        if not worker.inflight:
-            return
-        head = worker.inflight.popleft()
-        run = head.run
-        if not run.finished:
-            pos = head.done
-            task = head.task(pos)
-            index = task[0]
-            info = worker.info or WorkerInfo(
-                worker.process.name, worker.pid, os.getpid(), socket.gethostname(), "local"
-            )
-            now = time.time()
-            timeout = run.spec.timeout
-            if worker.kill_reason == "timeout" and timeout is not None:
-                error = TaskError(
-                    TaskTimeout.__name__,
-                    f"task {index} ran longer than its timeout of {timeout:g} s; "
-                    f"{info.name} (pid {info.pid}) was killed and replaced",
-                )
-            else:
-                error = TaskError(
-                    WorkerLost.__name__,
-                    f"{info.name} (pid {info.pid}) died while running task {index}: "
-                    f"{_describe_exit(code)}",
-                )
-            started = worker.task_started
-            result = TaskResult(
-                index, False, None, error, info, task[3] + 1, started, now, now - started
-            )
-            run.failed_attempt(task, result)
-            rest = [head.task(p) for p in range(pos + 1, len(head.indices))]
-        else:
-            rest = []
+        rest: list[tuple[int, Any, bool, int]] = []
         for batch in worker.inflight:
-            if not batch.run.finished:
-                rest.extend(batch.task(p) for p in range(batch.done, len(batch.indices)))
-        # Tasks the dead worker never started go first, in their order, without an attempt.
-        for task in reversed(rest):
-            run.retry.appendleft(task)
+            if batch.run.finished:
+                continue
+            for pos in range(batch.done, len(batch.indices)):
+                if batch.id == running_batch and pos == running_pos:
+                    self.fail_running(worker, batch, pos, code)
+                else:
+                    rest.append(batch.task(pos))
+        if rest:
+            run = worker.inflight[0].run
+            for task in reversed(rest):
+                run.retry.appendleft(task)
+
+    def fail_running(self, worker: _Worker, batch: _Batch, pos: int, code: int | None) -> None:
+        run = batch.run
+        task = batch.task(pos)
+        index = task[0]
+        info = worker.info or WorkerInfo(
+            worker.process.name, worker.pid, os.getpid(), socket.gethostname(), "local"
+        )
+        timeout = run.spec.timeout
+        if worker.kill_reason == "timeout" and timeout is not None:
+            error = TaskError(
+                TaskTimeout.__name__,
+                f"task {index} ran longer than its timeout of {timeout:g} s; "
+                f"{info.name} (pid {info.pid}) was killed and replaced",
+            )
+        else:
+            error = TaskError(
+                WorkerLost.__name__,
+                f"{info.name} (pid {info.pid}) died while running task {index}: "
+                f"{_describe_exit(code)}",
+            )
+        now = time.time()
+        started = worker.task_started
+        result = TaskResult(
+            index, False, None, error, info, task[3] + 1, started, now, now - started
+        )
+        run.failed_attempt(task, result)
 
     def kill(self, worker: _Worker) -> None:
         """SIGKILL the worker's process group: the worker and any children of its task."""
@@ -574,10 +591,12 @@ class _Pool:
         for w in self.workers:
             inherited += [w.task_w, w.result_r] + ([w.pidfd] if w.pidfd is not None else [])
         name = f"worker-{next(self.counter)}"
+        marker = mmap.mmap(-1, 16)  # shared with the worker across fork
+        memoryview(marker).cast("q")[:] = array("q", [-1, -1])
         process = self.ctx.Process(
             name=name,
             target=_worker_main,
-            args=(task_r, result_w, inherited, os.getpid()),
+            args=(task_r, result_w, marker, inherited, os.getpid()),
             daemon=self.daemon,
         )
         process.start()
@@ -588,7 +607,7 @@ class _Pool:
             os.setpgid(process.pid or 0, process.pid or 0)
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
-        worker = _Worker(process, task_w, result_r)
+        worker = _Worker(process, task_w, result_r, marker)
         try:
             worker.pidfd = os.pidfd_open(worker.pid)
             death_fd = worker.pidfd
@@ -616,6 +635,8 @@ class _Pool:
                     os.close(fd)
         with contextlib.suppress(ValueError):
             worker.process.close()
+        worker.marker.release()
+        worker.marker_map.close()
 
     def shutdown(self, cancel: bool = False) -> None:
         """Stop every worker: idle ones by end-of-file, busy or stuck ones by SIGKILL."""
@@ -655,7 +676,9 @@ def _describe_exit(code: int | None) -> str:
 # -- the worker process -----------------------------------------------------------------
 
 
-def _worker_main(task_r: int, result_w: int, inherited: list[int], parent: int) -> None:
+def _worker_main(
+    task_r: int, result_w: int, marker: mmap.mmap, inherited: list[int], parent: int
+) -> None:
     """Body of a worker process: read batches, run them, write result records."""
     _die_with_parent(parent)
     with contextlib.suppress(OSError):
@@ -666,71 +689,88 @@ def _worker_main(task_r: int, result_w: int, inherited: list[int], parent: int) 
         with contextlib.suppress(OSError):
             os.close(fd)
     _task.mark_worker_process()
-    capture = _task.install_capture()
+    loop = _WorkerLoop(_Writer(result_w), memoryview(marker).cast("q"))
     # A process that a task starts writes to the real streams, not to a copy of our
     # capture that would vanish with it.
     os.register_at_fork(after_in_child=_restore_streams)
     reader = open(task_r, "rb", buffering=PIPE_SIZE)  # noqa: SIM115 - lives as long as we do
-    out = _Writer(result_w)
     me = multiprocessing.current_process()
-    out.send((_HELLO, me.name, os.getpid(), os.getppid(), socket.gethostname()))
-    fn: Callable[..., Any] | None = None
-    fn_error: tuple[str, str, str] | None = None
-    star = flush_each = False
+    loop.out.send((_HELLO, me.name, os.getpid(), os.getppid(), socket.gethostname()))
     while True:
         header = reader.read(_HEADER.size)
         if len(header) < _HEADER.size:
             return  # the caller closed the pipe (or died): nothing more to do
         message = pickle.loads(reader.read(_HEADER.unpack(header)[0]))
         if message[0] == _FN:
-            _, _, fn_bytes, star, flush_each, modules = message
-            try:
-                load_file_modules(modules)
-                fn, fn_error = pickle.loads(fn_bytes), None
-            except Exception as exc:
-                fn = None
-                fn_error = (
-                    TargetError.__name__,
-                    f"the worker cannot load the target: {_task.describe(exc)}",
-                    "",
-                )
-            continue
-        _, batch_id, indices, items, pickled = message
-        _run_batch(out, fn, fn_error, star, flush_each, batch_id, indices, items, pickled, capture)
-
-
-def _run_batch(
-    out: _Writer,
-    fn: Callable[..., Any] | None,
-    fn_error: tuple[str, str, str] | None,
-    star: bool,
-    flush_each: bool,
-    batch_id: int,
-    indices: list[int],
-    items: list[Any],
-    pickled: list[int],
-    capture: _task.Capture,
-) -> None:
-    records: list[_task.Record] = []
-    last_flush = time.monotonic()
-    for pos in pickled:
-        try:
-            items[pos] = pickle.loads(items[pos])
-        except Exception as exc:
-            items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
-    for index, item in zip(indices, items, strict=True):
-        if fn is None or type(item) is _Unloadable:
-            now = time.time()
-            error = item.error if type(item) is _Unloadable else fn_error
-            records.append((index, _task.FAILED, error, now, now, 0.0, ""))
+            loop.load(*message[2:])
         else:
-            records.append(_task.run_one(fn, index, item, star, capture))
-        if flush_each or time.monotonic() - last_flush >= FLUSH_SECONDS:
-            out.send((_RESULTS, batch_id, records))
-            records = []
-            last_flush = time.monotonic()
-    if records:
-        out.send((_RESULTS, batch_id, records))
+            loop.run_batch(*message[1:])
+
+
+class _WorkerLoop:
+    """A worker's state: the current target, the output capture, the progress marker."""
+
+    def __init__(self, out: _Writer, marker: memoryview) -> None:
+        self.out = out
+        # marker[0]: batch id, marker[1]: position of the task running now (-1: none).
+        # It lives in memory shared with the caller, so after a crash the caller knows
+        # which task was running even if its last results were never sent.
+        self.marker = marker
+        self.capture = _task.install_capture()
+        self.fn: Callable[..., Any] | None = None
+        self.fn_error: tuple[str, str, str] = ("TargetError", "no target was sent", "")
+        self.star = self.flush_each = False
+
+    def load(self, fn_bytes: bytes, star: bool, flush_each: bool, modules: dict[str, str]) -> None:
+        self.star, self.flush_each = star, flush_each
+        try:
+            load_file_modules(modules)
+            self.fn = pickle.loads(fn_bytes)
+        except Exception as exc:
+            self.fn = None
+            self.fn_error = (
+                TargetError.__name__,
+                f"the worker cannot load the target: {_task.describe(exc)}",
+                "",
+            )
+
+    def run_batch(
+        self, batch_id: int, indices: list[int], items: list[Any], pickled: list[int]
+    ) -> None:
+        fn, marker, capture, star = self.fn, self.marker, self.capture, self.star
+        records: list[_task.Record] = []
+        last_flush = time.monotonic()
+        unsent_work = 0.0
+        for pos in pickled:
+            try:
+                items[pos] = pickle.loads(items[pos])
+            except Exception as exc:
+                items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
+        marker[0] = batch_id
+        for pos, (index, item) in enumerate(zip(indices, items, strict=True)):
+            if fn is None or type(item) is _Unloadable:
+                now = time.time()
+                error = item.error if type(item) is _Unloadable else self.fn_error
+                record: _task.Record = (index, _task.FAILED, error, now, now, 0.0, "")
+            else:
+                marker[1] = pos
+                record = _task.run_one(fn, index, item, star, capture)
+                marker[1] = -1
+            records.append(record)
+            # Send finished results as soon as they represent real work, so a crash
+            # later in the batch costs little to redo; tiny tasks go in bulk.
+            unsent_work += record[5]
+            if (
+                self.flush_each
+                or unsent_work >= FLUSH_WORK_SECONDS
+                or time.monotonic() - last_flush >= FLUSH_SECONDS
+            ):
+                self.out.send((_RESULTS, batch_id, records))
+                records = []
+                unsent_work = 0.0
+                last_flush = time.monotonic()
+        if records:
+            self.out.send((_RESULTS, batch_id, records))
 
 
 class _Unloadable:

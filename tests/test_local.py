@@ -1,0 +1,207 @@
+"""Local backend specifics: parallelism, faults, streaming, process lifecycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import fanout
+from fanout import Fanout
+from tests import tasks
+
+
+def test_four_half_second_tasks_on_two_workers_run_in_parallel() -> None:
+    start = time.perf_counter()
+    results = fanout.run(tasks.sleep_for, [0.5] * 4, workers=2)
+    elapsed = time.perf_counter() - start
+    assert all(r.ok for r in results)
+    assert len({r.worker.pid for r in results}) == 2
+    assert elapsed < 1.6, f"4 x 0.5 s on 2 workers took {elapsed:.2f} s"
+
+
+def test_workers_are_named_daemons_by_default_and_started_once() -> None:
+    with Fanout("local", workers=2) as fo:
+        names = {r.worker.name for r in fo.map(tasks.whoami, range(200))}
+        again = {r.worker.name for r in fo.map(tasks.whoami, range(200))}
+    assert names <= {"worker-1", "worker-2"} and again <= {"worker-1", "worker-2"}
+
+
+def test_no_daemon_workers_may_start_processes_of_their_own() -> None:
+    daemonic = fanout.run("fanout.examples:start_child", repeat=1)
+    assert daemonic[0].error is not None and "daemonic" in daemonic[0].error.message
+    ordinary = fanout.run("fanout.examples:start_child", repeat=1, daemon=False)
+    assert ordinary[0].ok and isinstance(ordinary[0].value, int)
+
+
+@pytest.mark.parametrize(
+    ("target", "arg", "expect"),
+    [
+        (tasks.kill_self, signal.SIGKILL, "killed by signal SIGKILL"),
+        (tasks.exit_hard, 7, "exited with code 7"),
+        (tasks.kill_self, signal.SIGSEGV, "killed by signal SIGSEGV"),
+    ],
+)
+def test_worker_dying_mid_task_gives_worker_lost_and_the_pool_carries_on(
+    target, arg, expect
+) -> None:
+    results = fanout.run(target, [arg], workers=2)
+    error = results[0].error
+    assert error is not None and error.type == "WorkerLost"
+    assert expect in error.message
+    assert results[0].worker.name in error.message and str(results[0].worker.pid) in error.message
+
+
+def test_tasks_queued_behind_a_dying_task_still_run_once() -> None:
+    items = [0.001] * 50 + [None] + [0.001] * 50
+
+    def maybe_die(x):
+        if x is None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    results = fanout.run(maybe_die, items, workers=2)
+    assert [r.index for r in results] == list(range(101))
+    lost = [r.index for r in results if not r.ok]
+    assert lost == [50]
+    assert results[50].error is not None and results[50].error.type == "WorkerLost"
+    assert all(r.attempts == 1 for r in results)
+
+
+def test_a_worker_killed_mid_task_is_retried_when_retries_allow(tmp_path) -> None:
+    (r,) = fanout.run(tasks.die_once, [str(tmp_path / "m")], retries=1, workers=2)
+    assert r.ok and r.value == "survived" and r.attempts == 2
+
+
+def test_many_deaths_in_a_row_each_give_one_result() -> None:
+    results = fanout.run(tasks.kill_self, [signal.SIGKILL] * 20, workers=2)
+    assert [r.index for r in results] == list(range(20))
+    assert {r.error.type for r in results if r.error} == {"WorkerLost"}
+
+
+def test_an_idle_worker_killed_from_outside_does_not_stall_the_others() -> None:
+    with Fanout("local", workers=2) as fo:
+        pids = {r.worker.pid for r in fo.map(tasks.sleep_for, [0.2, 0.2])}
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        psutil.Process(victim).wait(5) if psutil.pid_exists(victim) else None
+        results = list(fo.map(tasks.whoami, range(100)))
+    assert len(results) == 100 and all(r.ok for r in results)
+    assert victim not in {r.worker.pid for r in results}
+
+
+def test_timeout_kills_the_task_and_its_children(tmp_path) -> None:
+    pidfile = tmp_path / "grandchild"
+    results = fanout.run(
+        tasks.spawn_sleeper, [str(pidfile)], timeout=1.0, workers=1, daemon=False
+    )
+    assert results[0].error is not None and results[0].error.type == "TaskTimeout"
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(grandchild) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        assert not psutil.pid_exists(grandchild), "the task's child outlived its timeout"
+
+
+def test_timeout_with_retries_counts_attempts() -> None:
+    (r,) = fanout.run(tasks.sleep_for, [10], timeout=0.3, retries=1, workers=1)
+    assert r.error is not None and r.error.type == "TaskTimeout" and r.attempts == 2
+
+
+def test_closing_a_fanout_with_running_tasks_ends_every_worker_quickly() -> None:
+    fo = Fanout("local", workers=2)
+    results = fo.map(tasks.sleep_for, [30, 30, 30])
+    pids = set()
+    # Collect the worker pids while they run: the generator must be advanced for that,
+    # so watch the children instead of waiting on results.
+    gen = iter(results)
+    me = psutil.Process()
+    deadline = time.monotonic() + 10
+    import threading
+
+    threading.Thread(target=lambda: next(gen, None), daemon=True).start()
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids = {p.pid for p in me.children()}
+        time.sleep(0.02)
+    assert len(pids) == 2
+    start = time.monotonic()
+    fo.close(cancel=True)
+    assert time.monotonic() - start < 3
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], 3)
+    assert not alive
+
+
+STREAM_SCRIPT = textwrap.dedent(
+    """
+    import itertools, resource, sys
+    import fanout
+
+    def endless():
+        for i in itertools.count():
+            yield i
+
+    n = 0
+    with fanout.Fanout(workers=2) as fo:
+        for r in fo.map(abs, endless(), ordered=True):
+            n += 1
+            if n == {count}:
+                break
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(n, peak_kb)
+    """
+)
+
+
+def test_endless_generator_streams_with_flat_memory() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", STREAM_SCRIPT.format(count=20_000)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    count, peak_kb = map(int, out.stdout.split())
+    assert count == 20_000
+    assert peak_kb < 300 * 1024, f"caller peak RSS {peak_kb / 1024:.0f} MB"
+
+
+CALLER_SCRIPT = textwrap.dedent(
+    """
+    import fanout, sys
+    from tests import tasks
+    with fanout.Fanout(workers=2, daemon={daemon}) as fo:
+        for r in fo.map(tasks.sleep_for, [60, 60]):
+            pass
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("daemon", [True, False])
+def test_workers_exit_when_the_caller_is_sigkilled(daemon: bool) -> None:
+    caller = subprocess.Popen(
+        [sys.executable, "-c", CALLER_SCRIPT.format(daemon=daemon)], cwd=os.getcwd()
+    )
+    proc = psutil.Process(caller.pid)
+    deadline = time.monotonic() + 20
+    workers: list[psutil.Process] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = proc.children()
+        time.sleep(0.05)
+    assert len(workers) == 2
+    caller.kill()
+    caller.wait(5)
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"orphaned workers: {alive}"
