@@ -56,9 +56,10 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fanout import _task
+from fanout._task import RAW_TYPES
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import SerializationError, TargetError, TaskTimeout, WorkerLost
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
 from fanout.targets import file_modules, load_file_modules
 
 TARGET_BATCH_SECONDS = 0.01
@@ -143,7 +144,7 @@ class _Batch:
     def __init__(
         self,
         run: _Run,
-        indices: list[int],
+        indices: list[int] | range,
         items: list[Any],
         pickled: list[int],
         attempts: list[int] | None,
@@ -165,6 +166,7 @@ class _Batch:
 
 
 _batch_ids = itertools.count()
+_DROPPED = object()  # marks an input that failed to pickle in the caller
 _fn_ids = itertools.count(1)
 
 
@@ -176,7 +178,7 @@ class _Run:
         self.fn_id = next(_fn_ids)
         self.fn_bytes = fn_bytes
         self.workers = workers
-        self.items = enumerate(spec.items)
+        self.source = spec.items
         self.exhausted = False
         self.input_error: BaseException | None = None
         self.finished = False
@@ -223,36 +225,64 @@ class _Run:
             attempts.append(tried)
             indices.append(index)
             items.append(item)
-        window = max(MIN_ORDER_WINDOW, 4 * self.workers * size)
-        while not self.exhausted and len(indices) < size:
-            if self.spec.ordered and self.next_index - self.next_yield >= window:
-                break
-            try:
-                index, item = next(self.items)
-            except StopIteration:
-                self.exhausted = True
-                break
-            except BaseException as exc:
-                # Stop reading input; tasks already taken still finish and are yielded.
-                self.exhausted = True
-                self.input_error = exc
-                break
-            self.next_index = index + 1
-            self.outstanding += 1
-            if not _task.is_raw(item):
-                try:
-                    item = _task.dumps(item)
-                except Exception as exc:
-                    self.fail_in_caller(index, _task.input_error(index, exc))
+        fresh = self.take_fresh(size - len(indices))
+        if fresh:
+            start, base = self.next_index, len(indices)
+            self.next_index += len(fresh)
+            self.outstanding += len(fresh)
+            fresh_pickled: list[int] = []
+            failed = False
+            for pos, item in enumerate(fresh):
+                if type(item) in RAW_TYPES or _task.is_raw(item):
                     continue
-                pickled.append(len(indices))
+                try:
+                    fresh[pos] = _task.dumps(item)
+                    fresh_pickled.append(pos)
+                except Exception as exc:
+                    self.fail_in_caller(start + pos, _task.input_error(start + pos, exc))
+                    fresh[pos] = _DROPPED
+                    failed = True
+            new_indices: range | list[int] = range(start, start + len(fresh))
+            if failed:  # rare: leave out the items that could not be pickled
+                keep = [pos for pos, item in enumerate(fresh) if item is not _DROPPED]
+                renumber = {pos: i for i, pos in enumerate(keep)}
+                fresh_pickled = [renumber[pos] for pos in fresh_pickled]
+                new_indices = [start + pos for pos in keep]
+                fresh = [fresh[pos] for pos in keep]
+            pickled.extend(base + pos for pos in fresh_pickled)
             if attempts is not None:
-                attempts.append(0)
-            indices.append(index)
-            items.append(item)
+                attempts.extend([0] * len(fresh))
+            if indices:
+                indices.extend(new_indices)
+                items.extend(fresh)
+            else:
+                indices, items = new_indices, fresh  # type: ignore[assignment]
         if not indices:
             return None
         return _Batch(self, indices, items, pickled, attempts)
+
+    def take_fresh(self, room: int) -> list[Any]:
+        """Up to ``room`` new items from the input (fewer when ordered and far ahead)."""
+        if self.exhausted or room <= 0:
+            return []
+        if self.spec.ordered:
+            window = max(MIN_ORDER_WINDOW, 4 * self.workers * self.batch_size())
+            room = min(room, window - (self.next_index - self.next_yield))
+            if room <= 0:
+                return []
+        fresh: list[Any] = []
+        append = fresh.append
+        try:
+            for item in itertools.islice(self.source, room):
+                append(item)
+        except BaseException as exc:
+            # Stop reading input; tasks already taken still finish and are yielded.
+            self.exhausted = True
+            self.input_error = exc
+            return fresh
+        if len(fresh) < room:
+            self.exhausted = True
+        return fresh
 
     def fail_in_caller(self, index: int, error: tuple[str, str, str]) -> None:
         now = time.time()
@@ -260,13 +290,22 @@ class _Run:
         self.finish(TaskResult(index, False, None, TaskError(*error), info, 0, now, now, 0.0))
 
     def finish(self, result: TaskResult) -> None:
-        self.outstanding -= 1
+        self.finish_many([result])
+
+    def finish_many(self, results: list[TaskResult]) -> None:
+        self.outstanding -= len(results)
         if not self.spec.ordered:
-            self.ready.append(result)
+            self.ready.extend(results)
             return
-        self.reorder[result.index] = result
-        while self.next_yield in self.reorder:
-            self.ready.append(self.reorder.pop(self.next_yield))
+        reorder, ready = self.reorder, self.ready
+        for result in results:
+            if result.index == self.next_yield and not reorder:
+                ready.append(result)  # the common case: results arrive in order
+                self.next_yield += 1
+            else:
+                reorder[result.index] = result
+        while self.next_yield in reorder:
+            ready.append(reorder.pop(self.next_yield))
             self.next_yield += 1
 
     def failed_attempt(
@@ -353,20 +392,16 @@ class _Pool:
             self.enforce_timeout(run)
 
     def dispatch(self, run: _Run) -> None:
-        pending: _Batch | None = None
         while not self.closed:
-            if pending is None:
-                pending = run.take_batch()
-                if pending is None:
-                    return
             worker = self.free_worker(run)
-            if worker is None:
-                # Nobody can take it now: give its tasks back, in order, for later.
-                for pos in reversed(range(len(pending.indices))):
-                    run.retry.appendleft(pending.task(pos))
+            # Start workers on demand, only once there is a batch for them.
+            grow = (worker is None or bool(worker.inflight)) and len(self.workers) < self.size
+            if worker is None and not grow:
                 return
-            self.send_batch(worker, pending)
-            pending = None
+            batch = run.take_batch()
+            if batch is None:
+                return
+            self.send_batch(self.start_worker() if grow else worker, batch)  # type: ignore[arg-type]
 
     def free_worker(self, run: _Run) -> _Worker | None:
         depth = run.depth()
@@ -378,8 +413,6 @@ class _Pool:
                 best = worker
                 if not worker.inflight:
                     break
-        if (best is None or best.inflight) and len(self.workers) < self.size:
-            return self.start_worker()
         return best
 
     def send_batch(self, worker: _Worker, batch: _Batch) -> None:
@@ -460,30 +493,30 @@ class _Pool:
         assert info is not None
         if not run.finished:
             run.measure(records)
-            base = batch.done
+            done: list[TaskResult] = []
+            attempts, base = batch.attempts, batch.done
             for offset, record in enumerate(records):
                 index, status, payload, started, finished, duration, output = record
-                pos = base + offset
-                tried = batch.prior_attempts(pos)
+                tries = 1 if attempts is None else attempts[base + offset] + 1
                 if status == _task.OK_RAW:
-                    run.finish(
-                        TaskResult(
-                            index, True, payload, None, info, tried + 1,
+                    done.append(
+                        make_result(
+                            index, True, payload, None, info, tries,
                             started, finished, duration, output,
                         )
                     )  # fmt: skip
                     continue
                 ok, value = _task.load_value(index, status, payload)
-                error = None if ok else TaskError(*value)
-                result = TaskResult(
-                    index, ok, value if ok else None, error, info, tried + 1,
-                    started, finished, duration, output,
+                result = make_result(
+                    index, ok, value if ok else None, None if ok else TaskError(*value), info,
+                    tries, started, finished, duration, output,
                 )  # fmt: skip
                 if ok:
-                    run.finish(result)
+                    done.append(result)
                 else:
                     retryable = value[0] != SerializationError.__name__
-                    run.failed_attempt(batch.task(pos), result, retryable)
+                    run.failed_attempt(batch.task(base + offset), result, retryable)
+            run.finish_many(done)
         batch.done += len(records)
         worker.task_started = records[-1][4]
         if batch.done == len(batch.indices):
