@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import typer
 
-from fanout.api import Fanout
+from fanout.api import DEFAULT_BACKEND, Fanout
 from fanout.errors import BackendUnavailable, FanoutError, InputError
 from fanout.models import TaskResult
 
@@ -107,25 +107,16 @@ def run_command(
 
     # Like `python -m`, let targets in the current directory be found.
     sys.path.insert(0, os.getcwd())
-    inputs: Iterator[Any] | None
-    total: int | None
-    if repeat is not None:
-        inputs, total = None, repeat
-    elif range_ is not None:
-        inputs, total = iter(range(range_)), range_
-    elif input_ is not None:
-        inputs, total = _read_json_lines(input_), None
-    else:
-        values = [_parse_item(text) for text in items or []]
-        inputs, total = iter(values), len(values)
-
+    name = backend or os.environ.get("FANOUT_BACKEND") or DEFAULT_BACKEND
     options: dict[str, Any] = {}
     if daemon is not None:
+        if name != "local":
+            _fail("--daemon/--no-daemon applies to the local backend only", EXIT_USAGE)
         options["daemon"] = daemon
     signal.signal(signal.SIGTERM, _on_sigterm)
-    code = EXIT_USAGE
     try:
-        with Fanout(backend, workers, **options) as fo:
+        inputs, total = _inputs(items, range_, repeat, input_)
+        with Fanout(name, workers, **options) as fo:
             view = _JsonView() if json_out else _HumanView(fo.backend_name)
             shown = _Inputs(inputs) if inputs is not None and not json_out else inputs
             results = fo.map(
@@ -138,11 +129,14 @@ def run_command(
                 retries=retries,
             )
             show_bar = progress if progress is not None else sys.stderr.isatty()
+            kept = shown if isinstance(shown, _Inputs) else None
             try:
                 code = _consume(results, view, total, show_bar)
-            finally:
+            except InputError:
                 # Bad input part-way still shows the tasks that ran before the error.
-                view.finish(shown if isinstance(shown, _Inputs) else None)
+                view.finish(kept)
+                raise
+            view.finish(kept)
     except KeyboardInterrupt:
         typer.echo("fanout: interrupted; workers stopped", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -154,6 +148,20 @@ def run_command(
     except (FanoutError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
     raise typer.Exit(code)
+
+
+def _inputs(
+    items: list[str] | None, range_: int | None, repeat: int | None, input_: str | None
+) -> tuple[Iterator[Any] | None, int | None]:
+    """The input iterator (None for --repeat) and the task count when it is known."""
+    if repeat is not None:
+        return None, repeat
+    if range_ is not None:
+        return iter(range(range_)), range_
+    if input_ is not None:
+        return _read_json_lines(input_), None
+    values = [_parse_item(text) for text in items or []]
+    return iter(values), len(values)
 
 
 def _consume(
@@ -175,7 +183,15 @@ def _consume(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar_view:
+    # Task output and --json lines go to stdout; rich may only fold them in above the
+    # bar when stdout is the same terminal, never when stdout is a file or a pipe.
+    with Progress(
+        *columns,
+        console=Console(stderr=True),
+        transient=True,
+        redirect_stdout=sys.stdout.isatty(),
+        redirect_stderr=False,
+    ) as bar_view:
         task = bar_view.add_task("tasks", total=total)
         for result in results:
             failed |= not result.ok
@@ -235,6 +251,8 @@ class _HumanView:
             sys.stdout.flush()
 
     def finish(self, inputs: _Inputs | None) -> None:
+        if not self.count:
+            return
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -286,20 +304,22 @@ def _parse_item(text: str) -> Any:
 
 def _read_json_lines(source: str) -> Iterator[Any]:
     """One JSON value per line of ``source`` ('-' is stdin); blank lines are skipped."""
+    stream: BinaryIO
     if source == "-":
-        stream = sys.stdin
-        label = "stdin"
+        stream, label = sys.stdin.buffer, "stdin"
     else:
-        path = Path(source)
         try:
-            stream = path.open(encoding="utf-8")
+            stream, label = Path(source).open("rb"), source  # noqa: SIM115 - closed below
         except OSError as exc:
             raise InputError(f"cannot read --input {source!r}: {exc.strerror}") from None
-        label = source
 
     def lines() -> Iterator[Any]:
         with stream:
-            for number, line in enumerate(stream, 1):
+            for number, raw in enumerate(stream, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{label} line {number} is not UTF-8 text: {exc}") from None
                 if not line.strip():
                     continue
                 try:

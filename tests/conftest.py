@@ -21,7 +21,7 @@ def no_leftover_processes():
     me = psutil.Process(os.getpid())
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    gone, alive = psutil.wait_procs(
+    _gone, alive = psutil.wait_procs(
         [p for p in me.children(recursive=True) if p.pid not in before], timeout=5
     )
     assert not alive, f"processes left behind: {alive}"

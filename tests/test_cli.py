@@ -219,11 +219,9 @@ def usage_case(
     id: str,
     input_file: str | None = None,
     env: dict[str, str] | None = None,
-    xfail: str | None = None,
 ) -> Any:
     """One exit-2 case; ``{bad}``, ``{missing}`` and ``{dir}`` in args become tmp paths."""
-    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
-    return pytest.param(args, input_file, env, fragments, id=id, marks=marks)
+    return pytest.param(args, input_file, env, fragments, id=id)
 
 
 USAGE_ERRORS = [
@@ -249,21 +247,16 @@ USAGE_ERRORS = [
         ("line 1", "JSON"),
         input_file=BAD_JSON_FIRST_LINE,
         id="input-invalid-json-line-human-view",
-        xfail="BUG: with the human view, a bad first --input line still prints an empty "
-        "table and a green '0 tasks: 0 ok, 0 failed ...' summary on stdout",
     ),
     usage_case(
         ["tests.tasks:square", "--input", "{missing}"],
         ("no_such_input.jsonl",),
         id="input-file-missing",
-        xfail="BUG: the InputError from opening --input is raised outside the CLI's try "
-        "block: a Python traceback and exit code 1 instead of exit 2",
     ),
     usage_case(
         ["tests.tasks:square", "--input", "{dir}", "--json"],
         ("Is a directory",),
         id="input-is-a-directory",
-        xfail="BUG: same as input-file-missing (traceback, exit 1)",
     ),
     usage_case(
         ["tests.tasks:square", "--range", "2", "--backend", "nope"],
@@ -320,11 +313,6 @@ def test_exit_code_2_for_click_usage_errors_without_traceback(
     assert fragment in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: --daemon/--no-daemon is passed to every backend; InlineBackend() rejects "
-    "it with a TypeError traceback and exit 1",
-)
 def test_daemon_option_with_inline_backend_is_not_a_crash() -> None:
     result = run_cli("tests.tasks:square", "1", "--backend", "inline", "--no-daemon")
     assert "Traceback" not in result.stderr, result.stderr
@@ -700,11 +688,6 @@ def test_no_daemon_lets_tasks_start_children() -> None:
         assert "starting:" in record["output"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: output of a process started by a --no-daemon task (the seed's child) goes "
-    "straight to fanout's stdout, so --json stdout holds non-JSON lines",
-)
 def test_no_daemon_childrens_output_stays_off_json_stdout() -> None:
     result = run_cli("fanout.examples:start_child", "--repeat", "2", "--no-daemon", "--json")
     assert result.returncode == 0, result.stderr
@@ -732,11 +715,6 @@ def test_progress_bar_on_stderr_when_it_is_a_terminal() -> None:
     assert re.search(r"\btasks\b.*\b[0-3]/3\b", tty), tty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rich's Progress redirects sys.stdout into its stderr console while the "
-    "bar is live, so --json records go to the terminal (stderr) and stdout stays empty",
-)
 def test_progress_bar_leaves_json_on_stdout() -> None:
     code, stdout, tty = run_cli_tty_stderr(*PROGRESS_RUN)
     assert code == 0, tty
@@ -744,11 +722,6 @@ def test_progress_bar_leaves_json_on_stdout() -> None:
     assert '"index"' not in tty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with the progress bar on, the prefixed task output is written to the "
-    "terminal (stderr) instead of stdout",
-)
 def test_progress_bar_leaves_task_output_on_stdout() -> None:
     code, stdout, tty = run_cli_tty_stderr("tests.tasks:chatty", "--range", "2")
     assert code == 0, tty

@@ -98,9 +98,7 @@ def test_an_idle_worker_killed_from_outside_does_not_stall_the_others() -> None:
 
 def test_timeout_kills_the_task_and_its_children(tmp_path) -> None:
     pidfile = tmp_path / "grandchild"
-    results = fanout.run(
-        tasks.spawn_sleeper, [str(pidfile)], timeout=1.0, workers=1, daemon=False
-    )
+    results = fanout.run(tasks.spawn_sleeper, [str(pidfile)], timeout=1.0, workers=1, daemon=False)
     assert results[0].error is not None and results[0].error.type == "TaskTimeout"
     grandchild = int(pidfile.read_text())
     deadline = time.monotonic() + 5
@@ -122,24 +120,15 @@ def test_timeout_with_retries_counts_attempts() -> None:
 
 def test_closing_a_fanout_with_running_tasks_ends_every_worker_quickly() -> None:
     fo = Fanout("local", workers=2)
-    results = fo.map(tasks.sleep_for, [30, 30, 30])
-    pids = set()
-    # Collect the worker pids while they run: the generator must be advanced for that,
-    # so watch the children instead of waiting on results.
-    gen = iter(results)
-    me = psutil.Process()
-    deadline = time.monotonic() + 10
-    import threading
-
-    threading.Thread(target=lambda: next(gen, None), daemon=True).start()
-    while len(pids) < 2 and time.monotonic() < deadline:
-        pids = {p.pid for p in me.children()}
-        time.sleep(0.02)
-    assert len(pids) == 2
+    results = fo.map(tasks.sleep_for, [0, 30, 30], ordered=False)
+    first = next(results)  # both workers exist now; one runs a 30 s task
+    assert first.index == 0
+    workers = psutil.Process().children()
+    assert len(workers) == 2
     start = time.monotonic()
     fo.close(cancel=True)
     assert time.monotonic() - start < 3
-    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], 3)
+    _gone, alive = psutil.wait_procs(workers, timeout=3)
     assert not alive
 
 
@@ -203,5 +192,5 @@ def test_workers_exit_when_the_caller_is_sigkilled(daemon: bool) -> None:
     assert len(workers) == 2
     caller.kill()
     caller.wait(5)
-    gone, alive = psutil.wait_procs(workers, timeout=5)
+    _gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"orphaned workers: {alive}"

@@ -68,9 +68,7 @@ def test_a_third_party_backend_registers_through_the_entry_point_group(
     dist = tmp_path / "echo_backend-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-backend\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[fanout.backends]\necho = echo_backend:EchoBackend\n"
-    )
+    (dist / "entry_points.txt").write_text("[fanout.backends]\necho = echo_backend:EchoBackend\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "echo" in backend_names()
     results = fanout.run(tasks.square, [1, 2], backend="echo")

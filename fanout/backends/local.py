@@ -721,6 +721,10 @@ def _worker_main(
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
+    # Whatever escapes the capture (C code, processes a task starts) goes to stderr, so
+    # the caller's stdout carries only what the caller writes (--json stays clean).
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)
     _task.mark_worker_process()
     loop = _WorkerLoop(_Writer(result_w), memoryview(marker).cast("q"))
     # A process that a task starts writes to the real streams, not to a copy of our
