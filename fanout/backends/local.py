@@ -373,6 +373,8 @@ class _Pool:
 
     def step(self, run: _Run) -> None:
         """Dispatch what can be dispatched, then wait for one round of events."""
+        if self.closed:
+            raise RuntimeError("the Fanout was closed while this map() was still running")
         self.dispatch(run)
         if run.ready or run.done():
             return
