@@ -66,7 +66,15 @@ def dumps(obj: Any) -> bytes:
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {message_of(exc)}"
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, which user code may have broken."""
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<str() of the exception failed: {type(broken).__name__}>"
 
 
 def input_error(index: int, exc: BaseException, action: str = "pickle") -> tuple[str, str, str]:
@@ -127,7 +135,7 @@ def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: C
         return (
             index,
             FAILED,
-            (type(exc).__name__, str(exc), tb),
+            (type(exc).__name__, message_of(exc), tb),
             started_at,
             started_at + duration,
             duration,
@@ -163,7 +171,9 @@ def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:
     if status == OK_PICKLED:
         try:
             return True, pickle.loads(payload)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             return False, (
                 SerializationError.__name__,
                 f"cannot unpickle the return value of task {index}: {describe(exc)}",

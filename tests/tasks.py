@@ -99,3 +99,24 @@ def spawn_sleeper(pidfile: str) -> None:
     with open(pidfile, "w") as fh:
         fh.write(str(child.pid))
     time.sleep(60)
+
+
+class ExitOnUnpickle:
+    """Pickles fine; unpickling it ends the process (as a broken C extension might)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (3,))
+
+
+class CallableExitOnUnpickle(ExitOnUnpickle):
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no string for you")
+
+
+def raise_bad_str(_: Any = None) -> None:
+    raise BadStr()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import psutil
 import pytest
@@ -194,3 +195,59 @@ def test_workers_exit_when_the_caller_is_sigkilled(daemon: bool) -> None:
     caller.wait(5)
     _gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"orphaned workers: {alive}"
+
+
+def test_the_next_map_does_not_wait_behind_an_abandoned_one() -> None:
+    with Fanout("local", workers=2) as fo:
+        for _ in fo.map(tasks.sleep_for, [0, 30, 30, 30]):
+            break
+        start = time.monotonic()
+        results = list(fo.map(tasks.square, range(100)))
+        assert time.monotonic() - start < 5
+    assert [r.value for r in results] == [x * x for x in range(100)]
+
+
+def test_an_input_whose_unpickling_kills_the_worker_fails_only_its_task() -> None:
+    results = fanout.run(tasks.identity, [1, tasks.ExitOnUnpickle(), 2], workers=2)
+    assert [r.ok for r in results] == [True, False, True]
+    error = results[1].error
+    assert error is not None and error.type == "WorkerLost"
+    assert "unpickling the input of task 1" in error.message
+
+
+def test_a_target_whose_unpickling_kills_workers_fails_every_task_without_looping() -> None:
+    started = time.monotonic()
+    results = fanout.run(tasks.CallableExitOnUnpickle(), range(50), workers=2)
+    assert time.monotonic() - started < 10
+    assert len(results) == 50
+    assert all(r.error is not None and "loading the target" in r.error.message for r in results)
+
+
+def test_an_exception_whose_str_raises_is_still_a_result() -> None:
+    (r,) = fanout.run(tasks.raise_bad_str, [0])
+    assert r.error is not None and r.error.type == "BadStr"
+    assert "str() of the exception failed" in r.error.message
+
+
+def test_closing_one_idle_pool_is_quick_while_another_pool_lives() -> None:
+    with Fanout("local", workers=2) as other:
+        list(other.map(tasks.square, range(4)))
+        first = Fanout("local", workers=2)
+        list(first.map(tasks.square, range(4)))
+        list(other.map(tasks.square, range(4)))  # its workers now fork after first's
+        start = time.monotonic()
+        first.close()
+        assert time.monotonic() - start < 1.0
+
+
+def test_workers_started_from_a_thread_survive_the_thread() -> None:
+    import threading
+
+    with Fanout("local", workers=2) as fo:
+        results = fo.map(tasks.sleep_for, [0.2, 0.2, 0.2, 0.2])
+        box: list[Any] = []
+        thread = threading.Thread(target=lambda: box.append(next(results)))
+        thread.start()
+        thread.join()
+        rest = list(results)
+    assert all(r.ok for r in box + rest), [r.error for r in box + rest]

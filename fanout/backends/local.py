@@ -47,6 +47,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import weakref
 from array import array
@@ -74,7 +75,17 @@ MIN_ORDER_WINDOW = 10_000
 STOP_GRACE_SECONDS = 2.0
 PIPE_SIZE = 1 << 20
 
+# A batch's pickled inputs are kept to about this size, and an ordered run's results
+# waiting for an earlier one to about this much.
+MAX_BATCH_BYTES = 4 << 20
+MAX_WINDOW_BYTES = 128 << 20
+# A task whose worker dies outside any task this often is charged a WorkerLost.
+MAX_FREE_REQUEUES = 3
+
 _HEADER = struct.Struct("<Q")
+# The shared marker: [batch id or _LOADING_TARGET, position in the batch, phase].
+_LOADING_TARGET = -2
+_PHASES = {0: "running", 1: "unpickling the input of"}
 # Caller -> worker messages.
 _FN, _BATCH = 0, 1
 # Worker -> caller messages.
@@ -166,6 +177,8 @@ class _Batch:
 
 
 _batch_ids = itertools.count()
+# File descriptors that only the caller may hold, across every pool in this process.
+_caller_fds: set[int] = set()
 _DROPPED = object()  # marks an input that failed to pickle in the caller
 _fn_ids = itertools.count(1)
 
@@ -189,6 +202,10 @@ class _Run:
         self.next_yield = 0
         self.next_index = 0
         self.per_task: float | None = None  # measured seconds per task
+        self.bytes_per_task: float | None = None  # the larger of the two below
+        self.bytes_in: dict[bool, float] = {}  # pickled bytes per task, in and out
+        self.suspects: dict[int, int] = {}  # index -> deaths outside any task
+        self.broken: tuple[str, str, str] | None = None  # the target kills workers
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready
@@ -196,7 +213,25 @@ class _Run:
     def batch_size(self) -> int:
         if self.per_task is None:
             return 1
-        return max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-7))))
+        size = min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-7)))
+        if self.bytes_per_task:
+            size = min(size, int(MAX_BATCH_BYTES / self.bytes_per_task))
+        return max(1, size)
+
+    def measure_bytes(self, nbytes: int, tasks: int, inputs: bool) -> None:
+        per = nbytes / max(tasks, 1)
+        old = self.bytes_in.get(inputs)
+        self.bytes_in[inputs] = per if old is None else 0.5 * (old + per)
+        self.bytes_per_task = max(self.bytes_in.values())
+
+    def suspect(self, index: int) -> bool:
+        """Count a death outside any task against ``index``; True once it is too many."""
+        self.suspects[index] = self.suspects.get(index, 0) + 1
+        return self.suspects[index] >= MAX_FREE_REQUEUES
+
+    def break_target(self, message: str) -> None:
+        """Loading the target kills workers: every task left fails instead of looping."""
+        self.broken = (WorkerLost.__name__, message, "")
 
     def depth(self) -> int:
         """How many batches a worker may hold: 2 hides the round trip for quick tasks."""
@@ -211,6 +246,9 @@ class _Run:
 
     def take_batch(self) -> _Batch | None:
         """The next batch to send: retries first, then fresh items; None if nothing now."""
+        if self.broken is not None:
+            self.fail_the_rest(self.broken)
+            return None
         size = self.batch_size()
         indices: list[int] = []
         items: list[Any] = []
@@ -267,6 +305,10 @@ class _Run:
             return []
         if self.spec.ordered:
             window = max(MIN_ORDER_WINDOW, 4 * self.workers * self.batch_size())
+            if self.bytes_per_task:
+                window = min(
+                    window, max(4 * self.workers, int(MAX_WINDOW_BYTES / self.bytes_per_task))
+                )
             room = min(room, window - (self.next_index - self.next_yield))
             if room <= 0:
                 return []
@@ -275,7 +317,7 @@ class _Run:
         try:
             for item in itertools.islice(self.source, room):
                 append(item)
-        except BaseException as exc:
+        except Exception as exc:
             # Stop reading input; tasks already taken still finish and are yielded.
             self.exhausted = True
             self.input_error = exc
@@ -283,6 +325,14 @@ class _Run:
         if len(fresh) < room:
             self.exhausted = True
         return fresh
+
+    def fail_the_rest(self, error: tuple[str, str, str]) -> None:
+        while self.retry:
+            self.fail_in_caller(self.retry.popleft()[0], error)
+        for _ in self.take_fresh(MAX_BATCH):
+            self.next_index += 1
+            self.outstanding += 1
+            self.fail_in_caller(self.next_index - 1, error)
 
     def fail_in_caller(self, index: int, error: tuple[str, str, str]) -> None:
         now = time.time()
@@ -334,6 +384,7 @@ class _Worker:
         "result_r",
         "task_started",
         "task_w",
+        "timeout_index",
         "writing",
     )
 
@@ -354,6 +405,7 @@ class _Worker:
         self.fn_id = 0
         self.info: WorkerInfo | None = None
         self.kill_reason: str | None = None
+        self.timeout_index = -1  # the task the pool killed this worker for over-running
         self.task_started = 0.0  # when the task now running (head batch) began
 
 
@@ -366,6 +418,7 @@ class _Pool:
         self.ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else None)
         self.workers: list[_Worker] = []
         self.selector = selectors.DefaultSelector()
+        _caller_fds.add(self.selector_fd())
         self.counter = itertools.count(1)
         self.closed = False
 
@@ -428,13 +481,15 @@ class _Pool:
         if not worker.inflight:
             worker.task_started = batch.sent_at
         worker.inflight.append(batch)
-        self.send(worker, (_BATCH, batch.id, batch.indices, batch.items, batch.pickled))
+        size = self.send(worker, (_BATCH, batch.id, batch.indices, batch.items, batch.pickled))
+        run.measure_bytes(size, len(batch.indices), inputs=True)
 
-    def send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def send(self, worker: _Worker, message: tuple[Any, ...]) -> int:
         data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         worker.out_buf += _HEADER.pack(len(data))
         worker.out_buf += data
         self.flush(worker)
+        return len(data)
 
     def flush(self, worker: _Worker) -> None:
         """Write as much of the worker's buffer as its pipe takes, never blocking."""
@@ -470,19 +525,22 @@ class _Pool:
             buf += chunk
             if len(chunk) < PIPE_SIZE:
                 break
-        start = 0
-        size = len(buf)
+        frames: list[bytes] = []
+        start, size = 0, len(buf)
         while size - start >= _HEADER.size:
             (n,) = _HEADER.unpack_from(buf, start)
             end = start + _HEADER.size + n
             if end > size:
                 break
-            message = pickle.loads(memoryview(buf)[start + _HEADER.size : end])
+            frames.append(bytes(buf[start + _HEADER.size : end]))
             start = end
-            self.handle(worker, message)
+        # Take the frames out of the buffer before handling them: handling may raise
+        # (Ctrl-C) and must never see a frame twice.
         del buf[:start]
+        for frame in frames:
+            self.handle(worker, pickle.loads(frame), len(frame))
 
-    def handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def handle(self, worker: _Worker, message: tuple[Any, ...], size: int) -> None:
         if message[0] == _HELLO:
             _, name, pid, ppid, host = message
             worker.info = WorkerInfo(name, pid, ppid, host, LocalBackend.name)
@@ -495,6 +553,7 @@ class _Pool:
         assert info is not None
         if not run.finished:
             run.measure(records)
+            run.measure_bytes(size, len(records), inputs=False)
             done: list[TaskResult] = []
             attempts, base = batch.attempts, batch.done
             for offset, record in enumerate(records):
@@ -529,7 +588,11 @@ class _Pool:
     def next_deadline(self, run: _Run) -> float | None:
         if run.spec.timeout is None:
             return None
-        busy = [w.task_started for w in self.workers if w.inflight and w.kill_reason is None]
+        busy = [
+            w.task_started
+            for w in self.workers
+            if w.inflight and w.inflight[0].run is run and w.kill_reason is None
+        ]
         if not busy:
             return None
         return min(busy) + run.spec.timeout - time.time()
@@ -543,7 +606,9 @@ class _Pool:
             if worker.inflight[0].run is run and now - worker.task_started >= run.spec.timeout:
                 self.read(worker)  # a result that just arrived is not a time-out
                 if worker.inflight and now - worker.task_started >= run.spec.timeout:
+                    head = worker.inflight[0]
                     worker.kill_reason = "timeout"
+                    worker.timeout_index = head.indices[head.done]
                     self.kill(worker)
 
     def bury(self, worker: _Worker) -> None:
@@ -557,24 +622,46 @@ class _Pool:
         self.read(worker)
         worker.process.join(1.0)
         code = worker.process.exitcode
-        running_batch, running_pos = worker.marker[0], worker.marker[1]
+        batch_id, pos, phase = worker.marker[0], worker.marker[1], worker.marker[2]
         self.workers.remove(worker)
         self.forget(worker)
-        rest: list[tuple[int, Any, bool, int]] = []
-        for batch in worker.inflight:
-            if batch.run.finished:
-                continue
-            for pos in range(batch.done, len(batch.indices)):
-                if batch.id == running_batch and pos == running_pos:
-                    self.fail_running(worker, batch, pos, code)
+        live = [b for b in worker.inflight if not b.run.finished]
+        if batch_id == _LOADING_TARGET and live:
+            live[0].run.break_target(
+                f"{self.describe(worker)} died while loading the target: {_describe_exit(code)}"
+            )
+        culprit: tuple[_Batch, int] | None = None
+        for batch in live:
+            if batch.id == batch_id and batch.done <= pos < len(batch.indices):
+                culprit = (batch, pos)
+        if culprit is None and live and batch_id != _LOADING_TARGET:
+            # It died outside any task (while reading or sending): run its tasks again,
+            # but charge the first one if that keeps happening, so it cannot loop forever.
+            first = (live[0], live[0].done)
+            if live[0].run.suspect(first[0].indices[first[1]]):
+                culprit = first
+        timed_out = worker.kill_reason == "timeout"
+        if culprit and timed_out and culprit[0].indices[culprit[1]] != worker.timeout_index:
+            culprit = None  # the timed-out task finished just before the kill
+        rest: list[tuple[_Run, tuple[int, Any, bool, int]]] = []
+        for batch in live:
+            for p in range(batch.done, len(batch.indices)):
+                if culprit == (batch, p):
+                    self.fail_running(worker, batch, p, code, _PHASES.get(phase, "running"))
                 else:
-                    rest.append(batch.task(pos))
-        if rest:
-            run = worker.inflight[0].run
-            for task in reversed(rest):
-                run.retry.appendleft(task)
+                    rest.append((batch.run, batch.task(p)))
+        # Give each task back to its own run, first in line and in its order.
+        for run, task in reversed(rest):
+            run.retry.appendleft(task)
 
-    def fail_running(self, worker: _Worker, batch: _Batch, pos: int, code: int | None) -> None:
+    def describe(self, worker: _Worker) -> str:
+        info = worker.info
+        name = info.name if info else worker.process.name
+        return f"{name} (pid {worker.pid})"
+
+    def fail_running(
+        self, worker: _Worker, batch: _Batch, pos: int, code: int | None, doing: str
+    ) -> None:
         run = batch.run
         task = batch.task(pos)
         index = task[0]
@@ -591,7 +678,7 @@ class _Pool:
         else:
             error = TaskError(
                 WorkerLost.__name__,
-                f"{info.name} (pid {info.pid}) died while running task {index}: "
+                f"{info.name} (pid {info.pid}) died while {doing} task {index}: "
                 f"{_describe_exit(code)}",
             )
         now = time.time()
@@ -609,8 +696,16 @@ class _Pool:
                 return
 
     def abandon(self, run: _Run) -> None:
-        """A run ended early: its queued tasks are dropped, results still in flight ignored."""
+        """A run ended: drop its queued tasks, end workers still busy with its tasks.
+
+        Killing is the only way to stop a running task, and the next map() must not
+        wait behind tasks whose results nobody will read; replacements start on demand.
+        """
         run.retry.clear()
+        for worker in self.workers:
+            if worker.kill_reason is None and any(b.run is run for b in worker.inflight):
+                worker.kill_reason = "abandoned"
+                self.kill(worker)
 
     # -- worker lifecycle ---------------------------------------------------------------
 
@@ -622,16 +717,17 @@ class _Pool:
                 import fcntl
 
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        inherited = [self.selector_fd(), task_w, result_r]
-        for w in self.workers:
-            inherited += [w.task_w, w.result_r] + ([w.pidfd] if w.pidfd is not None else [])
+        _caller_fds.update((task_w, result_r))
+        # Every pool's caller-side fds, not just ours: a worker of another pool holding
+        # our task pipe open would keep our workers from ever seeing end-of-file.
+        inherited = sorted(_caller_fds)
         name = f"worker-{next(self.counter)}"
-        marker = mmap.mmap(-1, 16)  # shared with the worker across fork
-        memoryview(marker).cast("q")[:] = array("q", [-1, -1])
+        marker = mmap.mmap(-1, 24)  # shared with the worker across fork
+        memoryview(marker).cast("q")[:] = array("q", [-1, -1, 0])
         process = self.ctx.Process(
             name=name,
             target=_worker_main,
-            args=(task_r, result_w, marker, inherited, os.getpid()),
+            args=(task_r, result_w, marker, inherited, os.getpid(), _on_main_thread()),
             daemon=self.daemon,
         )
         process.start()
@@ -646,6 +742,7 @@ class _Pool:
         try:
             worker.pidfd = os.pidfd_open(worker.pid)
             death_fd = worker.pidfd
+            _caller_fds.add(death_fd)
         except (AttributeError, OSError):
             death_fd = process.sentinel
         self.selector.register(result_r, selectors.EVENT_READ, (worker, "result"))
@@ -665,7 +762,8 @@ class _Pool:
             self.selector.unregister(worker.task_w)
             worker.writing = False
         for fd in (worker.task_w, worker.result_r, worker.pidfd):
-            if fd is not None:
+            if fd is not None and fd >= 0:
+                _caller_fds.discard(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
         with contextlib.suppress(ValueError):
@@ -682,6 +780,7 @@ class _Pool:
         for worker in workers:
             if cancel or worker.inflight:
                 self.kill(worker)
+            _caller_fds.discard(worker.task_w)
             with contextlib.suppress(OSError):
                 os.close(worker.task_w)  # end-of-file: an idle worker exits
             worker.task_w = -1
@@ -694,6 +793,7 @@ class _Pool:
         for worker in workers:
             worker.writing = False
             self.forget(worker)
+        _caller_fds.discard(self.selector_fd())
         self.selector.close()
 
 
@@ -712,10 +812,18 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _worker_main(
-    task_r: int, result_w: int, marker: mmap.mmap, inherited: list[int], parent: int
+    task_r: int,
+    result_w: int,
+    marker: mmap.mmap,
+    inherited: list[int],
+    parent: int,
+    main_thread: bool,
 ) -> None:
     """Body of a worker process: read batches, run them, write result records."""
-    _die_with_parent(parent)
+    # PR_SET_PDEATHSIG fires when the *thread* that forked us exits, so it is only safe
+    # for workers started from the main thread; others notice end-of-file instead.
+    if main_thread:
+        _die_with_parent(parent)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     # Close the caller's ends of every pipe: only then does end-of-file on the task
@@ -762,16 +870,19 @@ class _WorkerLoop:
 
     def load(self, fn_bytes: bytes, star: bool, flush_each: bool, modules: dict[str, str]) -> None:
         self.star, self.flush_each = star, flush_each
+        self.marker[0] = _LOADING_TARGET
         try:
             load_file_modules(modules)
             self.fn = pickle.loads(fn_bytes)
-        except Exception as exc:
+        except BaseException as exc:
             self.fn = None
             self.fn_error = (
                 TargetError.__name__,
                 f"the worker cannot load the target: {_task.describe(exc)}",
                 "",
             )
+        finally:
+            self.marker[0] = -1
 
     def run_batch(
         self, batch_id: int, indices: list[int], items: list[Any], pickled: list[int]
@@ -780,12 +891,16 @@ class _WorkerLoop:
         records: list[_task.Record] = []
         last_flush = time.monotonic()
         unsent_work = 0.0
+        marker[0] = batch_id
+        marker[2] = 1  # unpickling: a crash here is blamed on this input
         for pos in pickled:
+            marker[1] = pos
             try:
                 items[pos] = pickle.loads(items[pos])
-            except Exception as exc:
+            except BaseException as exc:
                 items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
-        marker[0] = batch_id
+        marker[1] = -1
+        marker[2] = 0
         for pos, (index, item) in enumerate(zip(indices, items, strict=True)):
             if fn is None or type(item) is _Unloadable:
                 now = time.time()
@@ -804,12 +919,30 @@ class _WorkerLoop:
                 or unsent_work >= FLUSH_WORK_SECONDS
                 or time.monotonic() - last_flush >= FLUSH_SECONDS
             ):
-                self.out.send((_RESULTS, batch_id, records))
+                self.send_results(batch_id, records)
                 records = []
                 unsent_work = 0.0
                 last_flush = time.monotonic()
         if records:
+            self.send_results(batch_id, records)
+
+    def send_results(self, batch_id: int, records: list[_task.Record]) -> None:
+        try:
             self.out.send((_RESULTS, batch_id, records))
+            return
+        except Exception:
+            pass  # e.g. MemoryError: find the record that cannot go, send the others
+        for record in records:
+            try:
+                self.out.send((_RESULTS, batch_id, [record]))
+            except Exception as exc:
+                index = record[0]
+                error = (
+                    SerializationError.__name__,
+                    f"cannot send the result of task {index}: {_task.describe(exc)}",
+                    "",
+                )
+                self.out.send((_RESULTS, batch_id, [(index, _task.FAILED, error, *record[3:])]))
 
 
 class _Unloadable:
@@ -840,6 +973,10 @@ class _Writer:
                     continue
                 raise
             view = view[n:]
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _restore_streams() -> None:
