@@ -58,6 +58,7 @@ from typing import Any
 
 from fanout import _task
 from fanout._task import RAW_TYPES
+from fanout.backends._runstate import RunState
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import SerializationError, TargetError, TaskTimeout, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
@@ -125,24 +126,13 @@ class LocalBackend(Backend):
             fn_bytes = cloudpickle.dumps(spec.fn, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TargetError(f"cannot send the target to worker processes: {exc}") from exc
-        run = _Run(spec, fn_bytes, self.workers)
+        run = _Run(spec, fn_bytes, self.workers, self.name)
         self._active = run
         return self._iterate(run)
 
     def _iterate(self, run: _Run) -> Iterator[TaskResult]:
         pool = self._pool
-        try:
-            while True:
-                while run.ready:
-                    yield run.ready.popleft()
-                if run.done():
-                    break
-                pool.step(run)
-        finally:
-            run.finished = True
-            pool.abandon(run)
-        if run.input_error is not None:
-            raise run.input_error
+        return run.results(lambda: pool.step(run), lambda: pool.abandon(run))
 
     def close(self, cancel: bool = False) -> None:
         self._finalizer.detach()
@@ -183,32 +173,26 @@ _DROPPED = object()  # marks an input that failed to pickle in the caller
 _fn_ids = itertools.count(1)
 
 
-class _Run:
-    """The state of one map() call: its input, what is in flight, what is ready."""
+class _Run(RunState):
+    """One map() call on the pool: its input, retries, measurements and results."""
 
-    def __init__(self, spec: MapSpec, fn_bytes: bytes, workers: int) -> None:
-        self.spec = spec
+    def __init__(self, spec: MapSpec, fn_bytes: bytes, workers: int, backend: str) -> None:
+        super().__init__(spec, backend)
         self.fn_id = next(_fn_ids)
         self.fn_bytes = fn_bytes
         self.workers = workers
-        self.source = spec.items
-        self.exhausted = False
-        self.input_error: BaseException | None = None
-        self.finished = False
-        self.outstanding = 0  # tasks taken from the input without a final result yet
         self.retry: deque[tuple[int, Any, bool, int]] = deque()
-        self.ready: deque[TaskResult] = deque()
-        self.reorder: dict[int, TaskResult] = {}
-        self.next_yield = 0
-        self.next_index = 0
         self.per_task: float | None = None  # measured seconds per task
         self.bytes_per_task: float | None = None  # the larger of the two below
         self.bytes_in: dict[bool, float] = {}  # pickled bytes per task, in and out
         self.suspects: dict[int, int] = {}  # index -> deaths outside any task
         self.broken: tuple[str, str, str] | None = None  # the target kills workers
 
-    def done(self) -> bool:
-        return self.exhausted and self.outstanding == 0 and not self.ready
+    def window(self) -> int:
+        window = max(MIN_ORDER_WINDOW, 4 * self.workers * self.batch_size())
+        if self.bytes_per_task:
+            window = min(window, max(4 * self.workers, int(MAX_WINDOW_BYTES / self.bytes_per_task)))
+        return window
 
     def batch_size(self) -> int:
         if self.per_task is None:
@@ -263,11 +247,9 @@ class _Run:
             attempts.append(tried)
             indices.append(index)
             items.append(item)
-        fresh = self.take_fresh(size - len(indices))
+        start, fresh = self.take_fresh(size - len(indices))
         if fresh:
-            start, base = self.next_index, len(indices)
-            self.next_index += len(fresh)
-            self.outstanding += len(fresh)
+            base = len(indices)
             fresh_pickled: list[int] = []
             failed = False
             for pos, item in enumerate(fresh):
@@ -299,64 +281,10 @@ class _Run:
             return None
         return _Batch(self, indices, items, pickled, attempts)
 
-    def take_fresh(self, room: int) -> list[Any]:
-        """Up to ``room`` new items from the input (fewer when ordered and far ahead)."""
-        if self.exhausted or room <= 0:
-            return []
-        if self.spec.ordered:
-            window = max(MIN_ORDER_WINDOW, 4 * self.workers * self.batch_size())
-            if self.bytes_per_task:
-                window = min(
-                    window, max(4 * self.workers, int(MAX_WINDOW_BYTES / self.bytes_per_task))
-                )
-            room = min(room, window - (self.next_index - self.next_yield))
-            if room <= 0:
-                return []
-        fresh: list[Any] = []
-        append = fresh.append
-        try:
-            for item in itertools.islice(self.source, room):
-                append(item)
-        except Exception as exc:
-            # Stop reading input; tasks already taken still finish and are yielded.
-            self.exhausted = True
-            self.input_error = exc
-            return fresh
-        if len(fresh) < room:
-            self.exhausted = True
-        return fresh
-
-    def fail_the_rest(self, error: tuple[str, str, str]) -> None:
+    def fail_the_rest(self, error: tuple[str, str, str], limit: int = MAX_BATCH) -> None:
         while self.retry:
             self.fail_in_caller(self.retry.popleft()[0], error)
-        for _ in self.take_fresh(MAX_BATCH):
-            self.next_index += 1
-            self.outstanding += 1
-            self.fail_in_caller(self.next_index - 1, error)
-
-    def fail_in_caller(self, index: int, error: tuple[str, str, str]) -> None:
-        now = time.time()
-        info = WorkerInfo.current(LocalBackend.name)
-        self.finish(TaskResult(index, False, None, TaskError(*error), info, 0, now, now, 0.0))
-
-    def finish(self, result: TaskResult) -> None:
-        self.finish_many([result])
-
-    def finish_many(self, results: list[TaskResult]) -> None:
-        self.outstanding -= len(results)
-        if not self.spec.ordered:
-            self.ready.extend(results)
-            return
-        reorder, ready = self.reorder, self.ready
-        for result in results:
-            if result.index == self.next_yield and not reorder:
-                ready.append(result)  # the common case: results arrive in order
-                self.next_yield += 1
-            else:
-                reorder[result.index] = result
-        while self.next_yield in reorder:
-            ready.append(reorder.pop(self.next_yield))
-            self.next_yield += 1
+        super().fail_the_rest(error, limit)
 
     def failed_attempt(
         self, task: tuple[int, Any, bool, int], result: TaskResult, retryable: bool = True
