@@ -72,8 +72,20 @@ def run_command(
         None, "--backend", envvar="FANOUT_BACKEND", help="local (default), inline, ..."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", envvar="FANOUT_WORKERS", min=0, help="Worker processes."
+        None,
+        "--workers",
+        envvar="FANOUT_WORKERS",
+        min=0,
+        help="Worker processes (rq: local fanout workers to start for the run).",
     ),
+    redis_url: str | None = typer.Option(
+        None,
+        "--redis-url",
+        envvar="FANOUT_REDIS_URL",
+        help="rq: the Redis server.",
+        show_default=False,
+    ),
+    queue: str | None = typer.Option(None, "--queue", help="rq: the queue name (default fanout)."),
     timeout: float | None = typer.Option(
         None, "--timeout", min=0.0, help="End a task running longer (seconds)."
     ),
@@ -113,6 +125,10 @@ def run_command(
         if name != "local":
             _fail("--daemon/--no-daemon applies to the local backend only", EXIT_USAGE)
         options["daemon"] = daemon
+    if name == "rq":
+        options.update(redis_url=redis_url, queue=queue)
+    elif queue is not None:
+        _fail("--queue applies to the rq backend only", EXIT_USAGE)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         inputs, total = _inputs(items, range_, repeat, input_)
@@ -148,6 +164,67 @@ def run_command(
     except (FanoutError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
     raise typer.Exit(code)
+
+
+@app.command("worker")
+def worker_command(
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", envvar="FANOUT_REDIS_URL", help="The Redis server.", show_default=False
+    ),
+    queue: str = typer.Option("fanout", "--queue", help="The queue to serve."),
+    name: str | None = typer.Option(None, "--name", help="Register with RQ under this name."),
+    burst: bool = typer.Option(False, "--burst", help="Exit once the queue is empty."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Worker processes to run."),
+) -> None:
+    """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
+    from fanout.rqworker import run_worker
+
+    # Like `rq worker`, import task modules from the current directory too.
+    sys.path.insert(0, os.getcwd())
+    try:
+        code = run_worker(redis_url, queue, name, burst, processes)
+    except BackendUnavailable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status_command(
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", envvar="FANOUT_REDIS_URL", help="The Redis server.", show_default=False
+    ),
+    queue: str | None = typer.Option(None, "--queue", help="Only this queue (default: all)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Queues with their lengths, and workers with name, pid, host, state, current job."""
+    from fanout.backends.rq import queue_status
+
+    try:
+        status = queue_status(redis_url, queue)
+    except BackendUnavailable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    if json_out:
+        typer.echo(json.dumps(status))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"Redis {status['redis']}")
+    queues = Table("queue", "length", box=None, header_style="bold")
+    for q in status["queues"]:
+        queues.add_row(q["name"], str(q["length"]))
+    console.print(queues)
+    workers = Table(
+        "worker", "pid", "host", "state", "current job", "queues", box=None, header_style="bold"
+    )
+    for w in status["workers"]:
+        workers.add_row(
+            w["name"], str(w["pid"]), w["host"] or "", w["state"], w["current_job"] or "-",
+            ", ".join(w["queues"]),
+        )  # fmt: skip
+    console.print(workers)
+    console.print(f"{len(status['queues'])} queue(s), {len(status['workers'])} worker(s)")
 
 
 def _inputs(

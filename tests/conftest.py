@@ -1,27 +1,172 @@
-"""Shared fixtures: the ``backend`` fixture runs the contract tests on every backend."""
+"""Shared fixtures.
+
+- ``backend`` runs the contract tests on every backend; for ``rq`` it brings a real
+  ``redis-server`` on a free port and two real ``fanout worker`` processes.
+- Redis-backed tests skip when ``redis-server`` is missing, but fail when ``CI`` is set.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-BACKENDS = ["local", "inline"]
+import fanout
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ["local", "inline", "rq"]
+RQ_WORKERS = ["test-worker-1", "test-worker-2"]
+
+
+# Processes that live for the whole session (redis-server, shared workers).
+SESSION_PIDS: set[int] = set()
+
+
+def _of_the_session(process: psutil.Process) -> bool:
+    try:
+        return process.pid in SESSION_PIDS or any(
+            parent.pid in SESSION_PIDS for parent in process.parents()
+        )
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Every test must leave no child process of its own running."""
+    me = psutil.Process(os.getpid())
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    new = [p for p in me.children(recursive=True) if p.pid not in before]
+    _gone, alive = psutil.wait_procs([p for p in new if not _of_the_session(p)], timeout=5)
+    assert not alive, f"processes left behind: {alive}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test session's own, on a free port, keeping nothing on disk."""
+
+    def __init__(self, *args: str) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            message = "redis-server is not installed (apt-get install redis-server)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", *args],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    SESSION_PIDS.add(server.process.pid)
+    yield server
+    server.stop()
+
+
+def start_worker(url: str, name: str, *args: str) -> subprocess.Popen[bytes]:
+    """A real ``fanout worker`` process, run from the repo root so tests.tasks imports."""
+    env = dict(os.environ, FANOUT_REDIS_URL=url)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fanout", "worker", "--name", name, *args], cwd=ROOT, env=env
+    )
+
+
+def wait_for_workers(url: str, names: list[str], timeout: float = 20.0) -> None:
+    from redis import Redis
+    from rq import Worker
+
+    connection = Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while {w.name for w in Worker.all(connection=connection)} < set(names):
+        assert time.monotonic() < deadline, f"workers {names} did not register"
+        time.sleep(0.05)
+    connection.close()
+
+
+def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def rq_workers(redis_server: RedisServer) -> Iterator[list[str]]:
+    """Two named fanout workers serving the default queue for the whole session."""
+    processes = [start_worker(redis_server.url, name) for name in RQ_WORKERS]
+    SESSION_PIDS.update(p.pid for p in processes)
+    wait_for_workers(redis_server.url, RQ_WORKERS)
+    yield RQ_WORKERS
+    stop_workers(processes)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    name = str(request.param)
+    if name == "rq":
+        request.getfixturevalue("rq_workers")
+    return name
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_processes():
-    """Every test must leave no child process of ours running."""
-    me = psutil.Process(os.getpid())
-    before = {p.pid for p in me.children(recursive=True)}
-    yield
-    _gone, alive = psutil.wait_procs(
-        [p for p in me.children(recursive=True) if p.pid not in before], timeout=5
-    )
-    assert not alive, f"processes left behind: {alive}"
+@pytest.fixture
+def options(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Keyword arguments that give ``backend`` two workers."""
+    if backend == "rq":
+        url = request.getfixturevalue("redis_server").url
+        return {"backend": "rq", "redis_url": url}  # the session's two workers
+    return {"backend": backend, "workers": 2}
+
+
+@pytest.fixture
+def run(options: dict[str, Any]) -> Callable[..., list[fanout.TaskResult]]:
+    """``fanout.run`` on the backend under test."""
+
+    def run(target: Any, items: Any = None, **kwargs: Any) -> list[fanout.TaskResult]:
+        return fanout.run(target, items, **{**options, **kwargs})
+
+    return run
+
+
+@pytest.fixture
+def make_fanout(options: dict[str, Any]) -> Callable[[], fanout.Fanout]:
+    return lambda: fanout.Fanout(**options)

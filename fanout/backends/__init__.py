@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "fanout.backends"
 _BUILTIN: dict[str, str] = {
     "local": "fanout.backends.local:LocalBackend",
     "inline": "fanout.backends.inline:InlineBackend",
+    "rq": "fanout.backends.rq:RQBackend",
 }
 _registered: dict[str, type[Backend]] = {}
 

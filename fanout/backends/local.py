@@ -102,20 +102,36 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, daemon: bool = True) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        daemon: bool = True,
+        *,
+        process_name: str | None = None,
+    ) -> None:
+        """``process_name`` names every worker process alike (``fanout worker`` names
+        its task process after the RQ worker); by default they are ``worker-N``."""
         if workers is None:
             workers = os.cpu_count() or 1
         if workers < 1:
             raise ValueError(f"the local backend needs at least one worker, got {workers}")
         self.workers = workers
         self.daemon = daemon
-        self._pool = _Pool(workers, daemon)
+        self._pool = _Pool(workers, daemon, process_name, self.name)
         self._active: _Run | None = None
         # Workers are stopped when the backend is garbage-collected or at interpreter exit
         # (non-daemon workers would otherwise keep the interpreter waiting for them).
         self._finalizer = weakref.finalize(self, self._pool.shutdown, True)
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
+        return self.stream(spec)
+
+    def stream(
+        self, spec: MapSpec, idle: Callable[[], None] | None = None, max_wait: float | None = None
+    ) -> Iterator[TaskResult]:
+        """``map`` with a hook: ``idle()`` runs before each wait for workers, at least
+        every ``max_wait`` seconds while tasks run (``fanout worker`` flushes and
+        heartbeats there)."""
         if self._active is not None and not self._active.finished:
             raise RuntimeError(
                 "another map() on this Fanout is still running: consume or close it first"
@@ -128,11 +144,8 @@ class LocalBackend(Backend):
             raise TargetError(f"cannot send the target to worker processes: {exc}") from exc
         run = _Run(spec, fn_bytes, self.workers, self.name)
         self._active = run
-        return self._iterate(run)
-
-    def _iterate(self, run: _Run) -> Iterator[TaskResult]:
         pool = self._pool
-        return run.results(lambda: pool.step(run), lambda: pool.abandon(run))
+        return run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
 
     def close(self, cancel: bool = False) -> None:
         self._finalizer.detach()
@@ -340,7 +353,9 @@ class _Worker:
 class _Pool:
     """Worker processes and the event loop that feeds them; owned by one LocalBackend."""
 
-    def __init__(self, size: int, daemon: bool) -> None:
+    def __init__(self, size: int, daemon: bool, process_name: str | None, backend: str) -> None:
+        self.process_name = process_name
+        self.backend = backend
         self.size = size
         self.daemon = daemon
         self.ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else None)
@@ -352,7 +367,12 @@ class _Pool:
 
     # -- the event loop -----------------------------------------------------------------
 
-    def step(self, run: _Run) -> None:
+    def step(
+        self,
+        run: _Run,
+        idle: Callable[[], None] | None = None,
+        max_wait: float | None = None,
+    ) -> None:
         """Dispatch what can be dispatched, then wait for one round of events."""
         if self.closed:
             raise RuntimeError("the Fanout was closed while this map() was still running")
@@ -360,6 +380,10 @@ class _Pool:
         if run.ready or run.done():
             return
         timeout = self.next_deadline(run)
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        if idle is not None:
+            idle()
         events = self.selector.select(None if timeout is None else max(timeout, 0.0))
         for key, mask in events:
             worker, kind = key.data
@@ -471,7 +495,7 @@ class _Pool:
     def handle(self, worker: _Worker, message: tuple[Any, ...], size: int) -> None:
         if message[0] == _HELLO:
             _, name, pid, ppid, host = message
-            worker.info = WorkerInfo(name, pid, ppid, host, LocalBackend.name)
+            worker.info = WorkerInfo(name, pid, ppid, host, self.backend)
             return
         _, batch_id, records = message
         batch = worker.inflight[0]
@@ -594,7 +618,7 @@ class _Pool:
         task = batch.task(pos)
         index = task[0]
         info = worker.info or WorkerInfo(
-            worker.process.name, worker.pid, os.getpid(), socket.gethostname(), "local"
+            worker.process.name, worker.pid, os.getpid(), socket.gethostname(), self.backend
         )
         timeout = run.spec.timeout
         if worker.kill_reason == "timeout" and timeout is not None:
@@ -649,7 +673,7 @@ class _Pool:
         # Every pool's caller-side fds, not just ours: a worker of another pool holding
         # our task pipe open would keep our workers from ever seeing end-of-file.
         inherited = sorted(_caller_fds)
-        name = f"worker-{next(self.counter)}"
+        name = self.process_name or f"worker-{next(self.counter)}"
         marker = mmap.mmap(-1, 24)  # shared with the worker across fork
         memoryview(marker).cast("q")[:] = array("q", [-1, -1, 0])
         process = self.ctx.Process(

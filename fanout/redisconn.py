@@ -1,0 +1,76 @@
+"""Connecting to Redis: URL defaults, password masking, errors translated at the boundary."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from fanout.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+CONNECT_TIMEOUT = 5.0
+
+
+def redis_url(url: str | None = None) -> str:
+    """The URL to use: the one given, else ``$FANOUT_REDIS_URL``, else the default."""
+    return url or os.environ.get("FANOUT_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print or log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove the password of ``url`` from ``text``, wherever a library put it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+def connect(url: str, *, socket_timeout: float | None = 30.0) -> Redis:
+    """A checked connection to ``url``; :class:`BackendUnavailable` within seconds if not."""
+    import redis
+
+    try:
+        conn = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=socket_timeout,
+            health_check_interval=30,
+        )
+        conn.ping()
+    except redis.AuthenticationError as exc:
+        raise BackendUnavailable(
+            f"Redis at {mask_url(url)} refused the credentials: {scrub(str(exc), url)}"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise BackendUnavailable(
+            f"cannot reach Redis at {mask_url(url)}: {scrub(str(exc), url)}"
+        ) from None
+    except redis.ResponseError as exc:  # NOAUTH and friends
+        raise BackendUnavailable(f"Redis at {mask_url(url)}: {scrub(str(exc), url)}") from None
+    except ValueError as exc:
+        raise BackendUnavailable(f"bad Redis URL {mask_url(url)}: {scrub(str(exc), url)}") from None
+    return conn

@@ -1,0 +1,301 @@
+"""The worker side of the rq backend: the job function and ``fanout worker``.
+
+A fanout job is a plain RQ job whose function is :func:`run_batch`: it carries a
+batch of tasks (indices and inputs) and the target's ``module:function`` name, and
+pushes each task's result record onto the run's Redis list, which the caller waits on
+with BLPOP. Any RQ worker can run it (``rq worker`` imports fanout); ``fanout worker``
+runs it faster and safer::
+
+    RQ worker process (FanoutWorker: dequeues, heartbeats, pushes results)
+        |  batch of tasks          ^ result records
+        v                          |
+    task process, named after the RQ worker (a one-process local pool)
+
+No fork per job: the task process lives across jobs. When a task kills its process,
+the worker reports that task as ``WorkerLost`` (or retries it) and carries on with a
+new task process, as the local backend does.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fanout import _task
+from fanout.backends.base import MapSpec
+from fanout.backends.inline import InlineBackend
+from fanout.backends.local import LocalBackend
+from fanout.errors import TargetError
+from fanout.models import TaskResult
+from fanout.redisconn import connect, mask_url, redis_url
+from fanout.targets import resolve_target
+
+log = logging.getLogger("fanout.worker")
+
+RESULT_TTL = 3600  # seconds a run's result list outlives its last push
+PUSH_SECONDS = 0.05  # a worker pushes finished results at least this often
+PUSH_RECORDS = 2000  # ... or once this many are waiting
+
+# Set in a `fanout worker` process: the task process pool and the job being run.
+_executor: LocalBackend | None = None
+_heartbeat: Callable[[], None] | None = None
+
+
+def run_batch(
+    results_key: str,
+    target: str,
+    star: bool,
+    timeout: float | None,
+    retries: int,
+    indices: list[int],
+    items: list[Any],
+    pickled: list[int],
+) -> int:
+    """RQ job function: run one batch of tasks and push their results; returns the count."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    assert job is not None, "run_batch runs as an RQ job"
+    name = job.worker_name or multiprocessing.current_process().name
+    pusher = _Pusher(job.connection, results_key, name)
+    try:
+        fn, _ = resolve_target(target)
+    except TargetError as exc:
+        # Say so in every task's result: the caller then fails the run at once
+        # instead of finding failed jobs one by one.
+        now = time.time()
+        error = (TargetError.__name__, f"on RQ worker {name}: {exc}", "")
+        for index in indices:
+            pusher.add(_failed_record(index, error, now), None)
+        pusher.flush()
+        return len(indices)
+    failed: dict[int, tuple[str, str, str]] = {}
+    for pos in pickled:
+        try:
+            items[pos] = pickle.loads(items[pos])
+        except Exception as exc:
+            failed[pos] = _task.input_error(indices[pos], exc, "unpickle")
+    for pos, error in failed.items():
+        now = time.time()
+        pusher.add(_failed_record(indices[pos], error, now), None)
+    todo = [pos for pos in range(len(indices)) if pos not in failed]
+    spec = MapSpec(
+        fn,
+        target,
+        iter([items[pos] for pos in todo]),
+        star=star,
+        ordered=False,
+        timeout=timeout,
+        retries=retries,
+    )
+    if _executor is not None:
+        results: Iterator[TaskResult] = _executor.stream(spec, pusher.idle, 1.0)
+    else:
+        results = _in_this_process(name, spec)
+    for result in results:
+        pusher.add(_record(result, indices[todo[result.index]]), result)
+    pusher.flush()
+    return len(indices)
+
+
+def _in_this_process(name: str, spec: MapSpec) -> Iterator[TaskResult]:
+    """A stock ``rq worker``: run the tasks right here, under the RQ worker's name."""
+    me = multiprocessing.current_process()
+    previous, me.name = me.name, name
+    try:
+        yield from _InProcess().map(spec)
+    finally:
+        me.name = previous
+
+
+class _InProcess(InlineBackend):
+    name = "rq"
+
+
+class _TaskProcess(LocalBackend):
+    name = "rq"
+
+
+def _record(result: TaskResult, index: int) -> tuple[Any, ...]:
+    """The wire record of a result: (index, status, payload, attempts, timing..., output)."""
+    if result.ok:
+        value = result.value
+        if type(value) in _task.RAW_TYPES:
+            status, payload = _task.OK_RAW, value
+        else:
+            try:
+                status, payload = _task.OK_PICKLED, _task.dumps(value)
+            except Exception as exc:
+                status = _task.FAILED
+                payload = (
+                    "SerializationError",
+                    f"cannot pickle the return value of task {index}"
+                    f" ({type(value).__name__}): {_task.describe(exc)}",
+                    "",
+                )
+    else:
+        error = result.error
+        assert error is not None
+        status = _task.FAILED
+        message = error.message
+        if error.type in _OWN_ERRORS:
+            # The task process numbered this batch's tasks from 0; name the run's index.
+            message = re.sub(rf"\btask {result.index}\b", f"task {index}", message)
+        payload = (error.type, message, error.traceback)
+    return (
+        index,
+        status,
+        payload,
+        result.attempts,
+        result.started_at,
+        result.finished_at,
+        result.duration,
+        result.output,
+    )
+
+
+_OWN_ERRORS = frozenset({"SerializationError", "WorkerLost", "TaskTimeout", "TargetError"})
+
+
+def _failed_record(index: int, error: tuple[str, str, str], now: float) -> tuple[Any, ...]:
+    return (index, _task.FAILED, error, 0, now, now, 0.0, "")
+
+
+class _Pusher:
+    """Collects result records and pushes them to the run's list in bulk."""
+
+    def __init__(self, connection: Any, key: str, name: str) -> None:
+        self.connection = connection
+        self.key = key
+        self.name = name
+        self.records: list[tuple[Any, ...]] = []
+        self.info: tuple[str, int, int, str] | None = None
+        self.last = time.monotonic()
+
+    def add(self, record: tuple[Any, ...], result: TaskResult | None) -> None:
+        if result is not None:
+            w = result.worker
+            info = (w.name, w.pid, w.ppid, w.host)
+            if self.info is not None and info != self.info:
+                self.flush()  # one identity per message (a replaced task process)
+            self.info = info
+        elif self.info is None:
+            self.info = (self.name, os.getpid(), os.getppid(), socket.gethostname())
+        self.records.append(record)
+        if len(self.records) >= PUSH_RECORDS or time.monotonic() - self.last >= PUSH_SECONDS:
+            self.flush()
+
+    def idle(self) -> None:
+        """Before waiting for the task process: push what is done, keep RQ informed."""
+        self.flush()
+        if _heartbeat is not None:
+            _heartbeat()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.records:
+            return
+        data = pickle.dumps((self.info, self.records), pickle.HIGHEST_PROTOCOL)
+        self.records = []
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.rpush(self.key, data)
+        pipe.expire(self.key, RESULT_TTL)
+        pipe.execute()
+
+
+# -- fanout worker ----------------------------------------------------------------------
+
+
+def default_worker_name() -> str:
+    return f"fanout-{socket.gethostname()}-{os.getpid()}"
+
+
+def make_worker_class() -> type:
+    """FanoutWorker, built on first use so that importing fanout never imports rq."""
+    from rq.worker import SimpleWorker, WorkerStatus
+
+    class FanoutWorker(SimpleWorker):
+        """An RQ worker that runs jobs in-process, tasks in a long-lived task process."""
+
+        def execute_job(self, job: Any, queue: Any) -> None:
+            global _heartbeat
+            execution = self.prepare_execution(job)
+            last = [time.monotonic()]
+
+            def heartbeat() -> None:
+                if time.monotonic() - last[0] >= 5.0:
+                    last[0] = time.monotonic()
+                    self.maintain_heartbeats(job, execution)
+
+            _heartbeat = heartbeat
+            try:
+                self.perform_job(job, queue, execution)
+            finally:
+                _heartbeat = None
+            self.set_state(WorkerStatus.IDLE)
+
+    return FanoutWorker
+
+
+def run_worker(
+    url: str | None = None,
+    queue: str = "fanout",
+    name: str | None = None,
+    burst: bool = False,
+    processes: int = 1,
+) -> int:
+    """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code."""
+    global _executor
+    url = redis_url(url)
+    if processes > 1:
+        return _run_pool(url, queue, name, burst, processes)
+    connection = connect(url, socket_timeout=None)
+    worker_class = make_worker_class()
+    name = name or default_worker_name()
+    worker = worker_class([queue], connection=connection, name=name)
+    _executor = _TaskProcess(workers=1, daemon=False, process_name=name)
+    print(
+        f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+    finally:
+        _executor.close(cancel=True)
+        _executor = None
+    return 0
+
+
+def _run_pool(url: str, queue: str, name: str | None, burst: bool, processes: int) -> int:
+    """``--processes N``: N single-process workers, stopped together."""
+    base = name or default_worker_name()
+    env = dict(os.environ, FANOUT_REDIS_URL=url)  # never on a command line: ps shows those
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", f"{base}-{i}"]
+            + (["--burst"] if burst else []),
+            env=env,
+        )
+        for i in range(1, processes + 1)
+    ]
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
