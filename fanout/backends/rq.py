@@ -337,7 +337,7 @@ class _RQRun(RunState):
     def check(self) -> None:
         """Workers serving the queue, and jobs of this run that RQ failed as a whole."""
         from rq import Worker
-        from rq.registry import FailedJobRegistry
+        from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
         self.last_check = time.monotonic()
         with _translate(self.rq.url):
@@ -347,11 +347,24 @@ class _RQRun(RunState):
                 for job_id in FailedJobRegistry(queue=self.queue).get_job_ids()
                 if job_id in self.jobs
             ]
-        if failed:
-            self.drain()
+            canceled = [
+                job_id
+                for job_id in CanceledJobRegistry(queue=self.queue).get_job_ids()
+                if job_id in self.jobs
+            ]
+        if failed or canceled:
+            self.drain()  # what a job pushed before it failed still counts
         for job_id in failed:
             if job_id in self.jobs:
                 self.settle_failed_job(self.jobs.pop(job_id))
+        for job_id in canceled:
+            if job_id in self.jobs:
+                job = self.jobs.pop(job_id)
+                error = ("JobCanceled", f"job {job_id} was canceled in RQ before it ran", "")
+                for task in job.tasks:
+                    if task[0] in job.remaining:
+                        self.owner.pop(task[0], None)
+                        self.fail_in_caller(task[0], error)
         self.watch_for_workers()
 
     def settle_failed_job(self, job: _Job) -> None:
@@ -370,6 +383,11 @@ class _RQRun(RunState):
             self.owner.pop(task[0], None)
         if not remaining:
             return
+        if "stopped by user" in exc:
+            error = ("JobStopped", f"job {job.id} was stopped on {worker} (rq stop-job)", exc)
+            for task in remaining:
+                self.fail_in_caller(task[0], error)
+            return
         if "terminated unexpectedly" in exc or not exc:
             # The process running the job died: the first unreported task was running.
             first, rest = remaining[0], remaining[1:]
@@ -377,7 +395,7 @@ class _RQRun(RunState):
                 f"the work-horse of {worker} died while running task {first[0]}"
                 f" (job {job.id}): {_last_line(exc) or 'no result'}"
             )
-            self.lose(first, message)
+            self.lose(first, message, worker)
             self.retry.extendleft(reversed(rest))
             return
         kind, _, text = _last_line(exc).partition(": ")
@@ -385,7 +403,7 @@ class _RQRun(RunState):
         for task in remaining:
             self.fail_in_caller(task[0], error)
 
-    def lose(self, task: Task, message: str) -> None:
+    def lose(self, task: Task, message: str, worker: str) -> None:
         """A task whose process died: run it again while retries allow, else WorkerLost."""
         index = task[0]
         lost = self.lost.get(index, 0) + 1
@@ -395,7 +413,7 @@ class _RQRun(RunState):
             return
         self.lost.pop(index, None)
         now = time.time()
-        info = WorkerInfo("", 0, 0, "", RQBackend.name)
+        info = WorkerInfo(worker, 0, 0, "", RQBackend.name)  # its pids died with it
         error = TaskError(WorkerLost.__name__, message)
         self.finish(TaskResult(index, False, None, error, info, lost, now, now, 0.0))
 
