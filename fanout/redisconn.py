@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fanout.errors import BackendUnavailable
 
@@ -21,30 +21,42 @@ def redis_url(url: str | None = None) -> str:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print or log)."""
+    """``url`` with any password (userinfo or ``?password=``) replaced by ``***``."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return "<unparsable Redis URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if port is not None:
+            host = f"{host}:{port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        masked = [(key, "***" if key == "password" else value) for key, value in query]
+        query_text = urlencode(masked, safe="*")
+    else:
+        query_text = parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, query_text, parts.fragment))
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+        found += [v for k, v in parse_qsl(parts.query) if k == "password" and v]
+    except ValueError:
+        return []
+    return found
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove the password of ``url`` from ``text``, wherever a library put it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    if password:
+    """Remove every password of ``url`` from ``text``, wherever a library put it."""
+    for password in _passwords(url):
         text = text.replace(password, "***")
     return text
 

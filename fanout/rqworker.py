@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from fanout import _task
@@ -49,6 +49,7 @@ PUSH_RECORDS = 2000  # ... or once this many are waiting
 # Set in a `fanout worker` process: the task process pool and the job being run.
 _executor: LocalBackend | None = None
 _heartbeat: Callable[[], None] | None = None
+_stop_requested = False
 
 
 def run_batch(
@@ -102,9 +103,17 @@ def run_batch(
         results: Iterator[TaskResult] = _executor.stream(spec, pusher.idle, 1.0)
     else:
         results = _in_this_process(name, spec)
-    for result in results:
-        pusher.add(_record(result, indices[todo[result.index]]), result)
-    pusher.flush()
+    try:
+        for result in results:
+            pusher.add(_record(result, indices[todo[result.index]]), result)
+            if _stop_requested:
+                raise JobStopped(f"job {job.id} was stopped (rq stop-job)")
+            if pusher.gone:
+                break  # the caller's run is over: nobody reads what is left
+        pusher.flush()
+    finally:
+        if isinstance(results, Generator):
+            results.close()
     return len(indices)
 
 
@@ -171,12 +180,31 @@ def _failed_record(index: int, error: tuple[str, str, str], now: float) -> tuple
     return (index, _task.FAILED, error, 0, now, now, 0.0, "")
 
 
+class JobStopped(Exception):
+    """The job was stopped by RQ's stop-job command (or a cold shutdown)."""
+
+
+# Push a message only while the run's "alive" key exists: a job that finishes after
+# its caller is gone must not re-create the result list.
+_PUSH_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 class _Pusher:
     """Collects result records and pushes them to the run's list in bulk."""
 
     def __init__(self, connection: Any, key: str, name: str) -> None:
         self.connection = connection
         self.key = key
+        self.alive = key.rsplit(":", 1)[0] + ":alive"
+        self.script = connection.register_script(_PUSH_SCRIPT)
+        self.gone = False
         self.name = name
         self.records: list[tuple[Any, ...]] = []
         self.info: tuple[str, int, int, str] | None = None
@@ -207,10 +235,8 @@ class _Pusher:
             return
         data = pickle.dumps((self.info, self.records), pickle.HIGHEST_PROTOCOL)
         self.records = []
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.rpush(self.key, data)
-        pipe.expire(self.key, RESULT_TTL)
-        pipe.execute()
+        if not self.script(keys=[self.key, self.alive], args=[data, RESULT_TTL]):
+            self.gone = True
 
 
 # -- fanout worker ----------------------------------------------------------------------
@@ -228,7 +254,8 @@ def make_worker_class() -> type:
         """An RQ worker that runs jobs in-process, tasks in a long-lived task process."""
 
         def execute_job(self, job: Any, queue: Any) -> None:
-            global _heartbeat
+            global _heartbeat, _stop_requested
+            _stop_requested = False
             execution = self.prepare_execution(job)
             last = [time.monotonic()]
 
@@ -243,6 +270,14 @@ def make_worker_class() -> type:
             finally:
                 _heartbeat = None
             self.set_state(WorkerStatus.IDLE)
+
+        def kill_horse(self, sig: Any = None) -> None:
+            """RQ's stop-job and cold shutdown: end the task running in the task process
+            (there is no work-horse); run_batch then stops the job."""
+            global _stop_requested
+            _stop_requested = True
+            if _executor is not None:
+                _executor.kill_running()
 
     return FanoutWorker
 

@@ -147,6 +147,12 @@ class LocalBackend(Backend):
         pool = self._pool
         return run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
 
+    def kill_running(self) -> None:
+        """SIGKILL every worker that holds tasks (safe from another thread)."""
+        for worker in list(self._pool.workers):
+            if worker.inflight:
+                self._pool.kill(worker)
+
     def close(self, cancel: bool = False) -> None:
         self._finalizer.detach()
         self._pool.shutdown(cancel)

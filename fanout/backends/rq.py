@@ -49,6 +49,7 @@ MAX_JOB_BYTES = 1 << 20
 WAIT_SECONDS = 1.0  # longest single blocking pop; checks run between pops
 CHECK_SECONDS = 2.0  # how often the caller looks at RQ's registries and workers
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
+RUN_TTL = 3600  # a run's keys outlive a caller that vanished this long
 WORKER_START_SECONDS = 30.0
 
 Task = tuple[int, Any, bool]  # (index, input as sent, input is its own pickle)
@@ -167,6 +168,8 @@ class _RQRun(RunState):
         self.queue = backend.queue
         self.run_id = uuid.uuid4().hex
         self.key = f"fanout:run:{self.run_id}:results"
+        # Workers push results only while this key exists: none after the run ends.
+        self.alive = f"fanout:run:{self.run_id}:alive"
         self.jobs: dict[str, _Job] = {}
         self.owner: dict[int, str] = {}  # index -> id of the job that carries it
         self.retry: deque[Task] = deque()
@@ -341,6 +344,7 @@ class _RQRun(RunState):
 
         self.last_check = time.monotonic()
         with _translate(self.rq.url):
+            self.connection.set(self.alive, 1, ex=RUN_TTL)
             self.workers_seen = Worker.count(connection=self.connection, queue=self.queue)
             failed = [
                 job_id
@@ -438,23 +442,28 @@ class _RQRun(RunState):
     # -- the end ----------------------------------------------------------------------
 
     def end(self) -> None:
-        """However the run ends: cancel its jobs still queued, stop running ones, and
-        remove its result list."""
+        """However the run ends: cancel its jobs still queued, stop those running, and
+        remove its keys (a worker finishing late then pushes nothing)."""
         from rq.command import send_stop_job_command
         from rq.registry import StartedJobRegistry
 
         with contextlib.suppress(Exception):
-            if self.jobs:
-                pipe = self.connection.pipeline(transaction=False)
-                for job_id in self.jobs:
-                    pipe.lrem(self.queue.key, 0, job_id)
+            self.connection.delete(self.alive, self.key)
+            if not self.jobs:
+                return
+            pipe = self.connection.pipeline(transaction=False)
+            for job_id in self.jobs:
+                pipe.lrem(self.queue.key, 0, job_id)
+            removed = pipe.execute()
+            pipe = self.connection.pipeline(transaction=False)
+            for job_id, count in zip(self.jobs, removed, strict=True):
+                if count:  # never reached a worker: delete it outright
                     pipe.delete(f"rq:job:{job_id}")
-                pipe.execute()
-                started = StartedJobRegistry(queue=self.queue).get_job_ids()
-                for job_id in set(started) & set(self.jobs):
-                    with contextlib.suppress(Exception):
-                        send_stop_job_command(self.connection, job_id)
-            self.connection.delete(self.key)
+            pipe.execute()
+            running = set(StartedJobRegistry(queue=self.queue).get_job_ids()) & set(self.jobs)
+            for job_id in running:  # the worker ends it (RQ's stop-job command)
+                with contextlib.suppress(Exception):
+                    send_stop_job_command(self.connection, job_id)
 
 
 def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, Any]:
