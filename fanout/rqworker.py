@@ -99,6 +99,8 @@ def run_batch(
         timeout=timeout,
         retries=retries,
     )
+    if _stop_requested:  # the stop came while the inputs were being unpickled
+        raise JobStopped(f"job {job.id} was stopped (rq stop-job)")
     if _executor is not None:
         results: Iterator[TaskResult] = _executor.stream(spec, pusher.idle, 1.0)
     else:
@@ -225,6 +227,8 @@ class _Pusher:
 
     def idle(self) -> None:
         """Before waiting for the task process: push what is done, keep RQ informed."""
+        if _stop_requested:
+            raise JobStopped("stopped (rq stop-job)")
         self.flush()
         if _heartbeat is not None:
             _heartbeat()
@@ -270,6 +274,13 @@ def make_worker_class() -> type:
             finally:
                 _heartbeat = None
             self.set_state(WorkerStatus.IDLE)
+
+        def handle_exception(self, job: Any, *exc_info: Any) -> None:
+            if exc_info and exc_info[0] is JobStopped:
+                # Asked for (stop-job, Ctrl-C on the caller): one line, no traceback.
+                self.log.warning("Worker %s: job %s stopped", self.name, job.id)
+                return
+            super().handle_exception(job, *exc_info)
 
         def kill_horse(self, sig: Any = None) -> None:
             """RQ's stop-job and cold shutdown: end the task running in the task process

@@ -112,7 +112,7 @@ def wait_for_workers(url: str, names: list[str], timeout: float = 20.0) -> None:
 
     connection = Redis.from_url(url)
     deadline = time.monotonic() + timeout
-    while {w.name for w in Worker.all(connection=connection)} < set(names):
+    while not set(names) <= {w.name for w in Worker.all(connection=connection)}:
         assert time.monotonic() < deadline, f"workers {names} did not register"
         time.sleep(0.05)
     connection.close()

@@ -120,3 +120,35 @@ class BadStr(Exception):
 
 def raise_bad_str(_: Any = None) -> None:
     raise BadStr()
+
+
+def square_or_die(x: int) -> int:
+    """Square ``x``; a negative ``x`` kills the process running the task instead."""
+    if x < 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def touch_then_sleep(marker: str, seconds: float) -> float:
+    """Create ``marker`` (the task has started), then sleep ``seconds``."""
+    with open(marker, "w"):
+        pass
+    time.sleep(seconds)
+    return seconds
+
+
+def _made_slowly(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+class SlowToUnpickle:
+    """Pickles at once; unpickling takes ``seconds`` and gives ``value`` (a task input
+    that keeps a worker busy before its task starts)."""
+
+    def __init__(self, seconds: float, value: Any) -> None:
+        self.seconds = seconds
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_made_slowly, (self.seconds, self.value))

@@ -80,6 +80,7 @@ class RQBackend(Backend):
         self.warn_after = warn_after
         self.give_up_after = give_up_after
         self._local: list[subprocess.Popen[bytes]] = []
+        self._local_names: set[str] = set()
         self._active: _RQRun | None = None
         if self.workers:
             self._start_local_workers(self.workers)
@@ -102,6 +103,7 @@ class RQBackend(Backend):
 
         prefix = f"fanout-{socket.gethostname()}-{os.getpid()}"
         names = [f"{prefix}-{i}" for i in range(1, count + 1)]
+        self._local_names = set(names)
         env = dict(os.environ, FANOUT_REDIS_URL=self.url)  # not argv: ps would show it
         for name in names:
             self._local.append(
@@ -135,16 +137,23 @@ class RQBackend(Backend):
             time.sleep(0.05)
 
     def _stop_local_workers(self) -> None:
-        for process in self._local:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # RQ's warm shutdown
-        deadline = time.monotonic() + 5.0
-        for process in self._local:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """SIGTERM (RQ's warm shutdown), again (cold), then SIGKILL; a worker killed
+        that way cannot unregister, so its RQ registration is removed here."""
+        from rq import Worker
+
+        for signum, grace in ((signal.SIGTERM, 3.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            alive = [p for p in self._local if p.poll() is None]
+            for process in alive:
+                process.send_signal(signum)
+            deadline = time.monotonic() + grace
+            for process in alive:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(max(0.0, deadline - time.monotonic()))
+            if signum == signal.SIGKILL and alive:
+                with contextlib.suppress(Exception):
+                    for worker in Worker.all(connection=self.connection, queue=self.queue):
+                        if worker.name in self._local_names:
+                            worker.register_death()  # type: ignore[no-untyped-call]
         self._local = []
 
 
@@ -345,7 +354,8 @@ class _RQRun(RunState):
         self.last_check = time.monotonic()
         with _translate(self.rq.url):
             self.connection.set(self.alive, 1, ex=RUN_TTL)
-            self.workers_seen = Worker.count(connection=self.connection, queue=self.queue)
+            # Worker.all, not Worker.count: it skips workers whose key has expired.
+            self.workers_seen = len(Worker.all(connection=self.connection, queue=self.queue))
             failed = [
                 job_id
                 for job_id in FailedJobRegistry(queue=self.queue).get_job_ids()
