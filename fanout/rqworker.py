@@ -45,6 +45,8 @@ log = logging.getLogger("fanout.worker")
 RESULT_TTL = 3600  # seconds a run's result list outlives its last push
 PUSH_SECONDS = 0.05  # a worker pushes finished results at least this often
 PUSH_RECORDS = 2000  # ... or once this many are waiting
+HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
+REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis
 
 # Set in a `fanout worker` process: the task process pool and the job being run.
 _executor: LocalBackend | None = None
@@ -186,15 +188,16 @@ class JobStopped(Exception):
     """The job was stopped by RQ's stop-job command (or a cold shutdown)."""
 
 
-# Push a message only while the run's "alive" key exists: a job that finishes after
-# its caller is gone must not re-create the result list.
+# Push a message unless the run has ended: a job that finishes after its caller is
+# gone must not re-create the result list. (A marker of the end, not of life: after a
+# Redis restart the run goes on and its pushes must too.)
 _PUSH_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return 0
 end
-return 0
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
 """
 
 
@@ -204,7 +207,7 @@ class _Pusher:
     def __init__(self, connection: Any, key: str, name: str) -> None:
         self.connection = connection
         self.key = key
-        self.alive = key.rsplit(":", 1)[0] + ":alive"
+        self.ended = key.rsplit(":", 1)[0] + ":ended"
         self.script = connection.register_script(_PUSH_SCRIPT)
         self.gone = False
         self.name = name
@@ -237,9 +240,21 @@ class _Pusher:
         self.last = time.monotonic()
         if not self.records:
             return
+        import redis
+
         data = pickle.dumps((self.info, self.records), pickle.HIGHEST_PROTOCOL)
         self.records = []
-        if not self.script(keys=[self.key, self.alive], args=[data, RESULT_TTL]):
+        deadline, pause = time.monotonic() + REDIS_WAIT, 0.1
+        while True:
+            try:
+                pushed = self.script(keys=[self.key, self.ended], args=[data, RESULT_TTL])
+                break
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)  # Redis restarting: keep the results, try again
+                pause = min(2.0, pause * 2)
+        if not pushed:
             self.gone = True
 
 
@@ -264,7 +279,7 @@ def make_worker_class() -> type:
             last = [time.monotonic()]
 
             def heartbeat() -> None:
-                if time.monotonic() - last[0] >= 5.0:
+                if time.monotonic() - last[0] >= HEARTBEAT_SECONDS:
                     last[0] = time.monotonic()
                     self.maintain_heartbeats(job, execution)
 
@@ -274,6 +289,12 @@ def make_worker_class() -> type:
             finally:
                 _heartbeat = None
             self.set_state(WorkerStatus.IDLE)
+
+        def register_birth(self) -> None:
+            super().register_birth()  # type: ignore[no-untyped-call]
+            # Tells callers this worker heartbeats every HEARTBEAT_SECONDS, so that a
+            # silence of a few heartbeats means it died (RQ alone waits for minutes).
+            self.connection.hset(self.key, "fanout_heartbeat", HEARTBEAT_SECONDS)
 
         def handle_exception(self, job: Any, *exc_info: Any) -> None:
             if exc_info and exc_info[0] is JobStopped:
@@ -308,7 +329,10 @@ def run_worker(
     connection = connect(url, socket_timeout=None)
     worker_class = make_worker_class()
     name = name or default_worker_name()
-    worker = worker_class([queue], connection=connection, name=name)
+    # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
+    worker = worker_class(
+        [queue], connection=connection, name=name, worker_ttl=15 + int(HEARTBEAT_SECONDS)
+    )
     _executor = _TaskProcess(workers=1, daemon=False, process_name=name)
     print(
         f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}",

@@ -38,7 +38,7 @@ from fanout.backends._runstate import RunState
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import BackendUnavailable, FanoutError, TargetError, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
-from fanout.redisconn import connect, mask_url, redis_url
+from fanout.redisconn import connect, mask_url, redis_url, scrub
 
 log = logging.getLogger("fanout")
 
@@ -50,6 +50,7 @@ WAIT_SECONDS = 1.0  # longest single blocking pop; checks run between pops
 CHECK_SECONDS = 2.0  # how often the caller looks at RQ's registries and workers
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
 RUN_TTL = 3600  # a run's keys outlive a caller that vanished this long
+MAX_JOB_FAILURES = 3  # a task in this many jobs that failed as a whole fails too
 WORKER_START_SECONDS = 30.0
 
 Task = tuple[int, Any, bool]  # (index, input as sent, input is its own pickle)
@@ -58,7 +59,14 @@ Task = tuple[int, Any, bool]  # (index, input as sent, input is its own pickle)
 class RQBackend(Backend):
     """Tasks as RQ jobs on ``queue`` at ``redis_url``; ``workers=N`` starts N local
     ``fanout worker`` processes for the Fanout's lifetime (default 0: use the workers
-    already serving the queue)."""
+    already serving the queue).
+
+    ``warn_after``: seconds without a serving worker before a warning; ``give_up_after``:
+    before BackendUnavailable (None: wait). ``dead_after``: seconds of silence after
+    which a fanout worker is taken for dead and its tasks run elsewhere.
+    ``redis_wait``: how long to keep reconnecting to a lost Redis. ``detach``: leave the
+    run's jobs queued and running when the map ends early (Ctrl-C), instead of
+    cancelling them."""
 
     name = "rq"
     needs_importable_target = True
@@ -70,6 +78,9 @@ class RQBackend(Backend):
         queue: str | None = None,
         warn_after: float = 10.0,
         give_up_after: float | None = None,
+        dead_after: float = 30.0,
+        redis_wait: float = 30.0,
+        detach: bool = False,
     ) -> None:
         from rq import Queue
 
@@ -79,6 +90,9 @@ class RQBackend(Backend):
         self.workers = workers or 0
         self.warn_after = warn_after
         self.give_up_after = give_up_after
+        self.dead_after = dead_after
+        self.redis_wait = redis_wait
+        self.detach = detach
         self._local: list[subprocess.Popen[bytes]] = []
         self._local_names: set[str] = set()
         self._active: _RQRun | None = None
@@ -177,12 +191,13 @@ class _RQRun(RunState):
         self.queue = backend.queue
         self.run_id = uuid.uuid4().hex
         self.key = f"fanout:run:{self.run_id}:results"
-        # Workers push results only while this key exists: none after the run ends.
-        self.alive = f"fanout:run:{self.run_id}:alive"
+        # Set when the run ends: workers finishing late then push nothing.
+        self.ended = f"fanout:run:{self.run_id}:ended"
         self.jobs: dict[str, _Job] = {}
         self.owner: dict[int, str] = {}  # index -> id of the job that carries it
         self.retry: deque[Task] = deque()
         self.lost: dict[int, int] = {}  # index -> whole-job losses while it ran
+        self.job_failures: dict[int, int] = {}  # index -> failed jobs that carried it
         self.per_task: float | None = None
         self.bytes_per_task: float | None = None
         self.job_count = 0
@@ -191,6 +206,8 @@ class _RQRun(RunState):
         self.last_progress = time.monotonic()
         self.warned = False
         self.broken: tuple[str, str, str] | None = None  # workers cannot import the target
+        self.down_since: float | None = None  # Redis unreachable since
+        self.backoff = 0.1
         self.check()
 
     # -- dispatch -------------------------------------------------------------------
@@ -279,20 +296,42 @@ class _RQRun(RunState):
                 self.owner[index] = job_id
         pipe = self.connection.pipeline()
         self.queue.enqueue_many(datas, pipeline=pipe)
-        with _translate(self.rq.url):
-            pipe.execute()
+        pipe.execute()
 
     # -- results ----------------------------------------------------------------------
 
     def step(self) -> None:
+        """One round; Redis errors are retried with backoff for ``redis_wait`` seconds."""
+        import redis
+
+        try:
+            self.round()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            now = time.monotonic()
+            if self.down_since is None:
+                self.down_since, self.backoff = now, 0.1
+                log.warning("lost Redis at %s; reconnecting", mask_url(self.rq.url))
+            if now - self.down_since >= self.rq.redis_wait:
+                raise BackendUnavailable(
+                    f"lost Redis at {mask_url(self.rq.url)} for {now - self.down_since:.0f} s:"
+                    f" {scrub(str(exc), self.rq.url)}"
+                ) from None
+            time.sleep(self.backoff)
+            self.backoff = min(2.0, self.backoff * 2)
+            return
+        if self.down_since is not None:
+            self.down_since = None
+            log.warning("reconnected to Redis at %s", mask_url(self.rq.url))
+            self.check()  # jobs a restarted Redis forgot are enqueued again
+
+    def round(self) -> None:
         self.dispatch()
         if self.ready or self.done():
             return
-        with _translate(self.rq.url):
-            popped: Any = self.connection.blpop([self.key], timeout=WAIT_SECONDS)
-            messages: list[bytes] = [popped[1]] if popped else []
-            if popped:
-                messages += self.lpop()
+        popped: Any = self.connection.blpop([self.key], timeout=WAIT_SECONDS)
+        messages: list[bytes] = [popped[1]] if popped else []
+        if popped:
+            messages += self.lpop()
         for data in messages:
             self.handle(data)
         if messages:
@@ -302,10 +341,9 @@ class _RQRun(RunState):
 
     def drain(self) -> None:
         """Take every result already pushed (before judging a failed job)."""
-        with _translate(self.rq.url):
-            while messages := self.lpop():
-                for data in messages:
-                    self.handle(data)
+        while messages := self.lpop():
+            for data in messages:
+                self.handle(data)
 
     def lpop(self) -> list[bytes]:
         """Up to 1000 waiting result messages, in one round trip."""
@@ -352,25 +390,24 @@ class _RQRun(RunState):
         from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
         self.last_check = time.monotonic()
-        with _translate(self.rq.url):
-            self.connection.set(self.alive, 1, ex=RUN_TTL)
-            # Worker.all, not Worker.count: it skips workers whose key has expired.
-            self.workers_seen = len(Worker.all(connection=self.connection, queue=self.queue))
-            failed = [
-                job_id
-                for job_id in FailedJobRegistry(queue=self.queue).get_job_ids()
-                if job_id in self.jobs
-            ]
-            canceled = [
-                job_id
-                for job_id in CanceledJobRegistry(queue=self.queue).get_job_ids()
-                if job_id in self.jobs
-            ]
+        # Worker.all, not Worker.count: it skips workers whose key has expired.
+        self.workers_seen = len(Worker.all(connection=self.connection, queue=self.queue))
+        failed = [
+            job_id
+            for job_id in FailedJobRegistry(queue=self.queue).get_job_ids()
+            if job_id in self.jobs
+        ]
+        canceled = [
+            job_id
+            for job_id in CanceledJobRegistry(queue=self.queue).get_job_ids()
+            if job_id in self.jobs
+        ]
         if failed or canceled:
             self.drain()  # what a job pushed before it failed still counts
         for job_id in failed:
             if job_id in self.jobs:
                 self.settle_failed_job(self.jobs.pop(job_id))
+        self.find_lost_jobs()
         for job_id in canceled:
             if job_id in self.jobs:
                 job = self.jobs.pop(job_id)
@@ -381,17 +418,79 @@ class _RQRun(RunState):
                         self.fail_in_caller(task[0], error)
         self.watch_for_workers()
 
+    def find_lost_jobs(self) -> None:
+        """Jobs that will never report: their worker died (its heartbeat stopped, or its
+        RQ registration expired), or Redis forgot them (restarted without persistence)."""
+        from rq.registry import StartedJobRegistry
+        from rq.utils import utcparse
+
+        if not self.jobs:
+            return
+        ids = list(self.jobs)
+        pipe = self.connection.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(f"rq:job:{job_id}", "status")
+            pipe.hget(f"rq:job:{job_id}", "worker_name")
+        replies = pipe.execute()
+        started = set(StartedJobRegistry(queue=self.queue).get_job_ids())
+        vanished, running = [], {}
+        for i, job_id in enumerate(ids):
+            status, worker = replies[2 * i], replies[2 * i + 1]
+            if status is None:
+                vanished.append(job_id)
+            elif job_id in started and worker:
+                running[job_id] = worker.decode()
+        dead: dict[str, str] = {}
+        if running:
+            pipe = self.connection.pipeline(transaction=False)
+            for name in running.values():
+                pipe.hmget(f"rq:worker:{name}", "last_heartbeat", "fanout_heartbeat")
+            now = time.time()
+            for (job_id, name), (beat, fanout_beat) in zip(
+                running.items(), pipe.execute(), strict=True
+            ):
+                if beat is None:
+                    dead[job_id] = f"{name} is gone (its RQ registration expired)"
+                elif fanout_beat is not None:
+                    silent = now - utcparse(beat.decode()).timestamp()
+                    if silent > self.rq.dead_after:
+                        dead[job_id] = f"{name} stopped its heartbeat {silent:.0f} s ago"
+        if not vanished and not dead:
+            return
+        self.drain()  # results pushed before the loss still count
+        for job_id in vanished:
+            job = self.jobs.pop(job_id, None)
+            if job is not None:  # never ran, or Redis lost it: enqueue its tasks again
+                self.forget_job(job)
+                self.retry.extendleft(reversed([t for t in job.tasks if t[0] in job.remaining]))
+        for job_id, why in dead.items():
+            job = self.jobs.pop(job_id, None)
+            if job is None:
+                continue
+            self.forget_job(job)
+            self.connection.zrem(StartedJobRegistry(queue=self.queue).key, job_id)
+            remaining = [t for t in job.tasks if t[0] in job.remaining]
+            if remaining:
+                first, rest = remaining[0], remaining[1:]
+                name = running[job_id]
+                self.lose(first, f"worker {why} while running task {first[0]}", name)
+                self.retry.extendleft(reversed(rest))
+
+    def forget_job(self, job: _Job) -> None:
+        for task in job.tasks:
+            if self.owner.get(task[0]) == job.id:
+                del self.owner[task[0]]
+
     def settle_failed_job(self, job: _Job) -> None:
         from rq.job import Job
 
-        with _translate(self.rq.url):
-            try:
-                rq_job = Job.fetch(job.id, connection=self.connection)
-                result = rq_job.latest_result()
-                exc = (result.exc_string if result else None) or rq_job.exc_info or ""
-                worker = rq_job.worker_name or "an RQ worker"
-            except Exception:
-                exc, worker = "", "an RQ worker"
+        try:
+            rq_job = Job.fetch(job.id, connection=self.connection)
+            result = rq_job.latest_result()
+            exc = (result.exc_string if result else None) or rq_job.exc_info or ""
+            worker = rq_job.worker_name or "an RQ worker"
+        except Exception:
+            exc, worker = "", "an RQ worker"
         remaining = [task for task in job.tasks if task[0] in job.remaining]
         for task in remaining:
             self.owner.pop(task[0], None)
@@ -412,10 +511,18 @@ class _RQRun(RunState):
             self.lose(first, message, worker)
             self.retry.extendleft(reversed(rest))
             return
+        # run_batch turns every task's own failure into a result, so this is RQ or the
+        # worker failing around the tasks (e.g. a Redis restart mid-job): run them
+        # again, but not forever.
         kind, _, text = _last_line(exc).partition(": ")
         error = (kind or FanoutError.__name__, text or exc, exc)
         for task in remaining:
-            self.fail_in_caller(task[0], error)
+            tries = self.job_failures.get(task[0], 0) + 1
+            if tries < MAX_JOB_FAILURES:
+                self.job_failures[task[0]] = tries
+                self.retry.append(task)
+            else:
+                self.fail_in_caller(task[0], error)
 
     def lose(self, task: Task, message: str, worker: str) -> None:
         """A task whose process died: run it again while retries allow, else WorkerLost."""
@@ -457,20 +564,23 @@ class _RQRun(RunState):
         from rq.command import send_stop_job_command
         from rq.registry import StartedJobRegistry
 
+        if self.rq.detach and self.jobs:
+            return  # the jobs run on; their results expire with the run's keys
         with contextlib.suppress(Exception):
-            self.connection.delete(self.alive, self.key)
-            if not self.jobs:
-                return
             pipe = self.connection.pipeline(transaction=False)
             for job_id in self.jobs:
                 pipe.lrem(self.queue.key, 0, job_id)
             removed = pipe.execute()
             pipe = self.connection.pipeline(transaction=False)
+            taken = [job_id for job_id, count in zip(self.jobs, removed, strict=True) if not count]
             for job_id, count in zip(self.jobs, removed, strict=True):
                 if count:  # never reached a worker: delete it outright
                     pipe.delete(f"rq:job:{job_id}")
+            if taken:  # a worker has them: it must not push once we are gone
+                pipe.set(self.ended, 1, ex=RUN_TTL)
+            pipe.delete(self.key)
             pipe.execute()
-            running = set(StartedJobRegistry(queue=self.queue).get_job_ids()) & set(self.jobs)
+            running = set(StartedJobRegistry(queue=self.queue).get_job_ids()) & set(taken)
             for job_id in running:  # the worker ends it (RQ's stop-job command)
                 with contextlib.suppress(Exception):
                     send_stop_job_command(self.connection, job_id)
