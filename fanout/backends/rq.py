@@ -488,7 +488,8 @@ class _RQRun(RunState):
             rq_job = Job.fetch(job.id, connection=self.connection)
             result = rq_job.latest_result()
             exc = (result.exc_string if result else None) or rq_job.exc_info or ""
-            worker = rq_job.worker_name or "an RQ worker"
+            worker = (result.worker_name if result else "") or rq_job.worker_name
+            worker = worker or "an RQ worker"
         except Exception:
             exc, worker = "", "an RQ worker"
         remaining = [task for task in job.tasks if task[0] in job.remaining]
