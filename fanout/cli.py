@@ -43,6 +43,12 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _redis_url_option(help: str) -> Any:
+    return typer.Option(
+        None, "--redis-url", envvar="FANOUT_REDIS_URL", help=help, show_default=False
+    )
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
@@ -78,13 +84,7 @@ def run_command(
         min=0,
         help="Worker processes (rq: local fanout workers to start for the run).",
     ),
-    redis_url: str | None = typer.Option(
-        None,
-        "--redis-url",
-        envvar="FANOUT_REDIS_URL",
-        help="rq: the Redis server.",
-        show_default=False,
-    ),
+    redis_url: str | None = _redis_url_option("rq: the Redis server."),
     queue: str | None = typer.Option(None, "--queue", help="rq: the queue name (default fanout)."),
     timeout: float | None = typer.Option(
         None, "--timeout", min=0.0, help="End a task running longer (seconds)."
@@ -168,9 +168,7 @@ def run_command(
 
 @app.command("worker")
 def worker_command(
-    redis_url: str | None = typer.Option(
-        None, "--redis-url", envvar="FANOUT_REDIS_URL", help="The Redis server.", show_default=False
-    ),
+    redis_url: str | None = _redis_url_option("The Redis server."),
     queue: str = typer.Option("fanout", "--queue", help="The queue to serve."),
     name: str | None = typer.Option(None, "--name", help="Register with RQ under this name."),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queue is empty."),
@@ -190,9 +188,7 @@ def worker_command(
 
 @app.command("status")
 def status_command(
-    redis_url: str | None = typer.Option(
-        None, "--redis-url", envvar="FANOUT_REDIS_URL", help="The Redis server.", show_default=False
-    ),
+    redis_url: str | None = _redis_url_option("The Redis server."),
     queue: str | None = typer.Option(None, "--queue", help="Only this queue (default: all)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:

@@ -35,9 +35,26 @@ class RunState:
         self.next_yield = 0  # ordered runs: index of the next result to yield
         self.ready: deque[TaskResult] = deque()
         self.reorder: dict[int, TaskResult] = {}
+        self.per_task: float | None = None  # measured seconds per task
+        self.bytes_per_task: float | None = None  # measured pickled bytes per task
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready
+
+    def measure(self, span: float, tasks: int) -> None:
+        """Fold ``tasks`` that took ``span`` seconds in all into the per-task estimate."""
+        per = max(span, 0.0) / max(tasks, 1)
+        self.per_task = per if self.per_task is None else 0.5 * (self.per_task + per)
+
+    def sized(self, seconds: float, max_tasks: int, max_bytes: int) -> int:
+        """How many tasks make a batch of about ``seconds`` of work and ``max_bytes``;
+        one until durations are measured, so slow tasks spread from the start."""
+        if self.per_task is None:
+            return 1
+        size = min(max_tasks, int(seconds / max(self.per_task, 1e-7)))
+        if self.bytes_per_task:
+            size = min(size, int(max_bytes / self.bytes_per_task))
+        return max(1, size)
 
     def window(self) -> int:
         """How far past the oldest unyielded result an ordered run may take input."""

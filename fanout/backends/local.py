@@ -201,8 +201,6 @@ class _Run(RunState):
         self.fn_bytes = fn_bytes
         self.workers = workers
         self.retry: deque[tuple[int, Any, bool, int]] = deque()
-        self.per_task: float | None = None  # measured seconds per task
-        self.bytes_per_task: float | None = None  # the larger of the two below
         self.bytes_in: dict[bool, float] = {}  # pickled bytes per task, in and out
         self.suspects: dict[int, int] = {}  # index -> deaths outside any task
         self.broken: tuple[str, str, str] | None = None  # the target kills workers
@@ -214,12 +212,7 @@ class _Run(RunState):
         return window
 
     def batch_size(self) -> int:
-        if self.per_task is None:
-            return 1
-        size = min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-7)))
-        if self.bytes_per_task:
-            size = min(size, int(MAX_BATCH_BYTES / self.bytes_per_task))
-        return max(1, size)
+        return self.sized(TARGET_BATCH_SECONDS, MAX_BATCH, MAX_BATCH_BYTES)
 
     def measure_bytes(self, nbytes: int, tasks: int, inputs: bool) -> None:
         per = nbytes / max(tasks, 1)
@@ -242,10 +235,8 @@ class _Run(RunState):
             return 1
         return 2
 
-    def measure(self, records: list[_task.Record]) -> None:
-        span = records[-1][4] - records[0][3]
-        per = max(span, 0.0) / len(records)
-        self.per_task = per if self.per_task is None else 0.5 * (self.per_task + per)
+    def measure_records(self, records: list[_task.Record]) -> None:
+        self.measure(records[-1][4] - records[0][3], len(records))
 
     def take_batch(self) -> _Batch | None:
         """The next batch to send: retries first, then fresh items; None if nothing now."""
@@ -510,7 +501,7 @@ class _Pool:
         info = worker.info
         assert info is not None
         if not run.finished:
-            run.measure(records)
+            run.measure_records(records)
             run.measure_bytes(size, len(records), inputs=False)
             done: list[TaskResult] = []
             attempts, base = batch.attempts, batch.done

@@ -198,8 +198,6 @@ class _RQRun(RunState):
         self.retry: deque[Task] = deque()
         self.lost: dict[int, int] = {}  # index -> whole-job losses while it ran
         self.job_failures: dict[int, int] = {}  # index -> failed jobs that carried it
-        self.per_task: float | None = None
-        self.bytes_per_task: float | None = None
         self.job_count = 0
         self.workers_seen = 0
         self.last_check = 0.0
@@ -213,12 +211,7 @@ class _RQRun(RunState):
     # -- dispatch -------------------------------------------------------------------
 
     def batch_size(self) -> int:
-        if self.per_task is None:
-            return 1
-        size = min(MAX_JOB_TASKS, int(TARGET_JOB_SECONDS / max(self.per_task, 1e-7)))
-        if self.bytes_per_task:
-            size = min(size, int(MAX_JOB_BYTES / self.bytes_per_task))
-        return max(1, size)
+        return self.sized(TARGET_JOB_SECONDS, MAX_JOB_TASKS, MAX_JOB_BYTES)
 
     def window(self) -> int:
         return max(10_000, 4 * max(1, self.workers_seen) * self.batch_size())
@@ -374,9 +367,7 @@ class _RQRun(RunState):
                 )
             )  # fmt: skip
         if records:
-            span = max(records[-1][5] - records[0][4], 0.0)
-            per = span / len(records)
-            self.per_task = per if self.per_task is None else 0.5 * (self.per_task + per)
+            self.measure(records[-1][5] - records[0][4], len(records))
             per_bytes = len(data) / len(records)
             old = self.bytes_per_task
             self.bytes_per_task = per_bytes if old is None else 0.5 * (old + per_bytes)
