@@ -1,8 +1,10 @@
 """Peak RSS of a caller streaming N items through a pool: ``python stream_rss.py METHOD N``.
 
-Run in a fresh process by ``compare.py`` so that ``ru_maxrss`` is this caller's own
-peak (the workers are other processes). Prints one JSON object: ``peak_mb``,
-``base_mb`` (after imports and pool start, before streaming) and ``seconds``.
+Run in a fresh process by ``compare.py``, so the peak is this caller's own (the workers
+are other processes). On Linux the peak is ``VmHWM``: ``ru_maxrss`` would also count the
+memory of the process that forked this one, before it exec'd Python. Prints one JSON
+object: ``peak_mb``, ``base_mb`` (after imports and pool start, before streaming) and
+``seconds`` (pool start included).
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ CHUNKSIZE = 256
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 1024
 
 
 def stream_fanout(items: Iterable[int], started: Callable[[], None]) -> Iterator[object]:

@@ -11,7 +11,7 @@ Built-in backends are imported only when used, so ``import fanout`` stays light.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
+from typing import Any
 
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import UnknownBackend
@@ -26,6 +26,13 @@ _BUILTIN: dict[str, str] = {
 _registered: dict[str, type[Backend]] = {}
 
 
+def _entry_points() -> Any:
+    # importlib.metadata costs ~14 ms to import: only pay it when a name is looked up.
+    from importlib.metadata import entry_points
+
+    return entry_points(group=ENTRY_POINT_GROUP)
+
+
 def register_backend(name: str, cls: type[Backend]) -> None:
     """Register ``cls`` under ``name`` (overrides an entry point of the same name)."""
     _registered[name] = cls
@@ -34,7 +41,7 @@ def register_backend(name: str, cls: type[Backend]) -> None:
 def backend_names() -> list[str]:
     """Every name a backend can be asked for, sorted."""
     names = set(_BUILTIN) | set(_registered)
-    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    names.update(ep.name for ep in _entry_points())
     return sorted(names)
 
 
@@ -46,7 +53,7 @@ def get_backend(name: str) -> type[Backend]:
         module, _, attr = _BUILTIN[name].partition(":")
         cls: type[Backend] = getattr(importlib.import_module(module), attr)
         return cls
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points():
         if ep.name == name:
             loaded = ep.load()
             if not (isinstance(loaded, type) and issubclass(loaded, Backend)):
