@@ -104,7 +104,8 @@ class RQBackend(Backend):
             raise RuntimeError(
                 "another map() on this Fanout is still running: consume or close it first"
             )
-        run = _RQRun(self, spec)
+        with _translate(self.url):
+            run = _RQRun(self, spec)
         self._active = run
         return run.results(run.step, run.end)
 
