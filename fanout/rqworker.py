@@ -104,7 +104,7 @@ def run_batch(
     if _stop_requested:  # the stop came while the inputs were being unpickled
         raise JobStopped(f"job {job.id} was stopped (rq stop-job)")
     if _executor is not None:
-        results: Iterator[TaskResult] = _executor.stream(spec, pusher.idle, 1.0)
+        results: Iterator[TaskResult] = _executor.stream(spec, pusher.idle, PUSH_SECONDS)
     else:
         results = _in_this_process(name, spec)
     try:
@@ -232,7 +232,10 @@ class _Pusher:
         """Before waiting for the task process: push what is done, keep RQ informed."""
         if _stop_requested:
             raise JobStopped("stopped (rq stop-job)")
-        self.flush()
+        # Called every PUSH_SECONDS at least while tasks run: one push per interval, not
+        # one per task (a round trip each), and none held back longer than that.
+        if time.monotonic() - self.last >= PUSH_SECONDS:
+            self.flush()
         if _heartbeat is not None:
             _heartbeat()
 
