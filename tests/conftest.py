@@ -52,6 +52,41 @@ def no_leftover_processes() -> Iterator[None]:
     assert not alive, f"processes left behind: {alive}"
 
 
+# Settings a test must not inherit: a stray URL or backend would be used, and rich
+# would colour or resize what the tests read.
+SCRUBBED_ENV = (
+    "FORCE_COLOR",
+    "NO_COLOR",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "COLUMNS",
+    "LINES",
+)
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The inherited environment without fanout or rich settings, plus ``extra``."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FANOUT_") and k not in SCRUBBED_ENV
+    }
+    env["COLUMNS"] = "200"  # wide enough that rich never wraps a table row
+    env.update(extra or {})
+    return env
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python -m fanout ARGS`` from the repo root, with pipes for stdout and stderr."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fanout", *args],
+        cwd=ROOT,
+        env=cli_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,20 +24,9 @@ from typing import Any
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, cli_env, start_cli
+
 COMMAND = [sys.executable, "-m", "fanout", "run"]
-# Settings that would change fanout's or rich's behaviour, removed unless a test sets them.
-SCRUBBED = (
-    "FANOUT_BACKEND",
-    "FANOUT_WORKERS",
-    "FANOUT_REDIS_URL",
-    "FORCE_COLOR",
-    "NO_COLOR",
-    "TTY_COMPATIBLE",
-    "TTY_INTERACTIVE",
-    "COLUMNS",
-    "LINES",
-)
 RECORD_KEYS = {
     "index",
     "ok",
@@ -60,14 +49,6 @@ SUMMARY = re.compile(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The inherited environment without fanout/rich settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    env["COLUMNS"] = "200"  # wide enough that rich never wraps a table row
-    env.update(extra or {})
-    return env
 
 
 def run_cli(
@@ -753,15 +734,7 @@ def test_no_progress_bar_when_stderr_is_a_pipe() -> None:
     ids=["SIGINT", "SIGTERM"],
 )
 def test_signal_stops_the_run_and_its_workers(sig: int, code: int, word: str) -> None:
-    proc = subprocess.Popen(
-        [*COMMAND, "tests.tasks:sleep_for", "30", "30", "--workers", "2"],
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("run", "tests.tasks:sleep_for", "30", "30", "--workers", "2")
     try:
         me = psutil.Process(proc.pid)
         deadline = time.monotonic() + 10

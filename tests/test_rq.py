@@ -35,7 +35,9 @@ from tests.conftest import (
     RQ_WORKERS,
     SESSION_PIDS,
     RedisServer,
+    cli_env,
     free_port,
+    start_cli,
     start_worker,
     stop_workers,
 )
@@ -49,26 +51,10 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # --------------------------------------------------------------------------- helpers
 
 
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The inherited environment without fanout settings (a stray URL would be used)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
-    env["COLUMNS"] = "200"
-    env.update(extra or {})
-    return env
-
-
 def fanout_cli(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``fanout ARGS`` to completion; returns the result and the seconds it took."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [*FANOUT, *args],
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(*args)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -77,18 +63,6 @@ def fanout_cli(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedPro
         raise
     result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     return result, time.monotonic() - started
-
-
-def start_fanout_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*FANOUT, *args],
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def end_process(proc: subprocess.Popen[Any]) -> None:
@@ -306,7 +280,7 @@ def test_stock_rq_worker_runs_fanout_jobs(
 def test_rq_info_lists_queued_jobs_and_ctrl_c_removes_them(
     redis_url: str, connection: Redis
 ) -> None:
-    proc = start_fanout_cli(
+    proc = start_cli(
         "run", "tests.tasks:square", "--range", "50", "--backend", "rq",
         "--queue", "lonely", "--redis-url", redis_url,
     )  # fmt: skip
@@ -367,7 +341,7 @@ def test_cli_workers_3_on_a_bare_redis_server_starts_and_stops_its_workers(
     own_redis: Callable[..., RedisServer],
 ) -> None:
     server = own_redis()
-    proc = start_fanout_cli(
+    proc = start_cli(
         "run", "tests.tasks:sleep_for", *["0.5"] * 6, "--backend", "rq", "--workers", "3",
         "--json", "--redis-url", server.url,
     )  # fmt: skip
@@ -411,7 +385,7 @@ def interrupted_workers_run() -> dict[str, Any]:
     """
     server = RedisServer()
     connection = Redis.from_url(server.url)
-    proc = start_fanout_cli(
+    proc = start_cli(
         "run", "tests.tasks:sleep_for", "20", "20", "20", "--backend", "rq", "--workers", "2",
         "--redis-url", server.url,
     )  # fmt: skip
@@ -932,7 +906,7 @@ def test_ctrl_c_stops_the_job_running_on_a_fanout_worker_and_leaves_no_run_keys(
     own_workers(url, "stop-1", "--queue", queue)
     wait_for_registered(url, ["stop-1"])
     marker = tmp_path / "started"
-    proc = start_fanout_cli(
+    proc = start_cli(
         "run", "tests.tasks:touch_then_sleep", json.dumps([str(marker), 8]),
         json.dumps([str(tmp_path / "never"), 8]), "--star", "--backend", "rq",
         "--queue", queue, "--redis-url", url,
