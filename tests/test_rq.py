@@ -71,6 +71,25 @@ def end_process(proc: subprocess.Popen[Any]) -> None:
         proc.communicate()
 
 
+def ctrl_c(proc: subprocess.Popen[str], timeout: float = 10) -> str:
+    """SIGINT to ``proc`` (killed if it outlives ``timeout``); returns its stderr."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=timeout)
+        return stderr
+    finally:
+        end_process(proc)
+
+
+def assert_goes_idle(connection: Redis, worker: str, within: float) -> None:
+    """``worker`` has no current job within ``within`` s (and is idle before we go on)."""
+    try:
+        wait_until(lambda: current_job(connection, worker) is None, within, f"{worker} idle")
+    finally:
+        wait_until(lambda: current_job(connection, worker) is None, 15, f"{worker} idle")
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -916,16 +935,11 @@ def test_ctrl_c_stops_the_job_running_on_a_fanout_worker_and_leaves_no_run_keys(
         job_id = current_job(connection, "stop-1")
         assert job_id is not None
         assert connection.llen(f"rq:queue:{queue}") == 1  # the second task's job
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=10)
     finally:
-        end_process(proc)
+        stderr = ctrl_c(proc)
     assert proc.returncode == 130, stderr
-    try:
-        # end() sends RQ's stop-job: the 8 s task must not keep the worker busy.
-        wait_until(lambda: current_job(connection, "stop-1") is None, 2, "stop-1 idle again")
-    finally:
-        wait_until(lambda: current_job(connection, "stop-1") is None, 15, "stop-1 idle")
+    # end() sends RQ's stop-job: the 8 s task must not keep the worker busy.
+    assert_goes_idle(connection, "stop-1", within=2)
     run_id = run_id_of(job_id)
     assert connection.llen(f"rq:queue:{queue}") == 0
     assert not (tmp_path / "never").exists()
@@ -975,12 +989,7 @@ def test_ctrl_c_stops_a_job_whose_task_has_not_reached_the_task_process(
     try:
         # The worker has the job, and spends 1 s unpickling its input before the task.
         wait_until(lambda: current_job(connection, "stop-early"), 10, "stop-early has the job")
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=10)
     finally:
-        end_process(proc)
+        stderr = ctrl_c(proc)
     assert proc.returncode == 130, stderr
-    try:
-        wait_until(lambda: current_job(connection, "stop-early") is None, 3, "stopped in 3 s")
-    finally:
-        wait_until(lambda: current_job(connection, "stop-early") is None, 15, "idle")
+    assert_goes_idle(connection, "stop-early", within=3)
