@@ -76,8 +76,13 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``python -m fanout ARGS`` from the repo root, with pipes for stdout and stderr."""
+    return start_python("-m", "fanout", *args, env=env)
+
+
+def start_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python ARGS`` from the repo root, with pipes for stdout and stderr."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fanout", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env=cli_env(env),
         stdin=subprocess.DEVNULL,

@@ -38,6 +38,7 @@ from tests.conftest import (
     cli_env,
     free_port,
     start_cli,
+    start_python,
     start_worker,
     stop_workers,
 )
@@ -860,14 +861,7 @@ def test_run_gives_up_when_the_only_worker_of_the_queue_died(
     connection.delete("rq:worker:doomed-1")
     assert "doomed-1" not in {w.name for w in Worker.all(connection=connection)}
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", GIVE_UP_SCRIPT, url, queue],
-        cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_python("-c", GIVE_UP_SCRIPT, url, queue)
     try:
         stdout, stderr = proc.communicate(timeout=8)
     except subprocess.TimeoutExpired:
@@ -978,14 +972,7 @@ def test_ctrl_c_stops_a_job_whose_task_has_not_reached_the_task_process(
     url, queue = redis_server.url, "interrupted-early"
     own_workers(url, "stop-early", "--queue", queue)
     wait_for_registered(url, ["stop-early"])
-    proc = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_SCRIPT, url, queue],
-        cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_python("-c", INTERRUPTED_SCRIPT, url, queue)
     try:
         # The worker has the job, and spends 1 s unpickling its input before the task.
         wait_until(lambda: current_job(connection, "stop-early"), 10, "stop-early has the job")
