@@ -309,12 +309,14 @@ class _HumanView:
         self.rows: list[TaskResult] = []
         self.count = self.failed = 0
         self.workers: set[tuple[str, int]] = set()
+        self.hosts: set[str] = set()
         self.started = time.perf_counter()
 
     def show(self, result: TaskResult) -> None:
         self.count += 1
         self.failed += not result.ok
         self.workers.add((result.worker.name, result.worker.pid))
+        self.hosts.add(result.worker.host)
         if len(self.rows) < MAX_ROWS:
             self.rows.append(result)
         if result.output:
@@ -360,6 +362,8 @@ class _HumanView:
             f" in {elapsed:.2f} s on {len(self.workers)} {self.backend} worker"
             f"{'s' if len(self.workers) != 1 else ''}"
         )
+        if len(self.hosts) > 1:  # the multi-machine case: say so
+            summary += f" on {len(self.hosts)} hosts"
         console.print(summary, style="red" if self.failed else "green")
 
 

@@ -8,12 +8,15 @@ Each one is run through fanout in the README, e.g.::
     fanout run fanout.examples:start_child --repeat 2 --no-daemon
     fanout run fanout.examples:make_object --repeat 1 --json
     fanout run fanout.examples:f bob bob bob
+
+and ``hello`` is the multi-worker demo's task (``docker-compose.yml``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -75,3 +78,10 @@ def f(name: str) -> dict[str, Any]:
     ids = info("function f")
     print(name)
     return ids
+
+
+def hello(n: int, seconds: float = 0.5) -> int:
+    """The multi-worker demo's task: half a second of work, so tasks spread over workers."""
+    print("hello", n, "from", socket.gethostname(), "pid", os.getpid())
+    time.sleep(seconds)
+    return n * n

@@ -1,0 +1,320 @@
+"""The docker-compose demo without Docker: the same commands, run as local processes.
+
+    python demo/local_twin.py
+
+It reads ``docker-compose.yml`` (so the two cannot drift apart), starts a redis-server
+on a free port with the compose file's password, starts the ``worker`` service's command
+once per replica, waits for every worker to register, runs the ``submit`` service's
+command and prints its table, then stops everything it started, on Ctrl-C too.
+
+As root on Linux each worker runs in a UTS namespace of its own (``unshare --uts``)
+under its own hostname, so the results show distinct hosts as compose's containers
+would; elsewhere the workers differ by name and pid. ``--redis-url`` uses a running
+Redis instead of starting one (the compose file's host is replaced by that one's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a clone: fanout itself need not be installed
+
+# Children get SIGTERM if this script is killed outright, so nothing is left behind.
+from fanout.backends.rq import _terminate_with_parent  # noqa: E402
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+REDIS_HOST = "redis"  # the compose service name that the URLs point at
+REGISTER_SECONDS = 30.0
+STOP_SECONDS = 10.0
+
+# ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset), and $$ for "$".
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)")
+
+
+@dataclass
+class Service:
+    """One compose service as a local process would run it."""
+
+    command: list[str]
+    environment: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+
+
+@dataclass
+class Demo:
+    """What the compose file says to run: the workers, the submit, Redis's password."""
+
+    worker: Service
+    submit: Service
+    redis_password: str | None
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a compose ``.env`` file (comments and blanks skipped)."""
+    values: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Expand variables as ``docker compose`` does."""
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        value = env.get(name)
+        if match.group(2) == ":-" and not value:
+            return match.group(3)
+        if match.group(2) == "-" and value is None:
+            return match.group(3)
+        return value or ""
+
+    return _VARIABLE.sub(expand, text)
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return interpolate(value, env)
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    return value
+
+
+def _service(spec: dict[str, Any]) -> Service:
+    command = spec.get("command", [])
+    if isinstance(command, str):
+        command = shlex.split(command)
+    environment = spec.get("environment") or {}
+    if isinstance(environment, list):  # the KEY=VALUE list form
+        environment = dict(item.split("=", 1) for item in environment)
+    replicas = int((spec.get("deploy") or {}).get("replicas", 1))
+    return Service([str(c) for c in command], {k: str(v) for k, v in environment.items()}, replicas)
+
+
+def load_demo(path: Path = COMPOSE_FILE, env: Mapping[str, str] | None = None) -> Demo:
+    """The worker and submit services of the compose file, variables expanded
+    from ``env`` (default: the environment over the file's ``.env``)."""
+    try:
+        import yaml  # only the demo needs it
+    except ImportError:
+        raise SystemExit("demo: PyYAML is missing: pip install -e '.[dev]'") from None
+
+    if env is None:
+        env = {**read_dotenv(path.parent / ".env"), **os.environ}
+    services = _expand(yaml.safe_load(path.read_text())["services"], env)
+    redis_command = [str(c) for c in services["redis"].get("command", [])]
+    password = None
+    if "--requirepass" in redis_command:
+        password = redis_command[redis_command.index("--requirepass") + 1]
+    return Demo(_service(services["worker"]), _service(services["submit"]), password)
+
+
+def rehost(url: str, host: str, port: int) -> str:
+    """``url`` pointed at ``host:port`` instead of the compose service, the rest kept."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def service_environment(service: Service, host: str, port: int) -> dict[str, str]:
+    """The service's own variables, its Redis URLs pointed at host:port."""
+    env = {}
+    for key, value in service.environment.items():
+        is_url = value.startswith(("redis://", "rediss://"))
+        env[key] = rehost(value, host, port) if is_url and _host_of(value) == REDIS_HOST else value
+    return env
+
+
+def local_command(service: Service) -> list[str]:
+    """The service's command for a local process: the image's entry point is ``fanout``."""
+    return [sys.executable, "-m", "fanout", *service.command]
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def can_unshare() -> bool:
+    """Whether workers can have hostnames of their own here (root, Linux, unshare)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+class Twin:
+    """The processes of one demo run; :meth:`stop` ends every one of them."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+
+    def start(
+        self, command: list[str], env: dict[str, str] | None = None, quiet: bool = False
+    ) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if quiet else None,
+            preexec_fn=_terminate_with_parent,
+        )
+        self.processes.append(process)
+        return process
+
+    def start_redis(self, password: str | None, workdir: str) -> int:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise SystemExit("demo: redis-server is not installed (apt-get install redis-server)")
+        port = free_port()
+        # The password goes in a config file only we can read, not argv: ps would show it.
+        config = Path(workdir) / "redis.conf"
+        config.write_text(f"requirepass {password}\n" if password else "")
+        config.chmod(0o600)
+        command = [server, str(config), "--port", str(port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--dir", workdir,
+                   "--maxmemory-policy", "noeviction"]  # fmt: skip
+        self.redis = self.start(command, quiet=True)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return port
+            if self.redis.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("demo: redis-server did not start")
+            time.sleep(0.02)
+
+    def start_workers(
+        self, service: Service, env: dict[str, str], hostnames: bool
+    ) -> list[subprocess.Popen[bytes]]:
+        workers = []
+        for i in range(1, service.replicas + 1):
+            command = local_command(service)
+            if hostnames:
+                hostname = f"worker-{i}"
+                command = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
+                           hostname, *command]  # fmt: skip
+            workers.append(self.start(command, env))
+        return workers
+
+    def stop(self) -> None:
+        """SIGTERM (a worker's warm shutdown) to everything still running, then SIGKILL."""
+        running = [p for p in self.processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_for_workers(url: str, processes: list[subprocess.Popen[bytes]]) -> list[str]:
+    """Wait until each worker process has registered with RQ; their hosts."""
+    from redis import Redis
+    from rq import Worker
+
+    pids = [p.pid for p in processes]
+    deadline = time.monotonic() + REGISTER_SECONDS
+    with contextlib.closing(Redis.from_url(url)) as connection:
+        while True:
+            workers = {w.pid: w for w in Worker.all(connection=connection)}
+            if all(pid in workers for pid in pids):
+                return [str(workers[pid].hostname) for pid in pids]
+            if any(p.poll() is not None for p in processes):
+                raise SystemExit("demo: a process exited early; see its message above")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: the workers did not register within {REGISTER_SECONDS} s")
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the demo as Ctrl-C does: through the clean-up."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compose", type=Path, default=COMPOSE_FILE, help="the compose file")
+    parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--no-unshare", action="store_true", help="no hostname of their own for the workers"
+    )
+    args = parser.parse_args(argv)
+    demo = load_demo(args.compose)
+    twin = Twin()
+    say = lambda text: print(f"demo: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        with _terminate_as_interrupt(), tempfile.TemporaryDirectory() as workdir:
+            if args.redis_url:
+                parts = urlsplit(args.redis_url)
+                host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+            else:
+                host, port = "127.0.0.1", twin.start_redis(demo.redis_password, workdir)
+                say(f"redis-server on {host}:{port}")
+            worker_env = {**os.environ, **service_environment(demo.worker, host, port)}
+            hostnames = not args.no_unshare and can_unshare()
+            workers = twin.start_workers(demo.worker, worker_env, hostnames)
+            url = worker_env.get("FANOUT_REDIS_URL") or f"redis://{host}:{port}/0"
+            hosts = wait_for_workers(url, workers)
+            up = ", ".join(f"{h}[{w.pid}]" for h, w in zip(hosts, workers, strict=True))
+            say(f"{len(workers)} workers up: {up}")
+            say("running: fanout " + shlex.join(demo.submit.command))
+            submit_env = {**os.environ, **service_environment(demo.submit, host, port)}
+            submit = twin.start(local_command(demo.submit), submit_env)
+            return submit.wait()
+    except KeyboardInterrupt:
+        say("interrupted; stopping what the demo started")
+        return 130
+    finally:
+        twin.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
