@@ -49,6 +49,16 @@ def _redis_url_option(help: str) -> Any:
     )
 
 
+def _secret_file_option() -> Any:
+    return typer.Option(
+        None,
+        "--secret-file",
+        envvar="FANOUT_SECRET_FILE",
+        help="Sign jobs and results with the secrets in this file (else $FANOUT_SECRET).",
+        show_default=False,
+    )
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Show the version and exit."),
@@ -86,6 +96,7 @@ def run_command(
     ),
     redis_url: str | None = _redis_url_option("rq: the Redis server."),
     queue: str | None = typer.Option(None, "--queue", help="rq: the queue name (default fanout)."),
+    secret_file: str | None = _secret_file_option(),
     timeout: float | None = typer.Option(
         None, "--timeout", min=0.0, help="End a task running longer (seconds)."
     ),
@@ -126,7 +137,7 @@ def run_command(
             _fail("--daemon/--no-daemon applies to the local backend only", EXIT_USAGE)
         options["daemon"] = daemon
     if name == "rq":
-        options.update(redis_url=redis_url, queue=queue)
+        options.update(redis_url=redis_url, queue=queue, secret_file=secret_file)
     elif queue is not None:
         _fail("--queue applies to the rq backend only", EXIT_USAGE)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -173,16 +184,28 @@ def worker_command(
     name: str | None = typer.Option(None, "--name", help="Register with RQ under this name."),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queue is empty."),
     processes: int = typer.Option(1, "--processes", min=1, help="Worker processes to run."),
+    allow: list[str] | None = typer.Option(
+        None,
+        "--allow",
+        envvar="FANOUT_ALLOW",
+        help="Run only targets in this module or below (repeatable; FANOUT_ALLOW: a,b).",
+        show_default=False,
+    ),
+    secret_file: str | None = _secret_file_option(),
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
     from fanout.rqworker import run_worker
+    from fanout.targets import parse_allow
 
     # Like `rq worker`, import task modules from the current directory too.
     sys.path.insert(0, os.getcwd())
     try:
-        code = run_worker(redis_url, queue, name, burst, processes)
+        prefixes = parse_allow(allow or [])
+        code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file)
     except BackendUnavailable as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
     raise typer.Exit(code)
 
 

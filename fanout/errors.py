@@ -22,6 +22,14 @@ class TargetError(FanoutError):
     """The target cannot be resolved or imported, or cannot run on the chosen backend."""
 
 
+class TargetNotAllowed(TargetError):
+    """A worker's allowlist (``--allow``, ``FANOUT_ALLOW``) does not admit the target's module."""
+
+
+class SignatureError(FanoutError):
+    """A job or result on Redis is unsigned, or signed with another or a forged key."""
+
+
 class UnknownBackend(FanoutError, ValueError):
     """No backend is registered under the requested name."""
 

@@ -18,6 +18,8 @@ new task process, as the local backend does.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -30,15 +32,17 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from fanout import _task
 from fanout.backends.base import MapSpec
 from fanout.backends.inline import InlineBackend
 from fanout.backends.local import LocalBackend
-from fanout.errors import TargetError
+from fanout.errors import SignatureError, TargetError, TargetNotAllowed
 from fanout.models import TaskResult
 from fanout.redisconn import connect, mask_url, redis_url
-from fanout.targets import resolve_target
+from fanout.signing import Keyring, keyring_of, load_keyring, serializer_for
+from fanout.targets import is_allowed, parse_allow, resolve_target, target_module
 
 log = logging.getLogger("fanout.worker")
 
@@ -48,10 +52,34 @@ PUSH_RECORDS = 2000  # ... or once this many are waiting
 HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
 REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis
 
+RUN_BATCH = "fanout.rqworker.run_batch"  # the RQ function name of every fanout job
+
 # Set in a `fanout worker` process: the task process pool and the job being run.
 _executor: LocalBackend | None = None
 _heartbeat: Callable[[], None] | None = None
 _stop_requested = False
+# The worker's allowlist of module prefixes: None when not set by `fanout worker`
+# (a stock `rq worker`), where FANOUT_ALLOW is read instead; () admits everything.
+_allow: tuple[str, ...] | None = None
+
+
+def current_allowlist() -> tuple[str, ...]:
+    if _allow is not None:
+        return _allow
+    return parse_allow([os.environ.get("FANOUT_ALLOW", "")])
+
+
+def check_allowed(name: str, what: str) -> None:
+    """TargetNotAllowed unless the allowlist (if any) admits ``name``'s module.
+
+    Runs before anything of the module is imported: that import is what it prevents.
+    """
+    allow = current_allowlist()
+    if allow and not is_allowed(target_module(name), allow):
+        raise TargetNotAllowed(
+            f"{what} {name} is not in this worker's allowlist ({', '.join(allow)});"
+            " start the worker with --allow for its module to run it"
+        )
 
 
 def run_batch(
@@ -70,14 +98,16 @@ def run_batch(
     job = get_current_job()
     assert job is not None, "run_batch runs as an RQ job"
     name = job.worker_name or multiprocessing.current_process().name
-    pusher = _Pusher(job.connection, results_key, name)
+    # Results are sealed with the keyring the job was opened with, if it was signed.
+    pusher = _Pusher(job.connection, results_key, name, keyring_of(job.serializer))
     try:
+        check_allowed(target, "target")
         fn, _ = resolve_target(target)
     except TargetError as exc:
         # Say so in every task's result: the caller then fails the run at once
         # instead of finding failed jobs one by one.
         now = time.time()
-        error = (TargetError.__name__, f"on RQ worker {name}: {exc}", "")
+        error = (type(exc).__name__, f"on RQ worker {name}: {exc}", "")
         for index in indices:
             pusher.add(_failed_record(index, error, now), None)
         pusher.flush()
@@ -204,8 +234,9 @@ return 1
 class _Pusher:
     """Collects result records and pushes them to the run's list in bulk."""
 
-    def __init__(self, connection: Any, key: str, name: str) -> None:
+    def __init__(self, connection: Any, key: str, name: str, keyring: Keyring | None) -> None:
         self.connection = connection
+        self.keyring = keyring
         self.key = key
         self.ended = key.rsplit(":", 1)[0] + ":ended"
         self.script = connection.register_script(_PUSH_SCRIPT)
@@ -246,6 +277,8 @@ class _Pusher:
         import redis
 
         data = pickle.dumps((self.info, self.records), pickle.HIGHEST_PROTOCOL)
+        if self.keyring is not None:
+            data = self.keyring.seal(data)
         self.records = []
         deadline, pause = time.monotonic() + REDIS_WAIT, 0.1
         while True:
@@ -268,12 +301,89 @@ def default_worker_name() -> str:
     return f"fanout-{socket.gethostname()}-{os.getpid()}"
 
 
+_job_class: type | None = None
+
+
+def make_job_class() -> type:
+    """FanoutJob: an RQ Job that asks the allowlist before it imports any function.
+
+    A job names its function and its callbacks by dotted path, and RQ imports them
+    when they are first used; this class checks each name first. Callbacks are not
+    covered by a job's signature (they live beside the signed data in the job's hash),
+    so on a worker that checks signatures they must pass the allowlist, and with no
+    allowlist they are refused.
+    """
+    global _job_class
+    if _job_class is not None:
+        return _job_class
+    from rq.job import Job
+
+    class FanoutJob(Job):
+        @property
+        def func(self) -> Any:
+            name = self.func_name
+            if name is not None and name != RUN_BATCH:
+                check_allowed(name, "RQ job function")
+            return super().func
+
+        def _admit_callback(self, name: str | None) -> bool:
+            if not name:
+                return True
+            if keyring_of(self.serializer) is not None and not current_allowlist():
+                log.warning("job %s: callback %s refused (not covered by the signature)",
+                            self.id, name)  # fmt: skip
+                return False
+            try:
+                check_allowed(name, "RQ callback")
+            except TargetNotAllowed as exc:
+                log.warning("job %s: %s", self.id, exc)
+                return False
+            return True
+
+        @property
+        def success_callback(self) -> Any:
+            return super().success_callback if self._admit_callback(
+                self._success_callback_name) else None  # fmt: skip
+
+        @property
+        def failure_callback(self) -> Any:
+            return super().failure_callback if self._admit_callback(
+                self._failure_callback_name) else None  # fmt: skip
+
+        @property
+        def stopped_callback(self) -> Any:
+            return super().stopped_callback if self._admit_callback(
+                self._stopped_callback_name) else None  # fmt: skip
+
+    _job_class = FanoutJob
+    return FanoutJob
+
+
+def __getattr__(name: str) -> Any:
+    # `rq worker --job-class fanout.rqworker.FanoutJob` without importing rq at import.
+    if name == "FanoutJob":
+        return make_job_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _refusal(exc_info: tuple[Any, ...]) -> BaseException | None:
+    """The SignatureError or TargetNotAllowed behind a failed job, if that is why."""
+    exc = exc_info[1] if len(exc_info) > 1 else None
+    while exc is not None:
+        if isinstance(exc, SignatureError | TargetNotAllowed):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
 def make_worker_class() -> type:
     """FanoutWorker, built on first use so that importing fanout never imports rq."""
     from rq.worker import SimpleWorker, WorkerStatus
 
     class FanoutWorker(SimpleWorker):
         """An RQ worker that runs jobs in-process, tasks in a long-lived task process."""
+
+        job_class = make_job_class()  # type: ignore[assignment]
 
         def execute_job(self, job: Any, queue: Any) -> None:
             global _heartbeat, _stop_requested
@@ -304,6 +414,12 @@ def make_worker_class() -> type:
                 # Asked for (stop-job, Ctrl-C on the caller): one line, no traceback.
                 self.log.warning("Worker %s: job %s stopped", self.name, job.id)
                 return
+            refused = _refusal(exc_info)
+            if refused is not None:
+                # Not run, by design: one line, and the job goes to the failed registry.
+                self.log.warning("Worker %s: job %s refused: %s: %s", self.name, job.id,
+                                 type(refused).__name__, refused)  # fmt: skip
+                return
             super().handle_exception(job, *exc_info)
 
         def kill_horse(self, sig: Any = None) -> None:
@@ -323,25 +439,36 @@ def run_worker(
     name: str | None = None,
     burst: bool = False,
     processes: int = 1,
+    allow: tuple[str, ...] = (),
+    secret_file: str | None = None,
 ) -> int:
-    """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code."""
-    global _executor
+    """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code.
+
+    ``allow``: module prefixes whose targets may run (empty: any). ``secret_file``, else
+    ``FANOUT_SECRET_FILE`` or ``FANOUT_SECRET``: only signed jobs run, results are signed.
+    """
+    global _executor, _allow
     url = redis_url(url)
+    keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
     if processes > 1:
-        return _run_pool(url, queue, name, burst, processes)
+        return _run_pool(url, queue, name, burst, processes, allow, secret_file)
     connection = connect(url, socket_timeout=None)
     worker_class = make_worker_class()
     name = name or default_worker_name()
+    _allow = allow
     # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
     worker = worker_class(
-        [queue], connection=connection, name=name, worker_ttl=15 + int(HEARTBEAT_SECONDS)
+        [queue],
+        connection=connection,
+        name=name,
+        worker_ttl=15 + int(HEARTBEAT_SECONDS),
+        serializer=serializer_for(keyring) if keyring is not None else None,
     )
     _executor = _TaskProcess(workers=1, daemon=False, process_name=name)
-    print(
-        f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
+    for warning in safety_warnings(url, keyring, allow):
+        say(f"fanout worker {name}: warning: {warning}")
     try:
         worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
     finally:
@@ -350,10 +477,48 @@ def run_worker(
     return 0
 
 
-def _run_pool(url: str, queue: str, name: str | None, burst: bool, processes: int) -> int:
+def safety_warnings(url: str, keyring: Keyring | None, allow: tuple[str, ...]) -> list[str]:
+    """What makes this worker easy to abuse, one line each (docs/security.md)."""
+    warnings = []
+    if keyring is None:
+        warnings.append(
+            "jobs are not signed: anyone who can write to this Redis can run code on this"
+            " worker; set FANOUT_SECRET or --secret-file on workers and clients"
+        )
+    parts = urlsplit(url)
+    no_password = not (parts.password or "password=" in parts.query)
+    if parts.scheme != "unix" and no_password and not _is_loopback(parts.hostname or "localhost"):
+        warnings.append(
+            f"Redis at {parts.hostname} is not on this machine and fanout connects"
+            " without a password: require one (requirepass or an ACL user) and use it"
+            " in the URL"
+        )
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _run_pool(
+    url: str,
+    queue: str,
+    name: str | None,
+    burst: bool,
+    processes: int,
+    allow: tuple[str, ...],
+    secret_file: str | None,
+) -> int:
     """``--processes N``: N single-process workers, stopped together."""
     base = name or default_worker_name()
-    env = dict(os.environ, FANOUT_REDIS_URL=url)  # never on a command line: ps shows those
+    # Never on a command line: ps shows those.
+    env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
+    if secret_file:
+        env["FANOUT_SECRET_FILE"] = secret_file
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", f"{base}-{i}"]

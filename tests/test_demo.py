@@ -70,7 +70,11 @@ def test_no_password_is_committed_beyond_the_local_default() -> None:
     assert demo.redis_password == "local-demo-only"
     # Every mention of the password is the overridable ${REDIS_PASSWORD:-...} default.
     text = COMPOSE.read_text()
-    assert text.count("local-demo-only") == text.count("${REDIS_PASSWORD:-local-demo-only}")
+    assert text.count("local-demo-only") == text.count(
+        "${REDIS_PASSWORD:-local-demo-only}"
+    ) + text.count("${FANOUT_SECRET:-local-demo-only-signing-secret}")
+    assert demo.worker.environment["FANOUT_SECRET"] == "local-demo-only-signing-secret"
+    assert demo.submit.environment["FANOUT_SECRET"] == "local-demo-only-signing-secret"
     overridden = twin.load_demo(COMPOSE, env={"REDIS_PASSWORD": "from-dotenv"})
     assert overridden.redis_password == "from-dotenv"
     assert "from-dotenv" in overridden.worker.environment["FANOUT_REDIS_URL"]
@@ -143,6 +147,7 @@ def test_local_twin_runs_the_demo_and_stops_everything() -> None:
         assert "on 3 hosts" in out
         assert {f"worker-{i}" for i in (1, 2, 3)} <= set(out.split())
     assert "local-demo-only" not in out + err
+    assert "warning" not in err  # the demo signs its jobs and Redis has a password
 
 
 @pytest.mark.slow

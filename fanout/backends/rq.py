@@ -36,9 +36,17 @@ from typing import Any
 from fanout import _task
 from fanout.backends._runstate import RunState
 from fanout.backends.base import Backend, MapSpec
-from fanout.errors import BackendUnavailable, FanoutError, TargetError, WorkerLost
+from fanout.errors import (
+    BackendUnavailable,
+    FanoutError,
+    SignatureError,
+    TargetError,
+    TargetNotAllowed,
+    WorkerLost,
+)
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
 from fanout.redisconn import connect, mask_url, redis_url, scrub
+from fanout.signing import load_keyring, serializer_for
 
 log = logging.getLogger("fanout")
 
@@ -66,7 +74,8 @@ class RQBackend(Backend):
     which a fanout worker is taken for dead and its tasks run elsewhere.
     ``redis_wait``: how long to keep reconnecting to a lost Redis. ``detach``: leave the
     run's jobs queued and running when the map ends early (Ctrl-C), instead of
-    cancelling them."""
+    cancelling them. ``secret`` or ``secret_file`` (default: ``$FANOUT_SECRET_FILE``,
+    ``$FANOUT_SECRET``): sign every job and accept only results signed with it."""
 
     name = "rq"
     needs_importable_target = True
@@ -81,12 +90,19 @@ class RQBackend(Backend):
         dead_after: float = 30.0,
         redis_wait: float = 30.0,
         detach: bool = False,
+        secret: str | None = None,
+        secret_file: str | None = None,
     ) -> None:
         from rq import Queue
 
+        self.keyring = load_keyring(secret, secret_file)  # a bad secret fails before Redis
+        self.secret_env = _secret_env(secret, secret_file)
+        self.serializer = serializer_for(self.keyring) if self.keyring is not None else None
         self.url = _resolve_url(redis_url)
         self.connection = connect(self.url)
-        self.queue = Queue(queue or DEFAULT_QUEUE, connection=self.connection)
+        self.queue = Queue(
+            queue or DEFAULT_QUEUE, connection=self.connection, serializer=self.serializer
+        )
         self.workers = workers or 0
         self.warn_after = warn_after
         self.give_up_after = give_up_after
@@ -119,7 +135,8 @@ class RQBackend(Backend):
         prefix = f"fanout-{socket.gethostname()}-{os.getpid()}"
         names = [f"{prefix}-{i}" for i in range(1, count + 1)]
         self._local_names = set(names)
-        env = dict(os.environ, FANOUT_REDIS_URL=self.url)  # not argv: ps would show it
+        # Not argv: ps would show them.
+        env = dict(os.environ, FANOUT_REDIS_URL=self.url, **self.secret_env)
         for name in names:
             self._local.append(
                 subprocess.Popen(
@@ -205,6 +222,7 @@ class _RQRun(RunState):
         self.last_progress = time.monotonic()
         self.warned = False
         self.broken: tuple[str, str, str] | None = None  # workers cannot import the target
+        self.refused = 0  # result messages whose signature did not hold
         self.down_since: float | None = None  # Redis unreachable since
         self.backoff = 0.1
         self.check()
@@ -345,6 +363,16 @@ class _RQRun(RunState):
         return list(messages or [])
 
     def handle(self, data: bytes) -> None:
+        if self.rq.keyring is not None:
+            try:
+                data = self.rq.keyring.open(data, "result message")
+            except SignatureError as exc:
+                # Never unpickled. Its tasks' real results still count; a job that
+                # finishes without them is run again.
+                self.refused += 1
+                if self.refused == 1:
+                    log.warning("refused a result on %s: %s", self.key, exc)
+                return
         (name, pid, ppid, host), records = pickle.loads(data)
         info = WorkerInfo(name, pid, ppid, host, RQBackend.name)
         done: list[TaskResult] = []
@@ -358,7 +386,7 @@ class _RQRun(RunState):
                 del self.jobs[job_id]
             ok, value = _task.load_value(index, status, payload)
             error = None if ok else TaskError(*value)
-            if error is not None and error.type == TargetError.__name__:
+            if error is not None and error.type in _RUN_BREAKERS:
                 self.broken = value
             attempts += self.lost.pop(index, 0)
             done.append(
@@ -477,7 +505,7 @@ class _RQRun(RunState):
         from rq.job import Job
 
         try:
-            rq_job = Job.fetch(job.id, connection=self.connection)
+            rq_job = Job.fetch(job.id, connection=self.connection, serializer=self.rq.serializer)
             result = rq_job.latest_result()
             exc = (result.exc_string if result else None) or rq_job.exc_info or ""
             worker = (result.worker_name if result else "") or rq_job.worker_name
@@ -493,6 +521,13 @@ class _RQRun(RunState):
             error = ("JobStopped", f"job {job.id} was stopped on {worker} (rq stop-job)", exc)
             for task in remaining:
                 self.fail_in_caller(task[0], error)
+            return
+        refused = _signature_failure(exc, self.rq.keyring is not None, worker)
+        if refused is not None:
+            # Every job of the run would fail the same way: fail the rest at once.
+            self.broken = refused
+            for task in remaining:
+                self.fail_in_caller(task[0], refused)
             return
         if "terminated unexpectedly" in exc or not exc:
             # The process running the job died: the first unreported task was running.
@@ -603,6 +638,34 @@ def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, 
                 for w in sorted(workers, key=lambda w: w.name)
             ],
         }
+
+
+# Task errors that every task of the run would get: the rest fail at once.
+_RUN_BREAKERS = frozenset({TargetError.__name__, TargetNotAllowed.__name__})
+
+
+def _secret_env(secret: str | None, secret_file: str | None) -> dict[str, str]:
+    """What local workers started for a run need to check its signatures."""
+    if secret is not None:
+        return {"FANOUT_SECRET": secret}
+    if secret_file is not None:
+        return {"FANOUT_SECRET_FILE": secret_file}
+    return {}
+
+
+def _signature_failure(exc: str, signing: bool, worker: str) -> tuple[str, str, str] | None:
+    """The SignatureError a worker failed a job with, or the one it should have."""
+    for line in reversed(exc.splitlines()):
+        kind, sep, text = line.strip().partition(": ")
+        if sep and kind.rpartition(".")[2] == SignatureError.__name__:
+            return (SignatureError.__name__, f"RQ worker {worker} refused the job: {text}", exc)
+    if signing and ("invalid load key" in exc or "DeserializationError" in exc):
+        message = (
+            f"RQ worker {worker} cannot read signed jobs: start it with the same"
+            " FANOUT_SECRET (or --secret-file) as this client"
+        )
+        return (SignatureError.__name__, message, exc)
+    return None
 
 
 def _resolve_url(url: str | None) -> str:
