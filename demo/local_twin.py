@@ -34,15 +34,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a clone: fanout itself need not be installed
-
-# Children get SIGTERM if this script is killed outright, so nothing is left behind.
-from fanout.backends.rq import _terminate_with_parent  # noqa: E402
-
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 REDIS_HOST = "redis"  # the compose service name that the URLs point at
 REGISTER_SECONDS = 30.0
 STOP_SECONDS = 10.0
+
+# Children get SIGTERM if this script is killed outright, so nothing is left behind.
+# (Not a preexec_fn: Python code between fork and exec can deadlock on a Ctrl-C.)
+_DIE_WITH_US = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 # ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset), and $$ for "$".
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)")
@@ -185,15 +184,18 @@ class Twin:
         self.redis: subprocess.Popen[bytes] | None = None
 
     def start(
-        self, command: list[str], env: dict[str, str] | None = None, quiet: bool = False
+        self, command: list[str], env: dict[str, str] | None = None, service: bool = False
     ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            command,
+            _DIE_WITH_US + command,
             env=env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL if quiet else None,
-            preexec_fn=_terminate_with_parent,
+            stdout=subprocess.DEVNULL if service else None,
+            # Ctrl-C in a terminal reaches the whole foreground group: the workers take
+            # it as a warm shutdown, but Redis must outlive them, so it gets a session
+            # of its own and is stopped last.
+            start_new_session=service,
         )
         self.processes.append(process)
         return process
@@ -210,7 +212,7 @@ class Twin:
         command = [server, str(config), "--port", str(port), "--bind", "127.0.0.1",
                    "--save", "", "--appendonly", "no", "--dir", workdir,
                    "--maxmemory-policy", "noeviction"]  # fmt: skip
-        self.redis = self.start(command, quiet=True)
+        self.redis = self.start(command, service=True)
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -233,8 +235,16 @@ class Twin:
         return workers
 
     def stop(self) -> None:
-        """SIGTERM (a worker's warm shutdown) to everything still running, then SIGKILL."""
-        running = [p for p in self.processes if p.poll() is None]
+        """SIGTERM (a worker's warm shutdown) to everything still running, then SIGKILL;
+        Redis last, so that workers finishing a job can still report it."""
+        clients = [p for p in self.processes if p is not self.redis]
+        self._stop(clients)
+        if self.redis is not None:
+            self._stop([self.redis])
+
+    @staticmethod
+    def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+        running = [p for p in processes if p.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS

@@ -79,8 +79,11 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     return start_python("-m", "fanout", *args, env=env)
 
 
-def start_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``python ARGS`` from the repo root, with pipes for stdout and stderr."""
+def start_python(
+    *args: str, env: dict[str, str] | None = None, new_session: bool = False
+) -> subprocess.Popen[str]:
+    """``python ARGS`` from the repo root, with pipes for stdout and stderr;
+    ``new_session``: in a process group of its own, as a terminal's foreground job."""
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
@@ -89,6 +92,7 @@ def start_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
@@ -133,7 +134,7 @@ def test_compose_commands_run_as_local_processes_on_every_worker(demo_redis) -> 
 
 
 def _start_twin() -> subprocess.Popen[str]:
-    return start_python(str(ROOT / "demo" / "local_twin.py"))
+    return start_python(str(ROOT / "demo" / "local_twin.py"), new_session=True)
 
 
 @pytest.mark.slow
@@ -161,9 +162,11 @@ def test_local_twin_stops_everything_on_ctrl_c() -> None:
         pytest.fail(f"the demo never started its workers: {process.communicate()}")
     started = psutil.Process(process.pid).children(recursive=True)
     assert len(started) >= 4  # redis-server and three workers (and their task processes)
-    process.send_signal(signal.SIGINT)
+    # As a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
+    os.killpg(process.pid, signal.SIGINT)
     _out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert "interrupted" in err
+    assert "Traceback" not in err
     _gone, alive = psutil.wait_procs(started, timeout=5)
     assert not alive, f"the demo left {alive} running"

@@ -21,6 +21,7 @@ from tests.conftest import (
     ROOT,
     RedisServer,
     free_port,
+    start_cli,
     start_worker,
     stop_workers,
     wait_for_workers,
@@ -237,3 +238,27 @@ def test_chaos_a_whole_worker_killed_and_a_spare_started_loses_nothing(
     assert "c-spare" in {r.worker.name for r in results} or "c-2" in {
         r.worker.name for r in results
     }
+
+
+def test_a_full_redis_is_one_clear_line_and_exit_3() -> None:
+    """Redis at maxmemory with noeviction refuses writes: no traceback, exit 3."""
+    from redis import Redis
+    from redis.exceptions import OutOfMemoryError
+
+    server = RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    try:
+        filler = Redis.from_url(server.url)
+        with pytest.raises(OutOfMemoryError):
+            for i in range(10_000):
+                filler.set(f"filler:{i}", "x" * 10_000)
+        filler.close()
+        process = start_cli(
+            "run", "tests.tasks:square", "--range", "3", "--backend", "rq",
+            "--redis-url", server.url,
+        )  # fmt: skip
+        _out, err = process.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert process.returncode == 3, err
+    assert "is full and refuses writes" in err and "maxmemory" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

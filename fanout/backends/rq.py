@@ -318,6 +318,8 @@ class _RQRun(RunState):
 
         try:
             self.round()
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise _full(self.rq.url, exc) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             now = time.monotonic()
             if self.down_since is None:
@@ -686,8 +688,18 @@ def _translate(url: str) -> Iterator[None]:
 
     try:
         yield
+    except redis.exceptions.OutOfMemoryError as exc:
+        raise _full(url, exc) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise BackendUnavailable(f"lost Redis at {mask_url(url)}: {scrub(str(exc), url)}") from None
+
+
+def _full(url: str, exc: Exception) -> BackendUnavailable:
+    """Redis at maxmemory with noeviction refuses writes: say so, and what to do."""
+    return BackendUnavailable(
+        f"Redis at {mask_url(url)} is full and refuses writes ({scrub(str(exc), url)});"
+        " free memory or raise its maxmemory, then run again"
+    )
 
 
 def _terminate_with_parent() -> None:
