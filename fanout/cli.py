@@ -194,8 +194,8 @@ def worker_command(
     secret_file: str | None = _secret_file_option(),
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
+    from fanout.allowlist import parse_allow
     from fanout.rqworker import run_worker
-    from fanout.targets import parse_allow
 
     # Like `rq worker`, import task modules from the current directory too.
     sys.path.insert(0, os.getcwd())

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fanout import _task
+from fanout.allowlist import check_callable, check_name, parse_allow, restricted_loads
 from fanout.backends.base import MapSpec
 from fanout.backends.inline import InlineBackend
 from fanout.backends.local import LocalBackend
@@ -42,7 +43,7 @@ from fanout.errors import SignatureError, TargetError, TargetNotAllowed
 from fanout.models import TaskResult
 from fanout.redisconn import connect, mask_url, redis_url
 from fanout.signing import Keyring, keyring_of, load_keyring, serializer_for
-from fanout.targets import is_allowed, parse_allow, resolve_target, target_module
+from fanout.targets import resolve_target
 
 log = logging.getLogger("fanout.worker")
 
@@ -74,12 +75,7 @@ def check_allowed(name: str, what: str) -> None:
 
     Runs before anything of the module is imported: that import is what it prevents.
     """
-    allow = current_allowlist()
-    if allow and not is_allowed(target_module(name), allow):
-        raise TargetNotAllowed(
-            f"{what} {name} is not in this worker's allowlist ({', '.join(allow)});"
-            " start the worker with --allow for its module to run it"
-        )
+    check_name(name, what, current_allowlist())
 
 
 def run_batch(
@@ -100,9 +96,11 @@ def run_batch(
     name = job.worker_name or multiprocessing.current_process().name
     # Results are sealed with the keyring the job was opened with, if it was signed.
     pusher = _Pusher(job.connection, results_key, name, keyring_of(job.serializer))
+    allow = current_allowlist()
     try:
-        check_allowed(target, "target")
+        check_name(target, "target", allow)
         fn, _ = resolve_target(target)
+        check_callable(fn, target, "target", allow)
     except TargetError as exc:
         # Say so in every task's result: the caller then fails the run at once
         # instead of finding failed jobs one by one.
@@ -115,7 +113,9 @@ def run_batch(
     failed: dict[int, tuple[str, str, str]] = {}
     for pos in pickled:
         try:
-            items[pos] = pickle.loads(items[pos])
+            items[pos] = restricted_loads(items[pos], allow)
+        except TargetNotAllowed as exc:
+            failed[pos] = (TargetNotAllowed.__name__, f"input of task {indices[pos]}: {exc}", "")
         except Exception as exc:
             failed[pos] = _task.input_error(indices[pos], exc, "unpickle")
     for pos, error in failed.items():
@@ -322,9 +322,13 @@ def make_job_class() -> type:
         @property
         def func(self) -> Any:
             name = self.func_name
-            if name is not None and name != RUN_BATCH:
-                check_allowed(name, "RQ job function")
-            return super().func
+            if name is None or name == RUN_BATCH:
+                return super().func
+            allow = current_allowlist()
+            check_name(name, "RQ job function", allow)
+            fn = super().func
+            check_callable(fn, name, "RQ job function", allow)
+            return fn
 
         def _admit_callback(self, name: str | None) -> bool:
             if not name:
@@ -334,7 +338,7 @@ def make_job_class() -> type:
                             self.id, name)  # fmt: skip
                 return False
             try:
-                check_allowed(name, "RQ callback")
+                check_name(name, "RQ callback", current_allowlist())
             except TargetNotAllowed as exc:
                 log.warning("job %s: %s", self.id, exc)
                 return False
@@ -462,7 +466,7 @@ def run_worker(
         connection=connection,
         name=name,
         worker_ttl=15 + int(HEARTBEAT_SECONDS),
-        serializer=serializer_for(keyring) if keyring is not None else None,
+        serializer=serializer_for(keyring, allow),
     )
     _executor = _TaskProcess(workers=1, daemon=False, process_name=name)
     say = functools.partial(print, file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from fanout.allowlist import restricted_loads
 from fanout.errors import SignatureError
 
 MAGIC = b"fanout-hmac1:"
@@ -109,17 +110,23 @@ def load_keyring(
     return None
 
 
-def serializer_for(keyring: Keyring) -> Any:
-    """An RQ serializer class that seals with ``keyring`` (RQ wants a class or module)."""
+def serializer_for(keyring: Keyring | None, allow: tuple[str, ...] = ()) -> Any:
+    """The RQ serializer (a class: RQ wants a class or module) of a worker or client:
+    sealing with ``keyring``, and unpickling only what ``allow`` admits; None (RQ's
+    default pickle) when neither is set."""
+    if keyring is None and not allow:
+        return None
 
     def dumps(obj: Any) -> bytes:
-        return keyring.seal(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+        body = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return body if keyring is None else keyring.seal(body)
 
     def loads(data: bytes) -> Any:
-        return pickle.loads(keyring.open(data, "RQ job data"))
+        body = data if keyring is None else keyring.open(data, "RQ job data")
+        return restricted_loads(body, allow)
 
     return type(
-        "SignedSerializer",
+        "SignedSerializer" if keyring is not None else "AllowlistSerializer",
         (),
         {
             "__module__": __name__,
@@ -149,7 +156,9 @@ class SignedSerializer:
 
     @staticmethod
     def loads(data: bytes) -> Any:
-        return pickle.loads(_env_keyring().open(data, "RQ job data"))
+        from fanout.rqworker import current_allowlist
+
+        return restricted_loads(_env_keyring().open(data, "RQ job data"), current_allowlist())
 
 
 _from_env: Keyring | None = None

@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from fanout.errors import TargetError
@@ -131,31 +131,3 @@ def load_file_modules(modules: dict[str, str]) -> None:
                 module.__fanout_file__ = True  # type: ignore[attr-defined]
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
-
-
-def parse_allow(values: Iterable[str]) -> tuple[str, ...]:
-    """Module prefixes from ``--allow`` values or ``FANOUT_ALLOW`` (comma-separated)."""
-    prefixes = []
-    for value in values:
-        for prefix in value.split(","):
-            prefix = prefix.strip().rstrip(".")
-            if not prefix:
-                continue
-            if not all(part.isidentifier() for part in prefix.split(".")):
-                raise ValueError(
-                    f"--allow {prefix!r} is not a module path like 'app.tasks' (dotted names)"
-                )
-            prefixes.append(prefix)
-    return tuple(prefixes)
-
-
-def is_allowed(module: str, allow: tuple[str, ...]) -> bool:
-    """Whether ``module`` is one of the prefixes or inside one, on a module boundary:
-    ``app.tasks`` admits ``app.tasks`` and ``app.tasks.x``, never ``app.tasks_evil``."""
-    return any(module == prefix or module.startswith(prefix + ".") for prefix in allow)
-
-
-def target_module(target: str) -> str:
-    """The module a ``module:function`` target (or an RQ ``module.function``) lives in."""
-    location, sep, _ = target.rpartition(":")
-    return location if sep else target.rpartition(".")[0]

@@ -41,7 +41,6 @@ from fanout.errors import (
     FanoutError,
     SignatureError,
     TargetError,
-    TargetNotAllowed,
     WorkerLost,
 )
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
@@ -97,7 +96,7 @@ class RQBackend(Backend):
 
         self.keyring = load_keyring(secret, secret_file)  # a bad secret fails before Redis
         self.secret_env = _secret_env(secret, secret_file)
-        self.serializer = serializer_for(self.keyring) if self.keyring is not None else None
+        self.serializer = serializer_for(self.keyring)
         self.url = _resolve_url(redis_url)
         self.connection = connect(self.url)
         self.queue = Queue(
@@ -388,7 +387,9 @@ class _RQRun(RunState):
                 del self.jobs[job_id]
             ok, value = _task.load_value(index, status, payload)
             error = None if ok else TaskError(*value)
-            if error is not None and error.type in _RUN_BREAKERS:
+            # A target no worker can import fails every task: the rest fail at once. (Not
+            # TargetNotAllowed: another worker's allowlist may admit it, or it is one input.)
+            if error is not None and error.type == TargetError.__name__:
                 self.broken = value
             attempts += self.lost.pop(index, 0)
             done.append(
@@ -640,10 +641,6 @@ def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, 
                 for w in sorted(workers, key=lambda w: w.name)
             ],
         }
-
-
-# Task errors that every task of the run would get: the rest fail at once.
-_RUN_BREAKERS = frozenset({TargetError.__name__, TargetNotAllowed.__name__})
 
 
 def _secret_env(secret: str | None, secret_file: str | None) -> dict[str, str]:
