@@ -52,6 +52,28 @@ def no_leftover_processes() -> Iterator[None]:
     assert not alive, f"processes left behind: {alive}"
 
 
+# Every password and secret the tests use. None may appear in anything the tests'
+# processes print (fanout's CLI, its workers, its log): checked on every test's
+# captured output, by the hook below.
+SECRETS_IN_TESTS = (
+    "rightpass", "wrongpass", "alicepw", "wrongpw", "s3cret",  # test_rq.py
+    "s3cr3t-for-tests", "pw-for-tests-7f3a9c", "wrong-pw-for-tests",  # test_security.py
+    "local-demo-only",  # the compose demo's password and secret
+)  # fmt: skip
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome: Any = yield
+    report = outcome.get_result()
+    if report.passed:
+        texts = [text for name, text in report.sections if name.endswith(report.when)]
+        leaked = sorted({s for s in SECRETS_IN_TESTS for text in texts if s in text})
+        if leaked:
+            report.outcome = "failed"
+            report.longrepr = f"a password or secret of the tests was printed: {leaked}"
+
+
 # Settings a test must not inherit: a stray URL or backend would be used, and rich
 # would colour or resize what the tests read.
 SCRUBBED_ENV = (
