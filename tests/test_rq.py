@@ -41,6 +41,7 @@ from tests.conftest import (
     start_python,
     start_worker,
     stop_workers,
+    wait_until,
 )
 
 FANOUT = [sys.executable, "-m", "fanout"]
@@ -89,17 +90,6 @@ def assert_goes_idle(connection: Redis, worker: str, within: float) -> None:
         wait_until(lambda: current_job(connection, worker) is None, within, f"{worker} idle")
     finally:
         wait_until(lambda: current_job(connection, worker) is None, 15, f"{worker} idle")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.02)
 
 
 def json_records(stdout: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from tests.conftest import (
     start_cli,
     stop_workers,
     wait_for_workers,
+    wait_until,
 )
 
 SECRET = "s3cr3t-for-tests-0123456789abcdef"
@@ -57,17 +58,6 @@ RQ_CLI = [sys.executable, "-m", "rq.cli"]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.02)
 
 
 def spawn(argv: list[str], env: dict[str, str], logs: Path, name: str) -> subprocess.Popen[bytes]:
