@@ -141,12 +141,16 @@ def rehost(url: str, host: str, port: int) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def service_environment(service: Service, host: str, port: int) -> dict[str, str]:
-    """The service's own variables, its Redis URLs pointed at host:port."""
+def service_environment(
+    service: Service, host: str, port: int, url: str | None = None
+) -> dict[str, str]:
+    """The service's own variables, its Redis URLs pointed at host:port (or replaced by
+    ``url``, credentials and all)."""
     env = {}
     for key, value in service.environment.items():
-        is_url = value.startswith(("redis://", "rediss://"))
-        env[key] = rehost(value, host, port) if is_url and _host_of(value) == REDIS_HOST else value
+        if value.startswith(("redis://", "rediss://")) and _host_of(value) == REDIS_HOST:
+            value = url or rehost(value, host, port)
+        env[key] = value
     return env
 
 
@@ -308,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 host, port = "127.0.0.1", twin.start_redis(demo.redis_password, workdir)
                 say(f"redis-server on {host}:{port}")
-            worker_env = {**os.environ, **service_environment(demo.worker, host, port)}
+            own = service_environment(demo.worker, host, port, args.redis_url)
+            worker_env = {**os.environ, **own}
             hostnames = not args.no_unshare and can_unshare()
             workers = twin.start_workers(demo.worker, worker_env, hostnames)
             url = worker_env.get("FANOUT_REDIS_URL") or f"redis://{host}:{port}/0"
@@ -316,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             up = ", ".join(f"{h}[{w.pid}]" for h, w in zip(hosts, workers, strict=True))
             say(f"{len(workers)} workers up: {up}")
             say("running: fanout " + shlex.join(demo.submit.command))
-            submit_env = {**os.environ, **service_environment(demo.submit, host, port)}
+            submit_env = {
+                **os.environ,
+                **service_environment(demo.submit, host, port, args.redis_url),
+            }
             submit = twin.start(local_command(demo.submit), submit_env)
             return submit.wait()
     except KeyboardInterrupt:

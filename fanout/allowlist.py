@@ -52,6 +52,11 @@ def is_allowed(module: str, allow: tuple[str, ...]) -> bool:
     return any(module == prefix or module.startswith(prefix + ".") for prefix in allow)
 
 
+def is_module_path(module: str) -> bool:
+    """Dotted identifiers (``app.tasks``): never a file path, never ``..``."""
+    return bool(module) and all(part.isidentifier() for part in module.split("."))
+
+
 def target_module(target: str) -> str:
     """The module a ``module:function`` target (or an RQ ``module.function``) lives in."""
     location, sep, _ = target.rpartition(":")
@@ -66,8 +71,10 @@ def _refuse(what: str, allow: tuple[str, ...]) -> TargetNotAllowed:
 
 
 def check_name(name: str, what: str, allow: tuple[str, ...]) -> None:
-    """Before import: the module that ``name`` lives in must be allowed."""
-    if allow and not is_allowed(target_module(name), allow):
+    """Before import: the module that ``name`` lives in must be allowed (and be a module
+    name: ``app.tasks./../evil.py`` starts with ``app.tasks.`` but is a file path)."""
+    module = target_module(name)
+    if allow and not (is_module_path(module) and is_allowed(module, allow)):
         raise _refuse(f"{what} {name}", allow)
 
 

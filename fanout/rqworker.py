@@ -35,7 +35,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fanout import _task
-from fanout.allowlist import check_callable, check_name, parse_allow, restricted_loads
+from fanout.allowlist import (
+    check_callable,
+    check_name,
+    is_module_path,
+    parse_allow,
+    restricted_loads,
+    target_module,
+)
 from fanout.backends.base import MapSpec
 from fanout.backends.inline import InlineBackend
 from fanout.backends.local import LocalBackend
@@ -98,6 +105,9 @@ def run_batch(
     pusher = _Pusher(job.connection, results_key, name, keyring_of(job.serializer))
     allow = current_allowlist()
     try:
+        if not is_module_path(target_module(target)):
+            # Never a path: a worker imports targets by module name, nothing else.
+            raise TargetError(f"target {target!r} is not a 'package.module:function' name")
         check_name(target, "target", allow)
         fn, _ = resolve_target(target)
         check_callable(fn, target, "target", allow)
@@ -278,7 +288,9 @@ class _Pusher:
 
         data = pickle.dumps((self.info, self.records), pickle.HIGHEST_PROTOCOL)
         if self.keyring is not None:
-            data = self.keyring.seal(data)
+            # Bound to this run: a sealed message replayed onto another run's list is
+            # refused there.
+            data = self.keyring.seal(self.key.encode() + b"\n" + data)
         self.records = []
         deadline, pause = time.monotonic() + REDIS_WAIT, 0.1
         while True:
@@ -330,34 +342,47 @@ def make_job_class() -> type:
             check_callable(fn, name, "RQ job function", allow)
             return fn
 
-        def _admit_callback(self, name: str | None) -> bool:
+        def _callback(self, name: str | None, load: Callable[[], Any]) -> Any:
+            """RQ's callback ``name``, or None when it may not run here."""
             if not name:
-                return True
-            if keyring_of(self.serializer) is not None and not current_allowlist():
+                return None
+            if keyring_of(self.serializer) is not None:
+                # The hash field naming it is outside the signed data: anyone who can
+                # write to Redis could set it, on any job. fanout never does.
                 log.warning("job %s: callback %s refused (not covered by the signature)",
                             self.id, name)  # fmt: skip
-                return False
+                return None
+            allow = current_allowlist()
             try:
-                check_name(name, "RQ callback", current_allowlist())
+                check_name(name, "RQ callback", allow)
+                fn = load()
+                check_callable(fn, name, "RQ callback", allow)
             except TargetNotAllowed as exc:
                 log.warning("job %s: %s", self.id, exc)
-                return False
-            return True
+                return None
+            return fn
 
         @property
         def success_callback(self) -> Any:
-            return super().success_callback if self._admit_callback(
-                self._success_callback_name) else None  # fmt: skip
+            return self._callback(self._success_callback_name, lambda: super(
+                FanoutJob, self).success_callback)  # fmt: skip
 
         @property
         def failure_callback(self) -> Any:
-            return super().failure_callback if self._admit_callback(
-                self._failure_callback_name) else None  # fmt: skip
+            return self._callback(self._failure_callback_name, lambda: super(
+                FanoutJob, self).failure_callback)  # fmt: skip
 
         @property
         def stopped_callback(self) -> Any:
-            return super().stopped_callback if self._admit_callback(
-                self._stopped_callback_name) else None  # fmt: skip
+            return self._callback(self._stopped_callback_name, lambda: super(
+                FanoutJob, self).stopped_callback)  # fmt: skip
+
+        def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+            if self.webhooks and keyring_of(self.serializer) is not None:
+                # Like callbacks, webhooks live outside the signed data.
+                log.warning("job %s: webhooks refused (not covered by the signature)", self.id)
+                return
+            super().send_webhooks(status, exc_string=exc_string)
 
     _job_class = FanoutJob
     return FanoutJob

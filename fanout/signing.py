@@ -7,8 +7,10 @@ what they like. With a secret set, every job and every result is sealed::
 
 and a worker checks the seal *before* the body is unpickled or anything is imported.
 Jobs stay plain RQ jobs: :class:`SignedSerializer` is an RQ serializer, so a stock
-``rq worker --serializer fanout.signing.SignedSerializer`` (with ``FANOUT_SECRET`` or
-``FANOUT_SECRET_FILE`` in its environment) checks them too.
+``rq worker --serializer fanout.signing.SignedSerializer --job-class
+fanout.rqworker.FanoutJob`` (with ``FANOUT_SECRET`` or ``FANOUT_SECRET_FILE`` in its
+environment) checks them too; the job class refuses RQ callbacks and webhooks, which
+live outside the signed data.
 
 Rotation: a secret file holds one secret per line; the first signs, every line is
 accepted. Add the new secret as a second line everywhere, move it first, then drop the

@@ -47,7 +47,7 @@ def test_compose_has_redis_three_workers_and_a_submit(compose: dict) -> None:
     services = compose["services"]
     redis = services["redis"]
     assert redis["image"].split(":")[0] == "redis"  # the official image
-    assert redis["healthcheck"]["test"][-1] == "ping"
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
     assert "noeviction" in redis["command"]
 
     worker = services["worker"]
@@ -170,3 +170,9 @@ def test_local_twin_stops_everything_on_ctrl_c() -> None:
     assert "Traceback" not in err
     _gone, alive = psutil.wait_procs(started, timeout=5)
     assert not alive, f"the demo left {alive} running"
+    # Nor a submit started after the snapshot above.
+    submits = [
+        p for p in psutil.process_iter(["cmdline"])
+        if "fanout.examples:hello" in (p.info["cmdline"] or [])
+    ]  # fmt: skip
+    assert not submits, submits

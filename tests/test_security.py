@@ -38,6 +38,7 @@ from fanout.signing import MAGIC, Keyring, key_id, load_keyring, serializer_for
 from tests import evil_tasks, tasks
 from tests.conftest import (
     ROOT,
+    SECRETS_IN_TESTS,
     SESSION_PIDS,
     RedisServer,
     cli_env,
@@ -358,6 +359,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stop_workers(workers)
         server.stop()
         SESSION_PIDS.difference_update([server.process.pid, *(w.pid for w in workers)])
+    # Everything the workers printed, refusals and tracebacks included.
+    for log in logs.iterdir():
+        text = log.read_text(errors="replace")
+        assert not [s for s in SECRETS_IN_TESTS if s in text], f"a secret in {log.name}"
 
 
 # --------------------------------------------------------------------------- signed jobs
@@ -451,10 +456,17 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
         # Signed with the right key, then altered.
         Keyring([SECRET.encode()], "ours").seal(message("forged")).replace(b"forged", b"FORGED"),
     ]
+    ours = Keyring([SECRET.encode()], "ours")
     caplog.set_level("WARNING", logger="fanout")
     with fanout.Fanout("rq", redis_url=cluster.url, queue=SIGNED, secret=SECRET) as fo:
         results = fo.map(tasks.square, [7])
         run = fo._backend._active  # type: ignore[attr-defined]
+        forged += [
+            # Validly sealed, but for another run (a replay from another run's list).
+            ours.seal(b"fanout:run:another:results\n" + message(TouchOnUnpickle(marker))),
+            # Validly sealed for this run, but not a result message.
+            ours.seal(run.key.encode() + b"\n" + pickle.dumps("not a result")),
+        ]
         # Already waiting when the run enqueues its job and pops its result list: the
         # forgeries come before the worker's real result, once index 0 is outstanding.
         cluster.connection.rpush(run.key, *forged)
@@ -563,6 +575,81 @@ def test_pickled_inputs_may_name_only_allowed_modules(cluster: Cluster, tmp_path
     assert [r.value for r in results[2:]] == [{"plain": [1.5, None]}, 7]
     assert not marker.exists()
     assert not cluster.evil_marker(PLAIN).exists()
+
+
+def _pushed_error(cluster: Cluster, key: str, keyring: Keyring | None) -> tuple[str, str]:
+    """The error of the one task a raw run_batch job pushed onto ``key``."""
+    popped = cluster.connection.blpop([key], timeout=15)
+    assert popped is not None, "the job pushed no result"
+    data = popped[1]
+    if keyring is not None:
+        data = keyring.open(data).partition(b"\n")[2]
+    _info, [record] = pickle.loads(data)
+    return record[2][0], record[2][1]
+
+
+@pytest.mark.parametrize("worker", [PLAIN, SIGNED], ids=["allowlisted", "signed"])
+def test_a_file_path_target_never_runs_on_a_worker(
+    cluster: Cluster, worker: str, tmp_path: Path
+) -> None:
+    """``tests.tasks./../../<...>/evil.py:run`` starts with an allowed prefix, but it is
+    a path: workers import targets by module name only."""
+    marker = tmp_path / "file-ran"
+    evil = tmp_path / "evil_file.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\ndef run(x):\n    return x\n")
+    target = "tests.tasks." + "/.." * 40 + str(evil) + ":run"
+    key = f"fanout:run:path-{worker}:results"
+    keyring = Keyring([SECRET.encode()], "ours") if worker == SIGNED else None
+    queue = Queue(worker, connection=cluster.connection, serializer=serializer_for(keyring))
+    queue.enqueue("fanout.rqworker.run_batch", key, target, False, None, 0, [0], [1], [])
+    kind, message = _pushed_error(cluster, key, keyring)
+    assert kind in ("TargetError", "TargetNotAllowed"), message
+    assert not marker.exists()
+
+
+def test_callbacks_and_webhooks_of_an_unsigned_job_never_run_on_a_signed_worker(
+    cluster: Cluster,
+) -> None:
+    """Callbacks and webhooks are job-hash fields outside the signed data."""
+    import http.server
+    import threading
+
+    from rq import Callback
+    from rq.webhook import Webhook
+
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/from-worker"
+        job = Queue(SIGNED, connection=cluster.connection).enqueue(
+            tasks.square, 3,
+            on_failure=Callback("tests.evil_tasks.anything"),
+            webhooks=[Webhook(url, "failed")],
+        )  # fmt: skip
+        wait_failed(cluster.connection, SIGNED, job.id)
+        # The worker says so after the failure is stored: wait for both lines.
+        wait_until(
+            lambda: (
+                "webhooks refused" in cluster.output(SIGNED)
+                and "callback tests.evil_tasks.anything refused" in cluster.output(SIGNED)
+            ),
+            15,
+            "the refusals logged",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == []
+    assert not cluster.evil_marker(SIGNED).exists()
 
 
 def test_raw_rq_job_data_naming_code_outside_the_allowlist_is_refused_unread(

@@ -366,15 +366,20 @@ class _RQRun(RunState):
     def handle(self, data: bytes) -> None:
         if self.rq.keyring is not None:
             try:
-                data = self.rq.keyring.open(data, "result message")
-            except SignatureError as exc:
-                # Never unpickled. Its tasks' real results still count; a job that
-                # finishes without them is run again.
+                body = self.rq.keyring.open(data, "result message")
+                run, _, data = body.partition(b"\n")
+                if run != self.key.encode():
+                    raise SignatureError("the result message was signed for another run")
+                (name, pid, ppid, host), records = pickle.loads(data)
+            except Exception as exc:
+                # Never unpickled unless signed for this run. Its tasks' real results
+                # still count; a job that finishes without them is run again.
                 self.refused += 1
                 if self.refused == 1:
                     log.warning("refused a result on %s: %s", self.key, exc)
                 return
-        (name, pid, ppid, host), records = pickle.loads(data)
+        else:
+            (name, pid, ppid, host), records = pickle.loads(data)
         info = WorkerInfo(name, pid, ppid, host, RQBackend.name)
         done: list[TaskResult] = []
         for index, status, payload, attempts, started, finished, duration, output in records:
@@ -646,7 +651,7 @@ def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, 
 def _secret_env(secret: str | None, secret_file: str | None) -> dict[str, str]:
     """What local workers started for a run need to check its signatures."""
     if secret is not None:
-        return {"FANOUT_SECRET": secret}
+        return {"FANOUT_SECRET": secret, "FANOUT_SECRET_FILE": ""}  # the file would win
     if secret_file is not None:
         return {"FANOUT_SECRET_FILE": secret_file}
     return {}
