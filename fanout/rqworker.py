@@ -320,10 +320,10 @@ def make_job_class() -> type:
     """FanoutJob: an RQ Job that asks the allowlist before it imports any function.
 
     A job names its function and its callbacks by dotted path, and RQ imports them
-    when they are first used; this class checks each name first. Callbacks are not
-    covered by a job's signature (they live beside the signed data in the job's hash),
-    so on a worker that checks signatures they must pass the allowlist, and with no
-    allowlist they are refused.
+    when they are first used; this class checks each name first, and the callable it
+    resolves to. Callbacks and webhooks are not covered by a job's signature (they live
+    beside the signed data in the job's hash), so a worker that checks signatures
+    refuses them; elsewhere callbacks must pass the allowlist.
     """
     global _job_class
     if _job_class is not None:
