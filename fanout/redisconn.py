@@ -44,7 +44,8 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query_text, parts.fragment))
 
 
-def _passwords(url: str) -> list[str]:
+def url_passwords(url: str) -> list[str]:
+    """The passwords in ``url``: its userinfo's and any ``?password=``."""
     try:
         parts = urlsplit(url)
         found = [parts.password] if parts.password else []
@@ -56,7 +57,7 @@ def _passwords(url: str) -> list[str]:
 
 def scrub(text: str, url: str) -> str:
     """Remove every password of ``url`` from ``text``, wherever a library put it."""
-    for password in _passwords(url):
+    for password in url_passwords(url):
         text = text.replace(password, "***")
     return text
 

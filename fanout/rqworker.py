@@ -48,8 +48,8 @@ from fanout.backends.inline import InlineBackend
 from fanout.backends.local import LocalBackend
 from fanout.errors import SignatureError, TargetError, TargetNotAllowed
 from fanout.models import TaskResult
-from fanout.redisconn import connect, mask_url, redis_url
-from fanout.signing import Keyring, keyring_of, load_keyring, serializer_for
+from fanout.redisconn import connect, mask_url, redis_url, url_passwords
+from fanout.signing import Keyring, keyring_of, load_keyring, secret_env, serializer_for
 from fanout.targets import resolve_target
 
 log = logging.getLogger("fanout.worker")
@@ -75,14 +75,6 @@ def current_allowlist() -> tuple[str, ...]:
     if _allow is not None:
         return _allow
     return parse_allow([os.environ.get("FANOUT_ALLOW", "")])
-
-
-def check_allowed(name: str, what: str) -> None:
-    """TargetNotAllowed unless the allowlist (if any) admits ``name``'s module.
-
-    Runs before anything of the module is imported: that import is what it prevents.
-    """
-    check_name(name, what, current_allowlist())
 
 
 def run_batch(
@@ -515,7 +507,7 @@ def safety_warnings(url: str, keyring: Keyring | None, allow: tuple[str, ...]) -
             " worker; set FANOUT_SECRET or --secret-file on workers and clients"
         )
     parts = urlsplit(url)
-    no_password = not (parts.password or "password=" in parts.query)
+    no_password = not url_passwords(url)
     if parts.scheme != "unix" and no_password and not _is_loopback(parts.hostname or "localhost"):
         warnings.append(
             f"Redis at {parts.hostname} is not on this machine and fanout connects"
@@ -546,8 +538,7 @@ def _run_pool(
     base = name or default_worker_name()
     # Never on a command line: ps shows those.
     env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
-    if secret_file:
-        env["FANOUT_SECRET_FILE"] = secret_file
+    env.update(secret_env(None, secret_file))
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", f"{base}-{i}"]

@@ -127,17 +127,27 @@ def serializer_for(keyring: Keyring | None, allow: tuple[str, ...] = ()) -> Any:
         body = data if keyring is None else keyring.open(data, "RQ job data")
         return restricted_loads(body, allow)
 
+    name = "SignedSerializer" if keyring is not None else "AllowlistSerializer"
     return type(
-        "SignedSerializer" if keyring is not None else "AllowlistSerializer",
+        name,
         (),
         {
             "__module__": __name__,
-            "__qualname__": "SignedSerializer",
+            "__qualname__": name,
             "dumps": staticmethod(dumps),
             "loads": staticmethod(loads),
             "keyring": keyring,
         },
     )
+
+
+def secret_env(secret: str | None, secret_file: str | None) -> dict[str, str]:
+    """The environment that gives a worker process started here the same keyring."""
+    if secret is not None:
+        return {"FANOUT_SECRET": secret, "FANOUT_SECRET_FILE": ""}  # the file would win
+    if secret_file is not None:
+        return {"FANOUT_SECRET_FILE": secret_file}
+    return {}
 
 
 def keyring_of(serializer: Any) -> Keyring | None:

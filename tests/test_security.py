@@ -31,9 +31,9 @@ from rq.registry import FailedJobRegistry
 
 import fanout
 from fanout import _task
-from fanout.allowlist import is_allowed, parse_allow, target_module
+from fanout.allowlist import check_name, is_allowed, parse_allow, target_module
 from fanout.errors import SignatureError, TargetNotAllowed
-from fanout.rqworker import check_allowed, safety_warnings
+from fanout.rqworker import current_allowlist, safety_warnings
 from fanout.signing import MAGIC, Keyring, key_id, load_keyring, serializer_for
 from tests import evil_tasks, tasks
 from tests.conftest import (
@@ -280,9 +280,12 @@ def test_target_module_of_fanout_and_rq_names() -> None:
     assert target_module("app.tasks.square") == "app.tasks"  # an RQ function name
 
 
-def test_check_allowed_reads_fanout_allow_outside_a_fanout_worker(
+def test_the_allowlist_is_fanout_allow_outside_a_fanout_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    def check_allowed(name: str, what: str) -> None:
+        check_name(name, what, current_allowlist())
+
     check_allowed("tests.evil_tasks:anything", "target")  # no allowlist: all admitted
     monkeypatch.setenv("FANOUT_ALLOW", "tests.evil,tests.tasks")
     check_allowed("tests.tasks:square", "target")

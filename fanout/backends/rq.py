@@ -45,7 +45,7 @@ from fanout.errors import (
 )
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
 from fanout.redisconn import connect, mask_url, redis_url, scrub
-from fanout.signing import load_keyring, serializer_for
+from fanout.signing import load_keyring, secret_env, serializer_for
 
 log = logging.getLogger("fanout")
 
@@ -95,7 +95,7 @@ class RQBackend(Backend):
         from rq import Queue
 
         self.keyring = load_keyring(secret, secret_file)  # a bad secret fails before Redis
-        self.secret_env = _secret_env(secret, secret_file)
+        self.secret_env = secret_env(secret, secret_file)
         self.serializer = serializer_for(self.keyring)
         self.url = _resolve_url(redis_url)
         self.connection = connect(self.url)
@@ -646,15 +646,6 @@ def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, 
                 for w in sorted(workers, key=lambda w: w.name)
             ],
         }
-
-
-def _secret_env(secret: str | None, secret_file: str | None) -> dict[str, str]:
-    """What local workers started for a run need to check its signatures."""
-    if secret is not None:
-        return {"FANOUT_SECRET": secret, "FANOUT_SECRET_FILE": ""}  # the file would win
-    if secret_file is not None:
-        return {"FANOUT_SECRET_FILE": secret_file}
-    return {}
 
 
 def _signature_failure(exc: str, signing: bool, worker: str) -> tuple[str, str, str] | None:
