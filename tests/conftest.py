@@ -129,6 +129,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.02)
 
 
+def finish(proc: subprocess.Popen[Any], timeout: float = 60, input: Any = None) -> tuple[Any, Any]:
+    """``proc.communicate`` within ``timeout`` s; on a time-out, kill and reap it first."""
+    try:
+        return proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
+def run_fanout(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m fanout ARGS`` to completion, from the repo root."""
+    proc = start_cli(*args, env=env)
+    stdout, stderr = finish(proc, timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

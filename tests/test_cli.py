@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ROOT, cli_env, start_cli
+from tests.conftest import ROOT, cli_env, finish, start_cli
 
 COMMAND = [sys.executable, "-m", "fanout", "run"]
 RECORD_KEYS = {
@@ -65,12 +65,7 @@ def run_cli(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        stdout, stderr = proc.communicate(input, timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
+    stdout, stderr = finish(proc, 60, input)
     result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     result.pid = proc.pid  # type: ignore[attr-defined]
     return result
@@ -108,11 +103,7 @@ def run_cli_tty_stderr(*args: str, env: dict[str, str] | None = None) -> tuple[i
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        stdout, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
+        stdout, _ = finish(proc, 60)
     finally:
         reader.join(10)
         os.close(master)

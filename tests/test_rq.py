@@ -37,6 +37,7 @@ from tests.conftest import (
     RedisServer,
     cli_env,
     free_port,
+    run_fanout,
     start_cli,
     start_python,
     start_worker,
@@ -56,14 +57,7 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def fanout_cli(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``fanout ARGS`` to completion; returns the result and the seconds it took."""
     started = time.monotonic()
-    proc = start_cli(*args)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    result = run_fanout(*args, timeout=timeout)
     return result, time.monotonic() - started
 
 

@@ -42,10 +42,12 @@ from tests.conftest import (
     SESSION_PIDS,
     RedisServer,
     cli_env,
-    start_cli,
     stop_workers,
     wait_for_workers,
     wait_until,
+)
+from tests.conftest import (
+    run_fanout as cli,
 )
 
 SECRET = "s3cr3t-for-tests-0123456789abcdef"
@@ -87,22 +89,16 @@ def wait_failed(connection: Redis, queue: str, job_id: str, timeout: float = 15)
     wait_until(lambda: job_id in registry.get_job_ids(), timeout, f"job {job_id} failed")
 
 
+def failure_of(connection: Redis, queue: str, job_id: str) -> str:
+    """The exception RQ stored for ``job_id``, once it is in the failed registry."""
+    wait_failed(connection, queue, job_id)
+    return exc_string_of(connection, job_id)
+
+
 def exc_string_of(connection: Redis, job_id: str) -> str:
     result = Job.fetch(job_id, connection=connection).latest_result()
     assert result is not None, f"job {job_id} has no result"
     return result.exc_string or ""
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``fanout ARGS`` to completion."""
-    proc = start_cli(*args, env=env)
-    try:
-        stdout, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def errors_of(results: list[fanout.TaskResult]) -> list[tuple[str, str]]:
@@ -377,8 +373,7 @@ def test_unsigned_raw_rq_job_is_refused_in_one_line_and_the_worker_serves_on(
     marker = tmp_path / "ran"
     # Unpickling the argument creates the marker too: the worker must not even do that.
     job = Queue(SIGNED, connection=cluster.connection).enqueue(tasks.touch, TouchOnUnpickle(marker))
-    wait_failed(cluster.connection, SIGNED, job.id)
-    assert "SignatureError" in exc_string_of(cluster.connection, job.id)
+    assert "SignatureError" in failure_of(cluster.connection, SIGNED, job.id)
     assert not marker.exists()
 
     # The worker serves on; its one-line refusal is written before it takes a new job.
@@ -510,8 +505,7 @@ def test_raw_rq_job_outside_the_allowlist_is_refused_and_never_imported(
 ) -> None:
     marker = tmp_path / "ran"
     job = Queue(PLAIN, connection=cluster.connection).enqueue(evil_tasks.touch, str(marker))
-    wait_failed(cluster.connection, PLAIN, job.id)
-    assert "TargetNotAllowed" in exc_string_of(cluster.connection, job.id)
+    assert "TargetNotAllowed" in failure_of(cluster.connection, PLAIN, job.id)
     assert not marker.exists()
     assert not cluster.evil_marker(PLAIN).exists()
     # Allowed raw jobs run; by then the refusal's one line is written.
@@ -662,8 +656,7 @@ def test_raw_rq_job_data_naming_code_outside_the_allowlist_is_refused_unread(
     marker = tmp_path / "made-by-unpickling"
     queue = Queue(PLAIN, connection=cluster.connection)
     job = queue.enqueue(tasks.identity, MkdirOnUnpickle(marker))
-    wait_failed(cluster.connection, PLAIN, job.id)
-    assert "TargetNotAllowed" in exc_string_of(cluster.connection, job.id)
+    assert "TargetNotAllowed" in failure_of(cluster.connection, PLAIN, job.id)
     assert not marker.exists()
 
 
@@ -692,8 +685,7 @@ def test_stock_rq_worker_with_the_signed_serializer(cluster: Cluster, tmp_path: 
         job = Queue(queue, connection=cluster.connection).enqueue(
             tasks.touch, TouchOnUnpickle(marker)
         )
-        wait_failed(cluster.connection, queue, job.id)
-        assert "SignatureError" in exc_string_of(cluster.connection, job.id)
+        assert "SignatureError" in failure_of(cluster.connection, queue, job.id)
         assert not marker.exists()
 
         wrong = fanout.run(
