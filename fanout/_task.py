@@ -3,9 +3,9 @@
 Shared by every backend, so that a task behaves the same wherever it runs: the same
 output capture, the same error records, the same pickling rules.
 
-Wire records are plain tuples, cheap to pickle in bulk. Values of a few builtin types
-travel as they are inside one pickle per batch; anything else is pickled on its own, so
-that one object that cannot be (un)pickled fails only its own task.
+Values of a few builtin types travel as they are inside one pickle per batch; anything
+else is pickled on its own, so that one object that cannot be (un)pickled fails only its
+own task. The record layouts are in :mod:`fanout._wire`.
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record
 from fanout.errors import SerializationError
+from fanout.models import TaskError
 
 # Types whose instances always pickle and unpickle: they ride inside the batch pickle.
 RAW_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
-
-_worker_flag = False
-
-
-def mark_worker_process() -> None:
-    """Record that this process is a worker, where Ctrl-C is not the caller's to handle."""
-    global _worker_flag
-    _worker_flag = True
 
 
 def is_raw(obj: Any) -> bool:
@@ -40,14 +34,6 @@ def is_raw(obj: Any) -> bool:
     if kind is tuple or kind is list:
         return len(obj) <= 16 and all(type(x) in RAW_TYPES for x in obj)
     return False
-
-
-# Status of a result record.
-OK_RAW, OK_PICKLED, FAILED = 0, 1, 2
-
-# A result record: (index, status, payload, started_at, finished_at, duration, output).
-# payload: the value (OK_RAW), its pickle (OK_PICKLED), or (type, message, traceback).
-Record = tuple[int, int, Any, float, float, float, str]
 
 
 def dumps(obj: Any) -> bytes:
@@ -77,12 +63,18 @@ def message_of(exc: BaseException) -> str:
         return f"<str() of the exception failed: {type(broken).__name__}>"
 
 
-def input_error(index: int, exc: BaseException, action: str = "pickle") -> tuple[str, str, str]:
-    """The error triple of a task whose input cannot cross to the worker."""
-    return (
+def input_error(index: int, exc: BaseException, action: str = "pickle") -> TaskError:
+    """The error of a task whose input cannot cross to the worker."""
+    return TaskError(
+        SerializationError.__name__, f"cannot {action} the input of task {index}: {describe(exc)}"
+    )
+
+
+def value_error(index: int, value: Any, exc: BaseException) -> TaskError:
+    """The error of a task whose return value cannot be pickled."""
+    return TaskError(
         SerializationError.__name__,
-        f"cannot {action} the input of task {index}: {describe(exc)}",
-        "",
+        f"cannot pickle the return value of task {index} ({type(value).__name__}): {describe(exc)}",
     )
 
 
@@ -115,8 +107,16 @@ class Capture(io.TextIOBase):
         return text
 
 
-def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: Capture) -> Record:
-    """Call ``fn`` on one input and return its result record (never raises).
+def run_one(
+    fn: Callable[..., Any],
+    index: int,
+    arg: Any,
+    star: bool,
+    capture: Capture,
+    in_caller: bool = False,
+) -> Record:
+    """Call ``fn`` on one input and return its result record (never raises, except
+    KeyboardInterrupt when ``in_caller``: there Ctrl-C stops the run, not one task).
 
     ``capture`` must already be installed as ``sys.stdout``/``sys.stderr``.
     """
@@ -125,8 +125,7 @@ def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: C
     try:
         value = fn(*arg) if star else fn(arg)
     except BaseException as exc:
-        # Ctrl-C in the caller (inline backend) must stop the run, not fail one task.
-        if isinstance(exc, KeyboardInterrupt) and not _worker_flag:
+        if in_caller and isinstance(exc, KeyboardInterrupt):
             raise
         duration = time.perf_counter() - t0
         # Skip this frame: the traceback starts in the user's code.
@@ -135,7 +134,7 @@ def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: C
         return (
             index,
             FAILED,
-            (type(exc).__name__, message_of(exc), tb),
+            TaskError(type(exc).__name__, message_of(exc), tb),
             started_at,
             started_at + duration,
             duration,
@@ -150,12 +149,7 @@ def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: C
         return (
             index,
             FAILED,
-            (
-                SerializationError.__name__,
-                f"cannot pickle the return value of task {index}"
-                f" ({type(value).__name__}): {describe(exc)}",
-                "",
-            ),
+            value_error(index, value, exc),
             started_at,
             started_at + duration,
             duration,
@@ -165,7 +159,7 @@ def run_one(fn: Callable[..., Any], index: int, arg: Any, star: bool, capture: C
 
 
 def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:
-    """Turn a record's payload back into ``(ok, value-or-error-triple)``."""
+    """Turn a record's payload back into ``(True, value)`` or ``(False, TaskError)``."""
     if status == OK_RAW:
         return True, payload
     if status == OK_PICKLED:
@@ -174,10 +168,9 @@ def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            return False, (
+            return False, TaskError(
                 SerializationError.__name__,
                 f"cannot unpickle the return value of task {index}: {describe(exc)}",
-                "",
             )
     return False, payload
 

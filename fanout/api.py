@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from fanout.backends import Backend, MapSpec, get_backend
+from fanout.backends import Backend, MapSpec, create_backend
 from fanout.errors import TargetError
 from fanout.models import TaskResult
 from fanout.targets import resolve_target, why_not_importable
@@ -64,8 +66,10 @@ class Fanout:
         if workers is not None and (not isinstance(workers, int) or workers < 0):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.backend_name = name
-        self._backend: Backend = get_backend(name)(workers=workers, **backend_options)
+        self._backend: Backend = create_backend(name, workers, backend_options)
         self._closed = False
+        # The unfinished map, weakly: one the caller dropped is closed by the collector.
+        self._active: weakref.ref[Iterator[TaskResult]] | None = None
 
     def map(
         self,
@@ -84,6 +88,13 @@ class Fanout:
         """
         if self._closed:
             raise RuntimeError("this Fanout is closed")
+        # One unfinished map at a time (backends/base.py): a generator's frame is gone
+        # once it is exhausted or closed.
+        active = self._active() if self._active is not None else None
+        if getattr(active, "gi_frame", None) is not None:
+            raise RuntimeError(
+                "another map() on this Fanout is still running: consume or close it first"
+            )
         fn, name = resolve_target(target)
         if self._backend.needs_importable_target and name is None:
             raise TargetError(
@@ -104,7 +115,10 @@ class Fanout:
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
         spec = MapSpec(fn, name, iter(items), star, ordered, timeout, retries)
-        return self._backend.map(spec)
+        results = self._backend.map(spec)
+        with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
+            self._active = weakref.ref(results)
+        return results
 
     def close(self, cancel: bool = False) -> None:
         """End the workers; ``cancel=True`` does not wait for running tasks. Idempotent."""

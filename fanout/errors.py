@@ -3,7 +3,8 @@
 Errors raised to the caller derive from :class:`FanoutError`. Task failures are not
 raised by ``run``/``map``: they come back as failed ``TaskResult``s whose
 ``error.type`` names one of these classes (``WorkerLost``, ``TaskTimeout``,
-``SerializationError``) or the task's own exception class.
+``SerializationError``, ...) or the task's own exception class; the whole vocabulary is
+in :mod:`fanout.backends.base`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ class SignatureError(FanoutError):
 
 class UnknownBackend(FanoutError, ValueError):
     """No backend is registered under the requested name."""
+
+
+class UnknownOption(FanoutError, ValueError):
+    """A backend was given a keyword option it does not take."""
+
+    def __init__(self, backend: str, option: str, valid: list[str]) -> None:
+        options = ", ".join(valid) if valid else "none"
+        super().__init__(
+            f"the {backend} backend takes no option {option!r}; its options: {options}"
+        )
+        self.backend = backend
+        self.option = option
+        self.valid = valid
 
 
 class BackendUnavailable(FanoutError):

@@ -199,7 +199,7 @@ def usage_case(
 USAGE_ERRORS = [
     usage_case(["no_such_module_xyz:f", "1"], ("no_such_module_xyz",), id="unknown-module"),
     usage_case(["tests.tasks:no_such_fn", "1"], ("no_such_fn",), id="missing-attribute"),
-    usage_case(["fanout.cli:MAX_ROWS", "1"], ("not a callable",), id="non-callable"),
+    usage_case(["fanout:__version__", "1"], ("not a callable",), id="non-callable"),
     usage_case(["tests.tasks", "1"], ("not of the form",), id="target-without-colon"),
     usage_case(["tests.tasks:square"], ("nothing to run",), id="no-input-source"),
     usage_case(
@@ -307,7 +307,8 @@ def test_json_records_have_exactly_the_contract_fields() -> None:
         assert set(record["worker"]) == WORKER_KEYS
         worker = record["worker"]
         assert re.fullmatch(r"worker-\d+", worker["name"]), worker
-        assert isinstance(worker["pid"], int) and worker["pid"] != result.pid
+        assert isinstance(worker["pid"], int)
+        assert worker["pid"] != result.pid
         assert worker["ppid"] == result.pid  # workers are children of the fanout process
         assert worker["host"] == host
         assert worker["backend"] == "local"
@@ -655,7 +656,8 @@ def test_no_daemon_lets_tasks_start_children() -> None:
     worker_pids = {r["worker"]["pid"] for r in records}
     for record in records:
         assert record["ok"] is True
-        assert isinstance(record["value"], int) and record["value"] > 0
+        assert isinstance(record["value"], int)
+        assert record["value"] > 0
         assert record["value"] not in worker_pids | {result.pid}
         assert "starting:" in record["output"]
 

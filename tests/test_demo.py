@@ -28,7 +28,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 def _load_twin() -> ModuleType:
     spec = importlib.util.spec_from_file_location("local_twin", ROOT / "demo" / "local_twin.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
@@ -58,7 +59,8 @@ def test_compose_has_redis_three_workers_and_a_submit(compose: dict) -> None:
 
     submit = services["submit"]
     command = submit["command"]
-    assert command[0] == "run" and command[command.index("--backend") + 1] == "rq"
+    assert command[0] == "run"
+    assert command[command.index("--backend") + 1] == "rq"
     assert submit["depends_on"]["redis"]["condition"] == "service_healthy"
     for service in (worker, submit):
         assert service["build"] == "."
@@ -93,7 +95,8 @@ def test_dockerfile_is_slim_non_root_with_fanout_as_entry_point() -> None:
     instructions = [line for line in lines if line and not line.startswith("#")]
     assert re.fullmatch(r"FROM python:3\.\d+-slim", instructions[0])
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0")
+    assert users
+    assert users[-1] not in ("root", "0")
     assert 'ENTRYPOINT ["fanout"]' in instructions
     assert any(line.startswith("RUN pip install .") for line in instructions)
 

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import fanout
+from fanout.backends.rq.connection import connect
 from tests import tasks
 from tests.conftest import (
     ROOT,
@@ -79,8 +80,10 @@ def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
     exactly_one_each(results, 3)
     assert [r.ok for r in results] == [True, False, True]
     error = results[1].error
-    assert error is not None and error.type == "WorkerLost"
-    assert "stock-h" in error.message and "task 1" in error.message
+    assert error is not None
+    assert error.type == "WorkerLost"
+    assert "stock-h" in error.message
+    assert "task 1" in error.message
 
 
 @pytest.mark.slow
@@ -118,9 +121,12 @@ def test_a_whole_fanout_worker_killed_mid_task_is_detected_and_its_task_settled(
     (result,) = box[0]
     assert detected_in < 30, f"took {detected_in:.0f} s"
     if retries:
-        assert result.ok and result.worker.name == "spare" and result.attempts == 2
+        assert result.ok
+        assert result.worker.name == "spare"
+        assert result.attempts == 2
     else:
-        assert result.error is not None and result.error.type == "WorkerLost"
+        assert result.error is not None
+        assert result.error.type == "WorkerLost"
         assert "victim" in result.error.message
 
 
@@ -137,7 +143,7 @@ def test_redis_restarted_mid_run_loses_no_task(
         deadline = time.monotonic() + 10
         while True:
             try:
-                fanout.redisconn.connect(url).close()
+                connect(url).close()
                 break
             except fanout.BackendUnavailable:
                 assert time.monotonic() < deadline
@@ -248,9 +254,13 @@ def test_a_full_redis_is_one_clear_line_and_exit_3() -> None:
     server = RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
     try:
         filler = Redis.from_url(server.url)
-        with pytest.raises(OutOfMemoryError):
+
+        def fill() -> None:
             for i in range(10_000):
                 filler.set(f"filler:{i}", "x" * 10_000)
+
+        with pytest.raises(OutOfMemoryError):
+            fill()
         filler.close()
         process = start_cli(
             "run", "tests.tasks:square", "--range", "3", "--backend", "rq",
@@ -260,5 +270,7 @@ def test_a_full_redis_is_one_clear_line_and_exit_3() -> None:
     finally:
         server.stop()
     assert process.returncode == 3, err
-    assert "is full and refuses writes" in err and "maxmemory" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "is full and refuses writes" in err
+    assert "maxmemory" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -31,14 +31,17 @@ def test_workers_are_named_daemons_by_default_and_started_once() -> None:
     with Fanout("local", workers=2) as fo:
         names = {r.worker.name for r in fo.map(tasks.whoami, range(200))}
         again = {r.worker.name for r in fo.map(tasks.whoami, range(200))}
-    assert names <= {"worker-1", "worker-2"} and again <= {"worker-1", "worker-2"}
+    assert names <= {"worker-1", "worker-2"}
+    assert again <= {"worker-1", "worker-2"}
 
 
 def test_no_daemon_workers_may_start_processes_of_their_own() -> None:
     daemonic = fanout.run("fanout.examples:start_child", repeat=1)
-    assert daemonic[0].error is not None and "daemonic" in daemonic[0].error.message
+    assert daemonic[0].error is not None
+    assert "daemonic" in daemonic[0].error.message
     ordinary = fanout.run("fanout.examples:start_child", repeat=1, daemon=False)
-    assert ordinary[0].ok and isinstance(ordinary[0].value, int)
+    assert ordinary[0].ok
+    assert isinstance(ordinary[0].value, int)
 
 
 @pytest.mark.parametrize(
@@ -54,9 +57,11 @@ def test_worker_dying_mid_task_gives_worker_lost_and_the_pool_carries_on(
 ) -> None:
     results = fanout.run(target, [arg], workers=2)
     error = results[0].error
-    assert error is not None and error.type == "WorkerLost"
+    assert error is not None
+    assert error.type == "WorkerLost"
     assert expect in error.message
-    assert results[0].worker.name in error.message and str(results[0].worker.pid) in error.message
+    assert results[0].worker.name in error.message
+    assert str(results[0].worker.pid) in error.message
 
 
 def test_tasks_queued_behind_a_dying_task_still_run_once() -> None:
@@ -71,13 +76,16 @@ def test_tasks_queued_behind_a_dying_task_still_run_once() -> None:
     assert [r.index for r in results] == list(range(101))
     lost = [r.index for r in results if not r.ok]
     assert lost == [50]
-    assert results[50].error is not None and results[50].error.type == "WorkerLost"
+    assert results[50].error is not None
+    assert results[50].error.type == "WorkerLost"
     assert all(r.attempts == 1 for r in results)
 
 
 def test_a_worker_killed_mid_task_is_retried_when_retries_allow(tmp_path) -> None:
     (r,) = fanout.run(tasks.die_once, [str(tmp_path / "m")], retries=1, workers=2)
-    assert r.ok and r.value == "survived" and r.attempts == 2
+    assert r.ok
+    assert r.value == "survived"
+    assert r.attempts == 2
 
 
 def test_many_deaths_in_a_row_each_give_one_result() -> None:
@@ -93,14 +101,16 @@ def test_an_idle_worker_killed_from_outside_does_not_stall_the_others() -> None:
         os.kill(victim, signal.SIGKILL)
         psutil.Process(victim).wait(5) if psutil.pid_exists(victim) else None
         results = list(fo.map(tasks.whoami, range(100)))
-    assert len(results) == 100 and all(r.ok for r in results)
+    assert len(results) == 100
+    assert all(r.ok for r in results)
     assert victim not in {r.worker.pid for r in results}
 
 
 def test_timeout_kills_the_task_and_its_children(tmp_path) -> None:
     pidfile = tmp_path / "grandchild"
     results = fanout.run(tasks.spawn_sleeper, [str(pidfile)], timeout=1.0, workers=1, daemon=False)
-    assert results[0].error is not None and results[0].error.type == "TaskTimeout"
+    assert results[0].error is not None
+    assert results[0].error.type == "TaskTimeout"
     grandchild = int(pidfile.read_text())
     deadline = time.monotonic() + 5
     while psutil.pid_exists(grandchild) and time.monotonic() < deadline:
@@ -116,7 +126,9 @@ def test_timeout_kills_the_task_and_its_children(tmp_path) -> None:
 
 def test_timeout_with_retries_counts_attempts() -> None:
     (r,) = fanout.run(tasks.sleep_for, [10], timeout=0.3, retries=1, workers=1)
-    assert r.error is not None and r.error.type == "TaskTimeout" and r.attempts == 2
+    assert r.error is not None
+    assert r.error.type == "TaskTimeout"
+    assert r.attempts == 2
 
 
 def test_closing_a_fanout_with_running_tasks_ends_every_worker_quickly() -> None:
@@ -213,7 +225,8 @@ def test_an_input_whose_unpickling_kills_the_worker_fails_only_its_task() -> Non
     results = fanout.run(tasks.identity, [1, tasks.ExitOnUnpickle(), 2], workers=2)
     assert [r.ok for r in results] == [True, False, True]
     error = results[1].error
-    assert error is not None and error.type == "WorkerLost"
+    assert error is not None
+    assert error.type == "WorkerLost"
     assert "unpickling the input of task 1" in error.message
 
 
@@ -227,7 +240,8 @@ def test_a_target_whose_unpickling_kills_workers_fails_every_task_without_loopin
 
 def test_an_exception_whose_str_raises_is_still_a_result() -> None:
     (r,) = fanout.run(tasks.raise_bad_str, [0])
-    assert r.error is not None and r.error.type == "BadStr"
+    assert r.error is not None
+    assert r.error.type == "BadStr"
     assert "str() of the exception failed" in r.error.message
 
 

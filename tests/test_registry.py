@@ -19,7 +19,8 @@ def test_unknown_backend_lists_the_valid_names() -> None:
         fanout.run(tasks.square, [1], backend="nope")
     assert isinstance(info.value, ValueError)
     assert "'nope'" in str(info.value)
-    assert "inline" in str(info.value) and "local" in str(info.value)
+    assert "inline" in str(info.value)
+    assert "local" in str(info.value)
 
 
 def test_no_silent_fallback_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

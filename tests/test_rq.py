@@ -530,7 +530,8 @@ def test_cli_file_path_target_with_rq_exits_2_before_enqueueing(
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fanout: error: "), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fanout: error: "), result.stderr
     assert "file path" in lines[0]
     assert connection.llen("rq:queue:refused-file") == 0
 
@@ -704,7 +705,8 @@ def test_status_json_lists_the_queue_and_both_session_workers(redis_url: str) ->
     assert status["redis"] == redis_url
     queues = {q["name"]: q["length"] for q in status["queues"]}
     assert "fanout" in queues
-    assert isinstance(queues["fanout"], int) and queues["fanout"] >= 0
+    assert isinstance(queues["fanout"], int)
+    assert queues["fanout"] >= 0
     workers = {w["name"]: w for w in status["workers"]}
     pids = session_worker_pids()
     for name in RQ_WORKERS:
@@ -766,7 +768,8 @@ def test_task_killing_its_process_is_worker_lost_and_the_worker_serves_on(
     assert [r.index for r in results] == [0, 1, 2, 3, 4]
     lost = results[2]
     assert not lost.ok
-    assert lost.error is not None and lost.error.type == "WorkerLost"
+    assert lost.error is not None
+    assert lost.error.type == "WorkerLost"
     assert "task 2" in lost.error.message
     assert [r.value for r in results if r.index != 2] == [1, 4, 9, 16]
     assert all(r.ok for r in results if r.index != 2)
@@ -807,7 +810,8 @@ def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_task(
         assert worker.wait(5) == 0
     finally:
         runner.join(30)
-    assert len(results) == 1 and results[0].ok, results
+    assert len(results) == 1, results
+    assert results[0].ok, results
     assert results[0].value == 1.0
     assert results[0].worker.name == "warm-1"
     assert results[0].started_at < signalled < results[0].finished_at

@@ -30,11 +30,18 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 import fanout
-from fanout import _task
-from fanout.allowlist import check_name, is_allowed, parse_allow, target_module
+from fanout._wire import OK_RAW, PAYLOAD
+from fanout.backends.rq.allowlist import (
+    allowlist_from_env,
+    check_name,
+    is_allowed,
+    parse_allow,
+    target_module,
+)
+from fanout.backends.rq.protocol import RunKeys, unpack_results
+from fanout.backends.rq.signing import MAGIC, Keyring, key_id, load_keyring, serializer_for
+from fanout.backends.rq.worker import safety_warnings
 from fanout.errors import SignatureError, TargetNotAllowed
-from fanout.rqworker import current_allowlist, safety_warnings
-from fanout.signing import MAGIC, Keyring, key_id, load_keyring, serializer_for
 from tests import evil_tasks, tasks
 from tests.conftest import (
     ROOT,
@@ -151,7 +158,8 @@ def test_open_refuses_data_signed_with_another_key() -> None:
     message = str(caught.value)
     assert f"key id {key_id(OTHER_SECRET.encode()).decode()}" in message
     assert "not among this side's keys" in message
-    assert SECRET not in message and OTHER_SECRET not in message
+    assert SECRET not in message
+    assert OTHER_SECRET not in message
 
 
 def test_open_refuses_a_tampered_body_or_signature() -> None:
@@ -173,7 +181,8 @@ def test_rotation_new_secret_first_signs_and_old_one_still_verifies(tmp_path: Pa
     secret_file.write_text(f"  {SECRET}  \n\n{OLD_SECRET}\n")
     rotated = load_keyring(secret_file=str(secret_file))
     old = load_keyring(secret=OLD_SECRET)
-    assert rotated is not None and old is not None
+    assert rotated is not None
+    assert old is not None
 
     assert rotated.open(old.seal(b"from a client not yet rotated")) == (
         b"from a client not yet rotated"
@@ -191,12 +200,14 @@ def test_secret_file_and_env_are_read_and_nothing_is_none(
     assert load_keyring() is None
     monkeypatch.setenv("FANOUT_SECRET", SECRET)
     from_env = load_keyring()
-    assert from_env is not None and from_env.signing_id == key_id(SECRET.encode())
+    assert from_env is not None
+    assert from_env.signing_id == key_id(SECRET.encode())
     secret_file = tmp_path / "secret"
     secret_file.write_text(OTHER_SECRET + "\n")
     monkeypatch.setenv("FANOUT_SECRET_FILE", str(secret_file))
     from_file = load_keyring()
-    assert from_file is not None and from_file.signing_id == key_id(OTHER_SECRET.encode())
+    assert from_file is not None
+    assert from_file.signing_id == key_id(OTHER_SECRET.encode())
 
 
 def test_short_empty_or_unreadable_secret_is_a_value_error(tmp_path: Path) -> None:
@@ -211,7 +222,8 @@ def test_short_empty_or_unreadable_secret_is_a_value_error(tmp_path: Path) -> No
     rotation.write_text(f"{SECRET}\n{SHORT_SECRET}\n")
     with pytest.raises(ValueError, match="shorter than 16 bytes") as caught:
         load_keyring(secret_file=str(rotation))
-    assert SHORT_SECRET not in str(caught.value) and SECRET not in str(caught.value)
+    assert SHORT_SECRET not in str(caught.value)
+    assert SECRET not in str(caught.value)
 
     empty = tmp_path / "empty"
     empty.write_text("\n  \n")
@@ -226,7 +238,8 @@ def test_repr_of_a_keyring_shows_key_ids_never_secrets(tmp_path: Path) -> None:
     secret_file.write_text(f"{SECRET}\n{OLD_SECRET}\n")
     for keyring in (Keyring([SECRET.encode()], "test"), load_keyring(secret_file=str(secret_file))):
         shown = repr(keyring) + str(keyring)
-        assert SECRET not in shown and OLD_SECRET not in shown
+        assert SECRET not in shown
+        assert OLD_SECRET not in shown
         assert key_id(SECRET.encode()).decode() in shown
 
 
@@ -280,7 +293,7 @@ def test_the_allowlist_is_fanout_allow_outside_a_fanout_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def check_allowed(name: str, what: str) -> None:
-        check_name(name, what, current_allowlist())
+        check_name(name, what, allowlist_from_env())
 
     check_allowed("tests.evil_tasks:anything", "target")  # no allowlist: all admitted
     monkeypatch.setenv("FANOUT_ALLOW", "tests.evil,tests.tasks")
@@ -296,13 +309,15 @@ def test_the_allowlist_is_fanout_allow_outside_a_fanout_worker(
 def test_safety_warnings_name_unsigned_jobs_and_remote_redis_without_password() -> None:
     keyring = Keyring([SECRET.encode()], "test")
     unsigned = safety_warnings("redis://127.0.0.1:6379/0", None, ())
-    assert len(unsigned) == 1 and "not signed" in unsigned[0]
+    assert len(unsigned) == 1
+    assert "not signed" in unsigned[0]
     assert safety_warnings("redis://127.0.0.1:6379/0", keyring, ()) == []
     assert safety_warnings("redis://localhost:6379/0", keyring, ()) == []
 
     remote = safety_warnings("redis://10.1.2.3:6379/0", None, ())
     assert len(remote) == 2
-    assert "10.1.2.3" in remote[1] and "without a password" in remote[1]
+    assert "10.1.2.3" in remote[1]
+    assert "without a password" in remote[1]
     assert safety_warnings("redis://10.1.2.3:6379/0", keyring, ()) == [remote[1]]
     assert safety_warnings("redis://:pw@10.1.2.3/0", keyring, ()) == []
     assert safety_warnings("redis://user:pw@10.1.2.3/0", keyring, ()) == []
@@ -387,7 +402,8 @@ def test_unsigned_raw_rq_job_is_refused_in_one_line_and_the_worker_serves_on(
     ]
     lines = [line for line in cluster.output(SIGNED).splitlines() if job.id in line]
     assert len(lines) == 1, lines
-    assert "refused: SignatureError:" in lines[0] and "not signed" in lines[0], lines[0]
+    assert "refused: SignatureError:" in lines[0], lines[0]
+    assert "not signed" in lines[0], lines[0]
     assert not marker.exists()
     assert not cluster.evil_marker(SIGNED).exists()
 
@@ -406,8 +422,10 @@ def test_client_with_a_wrong_secret_gets_signature_errors_and_nothing_runs(
     assert [r.ok for r in results] == [False] * 3
     for kind, message in errors_of(results):
         assert kind == "SignatureError"
-        assert "not among" in message and key_id(OTHER_SECRET.encode()).decode() in message
-        assert SECRET not in message and OTHER_SECRET not in message
+        assert "not among" in message
+        assert key_id(OTHER_SECRET.encode()).decode() in message
+        assert SECRET not in message
+        assert OTHER_SECRET not in message
     assert not any(m.exists() for m in markers)
 
 
@@ -445,7 +463,7 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
     info = ("forger", 1, 1, "forged-host")
 
     def message(value: Any) -> bytes:
-        record = (0, _task.OK_RAW, value, 1, 0.0, 0.0, 0.0, "")
+        record = (0, OK_RAW, value, 0.0, 0.0, 0.0, "")
         return pickle.dumps((info, [record]), pickle.HIGHEST_PROTOCOL)
 
     forged = [
@@ -458,23 +476,24 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
     caplog.set_level("WARNING", logger="fanout")
     with fanout.Fanout("rq", redis_url=cluster.url, queue=SIGNED, secret=SECRET) as fo:
         results = fo.map(tasks.square, [7])
-        run = fo._backend._active  # type: ignore[attr-defined]
+        run = fo._backend.runs[0]  # type: ignore[attr-defined]
         forged += [
             # Validly sealed, but for another run (a replay from another run's list).
             ours.seal(b"fanout:run:another:results\n" + message(TouchOnUnpickle(marker))),
             # Validly sealed for this run, but not a result message.
-            ours.seal(run.key.encode() + b"\n" + pickle.dumps("not a result")),
+            ours.seal(run.keys.results.encode() + b"\n" + pickle.dumps("not a result")),
         ]
         # Already waiting when the run enqueues its job and pops its result list: the
         # forgeries come before the worker's real result, once index 0 is outstanding.
-        cluster.connection.rpush(run.key, *forged)
+        cluster.connection.rpush(run.keys.results, *forged)
         got = list(results)
         refused = run.refused
     assert [(r.index, r.ok, r.value, r.worker.name) for r in got] == [(0, True, 49, SIGNED)]
     assert refused == len(forged)
     assert not marker.exists()
     warnings = [r.getMessage() for r in caplog.records if "refused a result" in r.getMessage()]
-    assert len(warnings) == 1 and "not signed" in warnings[0], warnings
+    assert len(warnings) == 1, warnings
+    assert "not signed" in warnings[0], warnings
 
 
 # --------------------------------------------------------------------------- allowlists (real)
@@ -518,7 +537,8 @@ def test_raw_rq_job_outside_the_allowlist_is_refused_and_never_imported(
         "the refusal logged",
     )
     lines = [line for line in cluster.output(PLAIN).splitlines() if job.id in line]
-    assert len(lines) == 1 and "refused: TargetNotAllowed:" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "refused: TargetNotAllowed:" in lines[0], lines
 
 
 def test_target_reached_through_an_allowed_modules_import_is_refused(
@@ -574,15 +594,13 @@ def test_pickled_inputs_may_name_only_allowed_modules(cluster: Cluster, tmp_path
     assert not cluster.evil_marker(PLAIN).exists()
 
 
-def _pushed_error(cluster: Cluster, key: str, keyring: Keyring | None) -> tuple[str, str]:
-    """The error of the one task a raw run_batch job pushed onto ``key``."""
-    popped = cluster.connection.blpop([key], timeout=15)
+def _pushed_error(cluster: Cluster, run_id: str, keyring: Keyring | None) -> tuple[str, str]:
+    """The error of the one task a raw run_batch job pushed onto its run's list."""
+    keys = RunKeys(run_id)
+    popped = cluster.connection.blpop([keys.results], timeout=15)
     assert popped is not None, "the job pushed no result"
-    data = popped[1]
-    if keyring is not None:
-        data = keyring.open(data).partition(b"\n")[2]
-    _info, [record] = pickle.loads(data)
-    return record[2][0], record[2][1]
+    _info, [record] = unpack_results(popped[1], keys, keyring)
+    return record[PAYLOAD].type, record[PAYLOAD].message
 
 
 @pytest.mark.parametrize("worker", [PLAIN, SIGNED], ids=["allowlisted", "signed"])
@@ -595,11 +613,11 @@ def test_a_file_path_target_never_runs_on_a_worker(
     evil = tmp_path / "evil_file.py"
     evil.write_text(f"open({str(marker)!r}, 'w').close()\ndef run(x):\n    return x\n")
     target = "tests.tasks." + "/.." * 40 + str(evil) + ":run"
-    key = f"fanout:run:path-{worker}:results"
+    run_id = f"path-{worker}"
     keyring = Keyring([SECRET.encode()], "ours") if worker == SIGNED else None
     queue = Queue(worker, connection=cluster.connection, serializer=serializer_for(keyring))
-    queue.enqueue("fanout.rqworker.run_batch", key, target, False, None, 0, [0], [1], [])
-    kind, message = _pushed_error(cluster, key, keyring)
+    queue.enqueue("fanout.rqworker.run_batch", run_id, target, False, None, [0], [1], [])
+    kind, message = _pushed_error(cluster, run_id, keyring)
     assert kind in ("TargetError", "TargetNotAllowed"), message
     assert not marker.exists()
 
@@ -722,7 +740,8 @@ def test_short_secret_is_refused_in_one_line_without_showing_it(tmp_path: Path) 
         result = cli(*args, env=env)
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.splitlines()
-        assert len(lines) == 1 and "shorter than 16 bytes" in lines[0], result.stderr
+        assert len(lines) == 1, result.stderr
+        assert "shorter than 16 bytes" in lines[0], result.stderr
         assert SHORT_SECRET not in result.stdout + result.stderr
 
 
@@ -764,7 +783,8 @@ def test_no_password_or_secret_in_any_output(tmp_path: Path) -> None:
 
         status = cli("status", env=env)
         record("status", status, 0)
-        assert "pw-1" in status.stdout and ":***@" in status.stdout
+        assert "pw-1" in status.stdout
+        assert ":***@" in status.stdout
         status_json = cli("status", "--json", env=env)
         record("status --json", status_json, 0)
         assert json.loads(status_json.stdout)["redis"].startswith("redis://:***@")
@@ -772,9 +792,8 @@ def test_no_password_or_secret_in_any_output(tmp_path: Path) -> None:
         failing = cli(*rq_run, "tests.tasks:fail", '"x"', "--json", env=env)
         record("failing task", failing, 1)
         [failed] = [json.loads(line) for line in failing.stdout.splitlines()]
-        assert (
-            failed["error"]["type"] == "ValueError" and "Traceback" in failed["error"]["traceback"]
-        )
+        assert failed["error"]["type"] == "ValueError"
+        assert "Traceback" in failed["error"]["traceback"]
 
         wrong_secret = cli(
             *rq_run, "tests.tasks:square", "1", "--json", env={**env, "FANOUT_SECRET": OTHER_SECRET}

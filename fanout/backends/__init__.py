@@ -38,6 +38,11 @@ def register_backend(name: str, cls: type[Backend]) -> None:
     _registered[name] = cls
 
 
+def unregister_backend(name: str) -> None:
+    """Forget a backend registered with :func:`register_backend` (tests use this)."""
+    _registered.pop(name, None)
+
+
 def backend_names() -> list[str]:
     """Every name a backend can be asked for, sorted."""
     names = set(_BUILTIN) | set(_registered)
@@ -64,11 +69,20 @@ def get_backend(name: str) -> type[Backend]:
     raise UnknownBackend(f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}")
 
 
+def create_backend(name: str, workers: int | None, options: dict[str, Any]) -> Backend:
+    """The backend registered as ``name``, made with ``workers`` and checked ``options``."""
+    cls = get_backend(name)
+    cls.check_options(options)
+    return cls(workers=workers, **options)
+
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "MapSpec",
     "backend_names",
+    "create_backend",
     "get_backend",
     "register_backend",
+    "unregister_backend",
 ]

@@ -1,25 +1,69 @@
 """The backend contract, documented once.
 
 A backend turns a :class:`MapSpec` into one :class:`~fanout.TaskResult` per input item.
-The rules every backend keeps:
+Subclass :class:`Backend`, set ``name`` and the capability flags, implement :meth:`map`,
+and register the class (``fanout.register_backend`` or the ``fanout.backends`` entry-point
+group). :class:`fanout.backends.runstate.RunState` holds the run logic every built-in
+backend shares (lazy input, batches, retries, ordering); use it and most rules below
+come for free.
 
-- Exactly one result per item taken from ``spec.items``, whatever happens to workers;
-  task failures (the task's own exception, ``WorkerLost``, ``TaskTimeout``,
-  ``SerializationError``) are failed results, never raised.
-- ``spec.items`` is consumed lazily, with a bounded number of tasks in flight.
-- Results carry the identity of the process that ran the task (``WorkerInfo``).
-- When ``spec.items`` raises, the results of tasks already taken are still yielded and
-  the exception is raised afterwards.
-- ``close()`` is safe to call twice; ``close(cancel=True)`` ends running tasks now.
+**Results.** Exactly one result per item taken from ``spec.items``, whatever happens to
+workers. Task failures are failed results, never raised from ``map``. ``result.worker``
+is the identity of the process that ran the task (inside it, ``os.getpid() == pid``,
+``os.getppid() == ppid``, ``socket.gethostname() == host``,
+``multiprocessing.current_process().name == name``).
+
+**Attempts.** ``attempts`` counts the times the target was started for the task: 1 for
+a task that ran once; 1 + n after n retries (``spec.retries`` bounds n; a retry follows
+a failed attempt: the task's own exception, ``WorkerLost``, ``TaskTimeout``); 0 for a
+task that never reached a worker (its input could not be pickled, the run could not go
+on). Tasks a lost worker held but had not started are run again elsewhere and do not
+count an attempt. ``SerializationError`` and ``TargetError`` are never retried.
+
+**``error.type``.** The task's own exception class name (``"ZeroDivisionError"``), or
+one of fanout's:
+
+- ``WorkerLost``: the process running the task died (the message says which, and how);
+- ``TaskTimeout``: it ran longer than ``spec.timeout`` and its process was ended;
+- ``SerializationError``: its input or value could not be (un)pickled (names the index);
+- ``TargetError`` / ``TargetNotAllowed``: the worker could not load the target, or its
+  allowlist refused it;
+- ``SignatureError``: a worker refused the job as unsigned or forged (rq);
+- ``JobCanceled`` / ``JobStopped``: the RQ job was cancelled or stopped outside fanout;
+- on rq, a job that RQ itself failed around its tasks gives the name of RQ's exception.
+
+**Input.** ``spec.items`` is consumed lazily, with a bounded number of tasks in flight
+(an endless iterator works). When it raises, the results of the tasks already taken are
+yielded first and the exception is raised afterwards.
+
+**Options.** ``__init__(workers=None, **options)`` takes the worker count (None: the
+backend's default) and the backend's own keyword options. ``Fanout`` checks the options
+against the ``__init__`` signature first: an unknown one raises
+:class:`~fanout.errors.UnknownOption` (a ``ValueError``) naming the backend and the
+valid options, before the backend is made.
+
+**Concurrency.** ``map`` may be called again once the previous iterator is exhausted or
+closed; ``Fanout`` allows one unfinished ``map`` at a time. A backend whose runs are
+independent of one another (each a ``RunState``, each batch knowing its run) can serve
+several at once from one set of workers. ``close()`` is safe to call twice;
+``close(cancel=True)`` ends running tasks now. Leaving a ``map`` early (closing its
+iterator) ends what is still running for it; later maps are not held up behind it.
+
+**Proving it.** The contract's tests ship with fanout: subclass
+:class:`fanout.testing.contract.BackendContract` in a test module of your own and give it
+a ``fanout_options`` fixture (the keyword arguments of ``fanout.run`` that select your
+backend); ``tests/test_contract.py`` does exactly that for the built-in backends.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from fanout.errors import UnknownOption
 from fanout.models import TaskResult
 
 
@@ -42,11 +86,41 @@ class Backend(ABC):
     name: ClassVar[str]
     #: How many tasks can run at once (set by ``__init__``).
     workers: int
-    #: Workers import the target by name (a lambda or closure cannot be sent).
+
+    # Capability flags: what the contract's tests (and users) may expect.
+    #: Workers import the target by name: a lambda or closure cannot be sent.
     needs_importable_target: ClassVar[bool] = False
+    #: Tasks run in the calling process itself (``pid == os.getpid()``).
+    runs_in_caller: ClassVar[bool] = False
+    #: Workers are child processes of the caller (``ppid == os.getpid()``).
+    workers_are_children: ClassVar[bool] = False
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:  # noqa: B027
         """Take the worker count (None: the backend's default) and backend options."""
+
+    @classmethod
+    def option_names(cls) -> list[str] | None:
+        """The keyword options ``__init__`` takes besides ``workers`` (None: any)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params) and cls.__init__ is not Backend.__init__:
+            return None
+        return sorted(
+            p.name
+            for p in params
+            if p.name not in ("self", "workers")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and not p.name.startswith("_")
+        )
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise :class:`UnknownOption` for an option this backend does not take."""
+        valid = cls.option_names()
+        if valid is None:
+            return
+        for option in sorted(options):
+            if option not in valid:
+                raise UnknownOption(cls.name, option, valid)
 
     @abstractmethod
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:

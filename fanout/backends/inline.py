@@ -14,55 +14,53 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
 
 from fanout import _task
+from fanout._wire import Record, TaskBatch, failed_record
 from fanout.backends.base import Backend, MapSpec
+from fanout.backends.runstate import RunState
 from fanout.errors import TaskTimeout
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.models import TaskResult, WorkerInfo
 
 
 class InlineBackend(Backend):
     """Runs tasks one by one in the caller; ``WorkerInfo`` is the caller's own identity."""
 
     name = "inline"
+    runs_in_caller = True
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = 1
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
+        run = RunState(spec, self.name)
         info = WorkerInfo.current(self.name)
         capture = _task.Capture()
-        for index, item in enumerate(spec.items):
-            attempts = 0
-            while True:
-                attempts += 1
-                record = self._attempt(spec, index, item, capture)
-                ok, payload = _task.load_value(index, record[1], record[2])
-                if ok or attempts > spec.retries or payload[0] == "SerializationError":
-                    break
-            _, _, _, started, finished, duration, output = record
-            error = None if ok else TaskError(*payload)
-            value = payload if ok else None
-            yield TaskResult(
-                index, ok, value, error, info, attempts, started, finished, duration, output
-            )
 
-    def _attempt(self, spec: MapSpec, index: int, item: Any, capture: _task.Capture) -> Any:
-        # The same round trip a worker would make, so a test on this backend catches
+        def step() -> None:
+            batch = run.take_batch()
+            if batch is not None:
+                records = [_attempt(spec, batch, pos, capture) for pos in range(len(batch))]
+                run.settle(records, info, batch.attempts, batch.task)
+
+        return run.results(step, lambda: None)
+
+
+def _attempt(spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture) -> Record:
+    index, item = batch.indices[pos], batch.items[pos]
+    if pos in batch.pickled:
+        # The same round trip a worker makes, so that a test on this backend catches
         # an argument that could not travel.
         try:
-            arg = pickle.loads(_task.dumps(item))
+            item = pickle.loads(item)
         except Exception as exc:
-            now = time.time()
-            return (index, _task.FAILED, _task.input_error(index, exc), now, now, 0.0, "")
-        with (
-            contextlib.redirect_stdout(capture),
-            contextlib.redirect_stderr(capture),
-            _alarm(spec.timeout, index),
-        ):
-            record = _task.run_one(spec.fn, index, arg, spec.star, capture)
-        return record
+            return failed_record(index, _task.input_error(index, exc, "unpickle"), time.time())
+    with (
+        contextlib.redirect_stdout(capture),
+        contextlib.redirect_stderr(capture),
+        _alarm(spec.timeout, index),
+    ):
+        return _task.run_one(spec.fn, index, item, spec.star, capture, in_caller=True)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ plain data types and the allowed modules: unpickling is code execution otherwise
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +45,11 @@ def parse_allow(values: Iterable[str]) -> tuple[str, ...]:
                 )
             prefixes.append(prefix)
     return tuple(prefixes)
+
+
+def allowlist_from_env() -> tuple[str, ...]:
+    """The allowlist of a stock ``rq worker``: ``FANOUT_ALLOW`` (empty: any module)."""
+    return parse_allow([os.environ.get("FANOUT_ALLOW", "")])
 
 
 def is_allowed(module: str, allow: tuple[str, ...]) -> bool:

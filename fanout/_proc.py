@@ -1,0 +1,75 @@
+"""Processes fanout starts: tying them to their parent, describing how they ended,
+and starting ``fanout worker`` processes (for ``--workers N`` and ``--processes N``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies.
+
+    The request follows the *thread* that forked us, so it is only safe for processes
+    started from the main thread. Returns False when the parent (``parent``, if given)
+    is already gone; elsewhere than Linux it does nothing and returns True.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        return True
+    return parent is None or os.getppid() == parent
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code is None:
+        return "it stopped responding"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _terminate_with_parent() -> None:
+    # A local `fanout worker` gets RQ's warm shutdown (SIGTERM) when its caller dies.
+    with contextlib.suppress(OSError):
+        die_with_parent(signal.SIGTERM)
+
+
+def spawn_fanout_worker(
+    queue: str,
+    name: str,
+    env: dict[str, str],
+    *,
+    burst: bool = False,
+    stdout: int | None = None,
+    tied_to_parent: bool = False,
+) -> subprocess.Popen[bytes]:
+    """A ``fanout worker`` process serving ``queue`` under ``name``. Secrets and URLs go
+    in ``env``, never on the command line, where ``ps`` would show them."""
+    args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name]
+    preexec: Callable[[], None] | None = _terminate_with_parent if tied_to_parent else None
+    return subprocess.Popen(
+        args + (["--burst"] if burst else []),
+        env=env,
+        stdout=stdout,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=preexec,
+    )

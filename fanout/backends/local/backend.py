@@ -1,0 +1,74 @@
+"""The local backend's adapter: a LocalBackend owns one Pool and turns each map() into a
+LocalRun that the pool serves."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import weakref
+from collections.abc import Callable, Iterator
+
+from fanout.backends.base import Backend, MapSpec
+from fanout.backends.local.pool import Pool
+from fanout.backends.local.run import LocalRun
+from fanout.errors import TargetError
+from fanout.models import TaskResult
+
+
+class LocalBackend(Backend):
+    """Worker processes on this machine, named ``worker-1``, ``worker-2``, ...
+
+    ``daemon=True`` (default): workers never outlive the caller. ``daemon=False``:
+    ordinary processes, whose tasks may start processes of their own.
+    """
+
+    name = "local"
+    workers_are_children = True
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        daemon: bool = True,
+        *,
+        process_name: str | None = None,
+    ) -> None:
+        """``process_name`` names every worker process alike (``fanout worker`` names
+        its task process after the RQ worker); by default they are ``worker-N``."""
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if workers < 1:
+            raise ValueError(f"the local backend needs at least one worker, got {workers}")
+        self.workers = workers
+        self.daemon = daemon
+        self._pool = Pool(workers, daemon, process_name, self.name)
+        # Workers are stopped when the backend is garbage-collected or at interpreter exit
+        # (non-daemon workers would otherwise keep the interpreter waiting for them).
+        self._finalizer = weakref.finalize(self, self._pool.shutdown, True)
+
+    def map(self, spec: MapSpec) -> Iterator[TaskResult]:
+        return self.stream(spec)
+
+    def stream(
+        self, spec: MapSpec, idle: Callable[[], None] | None = None, max_wait: float | None = None
+    ) -> Iterator[TaskResult]:
+        """``map`` with a hook: ``idle()`` runs before each wait for workers, at least
+        every ``max_wait`` seconds while tasks run (``fanout worker`` pushes results and
+        heartbeats there)."""
+        import cloudpickle
+
+        try:
+            fn_bytes = cloudpickle.dumps(spec.fn, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TargetError(f"cannot send the target to worker processes: {exc}") from exc
+        run = LocalRun(spec, fn_bytes, self.workers, self.name)
+        pool = self._pool
+        pool.runs.append(run)
+        return run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
+
+    def kill_running(self) -> None:
+        """SIGKILL every worker that holds tasks (safe from another thread)."""
+        self._pool.kill_running()
+
+    def close(self, cancel: bool = False) -> None:
+        self._finalizer.detach()
+        self._pool.shutdown(cancel)

@@ -1,0 +1,149 @@
+"""The caller's handle on one worker process: its pipes, its pidfd, its shared marker,
+and their lifecycle (made at start, closed exactly once when the worker is forgotten)."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import signal
+import socket
+from array import array
+from collections import deque
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+from fanout._proc import on_main_thread
+from fanout.backends.local.protocol import IDLE, MARKER_SIZE, PIPE_SIZE, RUNNING
+from fanout.backends.local.run import Batch
+from fanout.backends.local.worker import main as worker_main
+from fanout.models import WorkerInfo
+
+# File descriptors that only the caller may hold, across every pool in this process: a
+# worker of another pool holding our task pipe open would keep our workers from ever
+# seeing end-of-file, so every worker closes all of them at start.
+_caller_fds: set[int] = set()
+
+
+class WorkerHandle:
+    """One worker process as the caller sees it."""
+
+    __slots__ = (
+        "fn_id",
+        "in_buf",
+        "inflight",
+        "info",
+        "kill_reason",
+        "marker",
+        "marker_map",
+        "out_buf",
+        "pid",
+        "pidfd",
+        "process",
+        "result_r",
+        "task_started",
+        "task_w",
+        "timeout_index",
+        "writing",
+    )
+
+    def __init__(
+        self, process: BaseProcess, task_w: int, result_r: int, marker_map: mmap.mmap
+    ) -> None:
+        self.process = process
+        self.marker_map = marker_map
+        self.marker = memoryview(marker_map).cast("q")
+        self.pid: int = process.pid or 0
+        self.task_w = task_w
+        self.result_r = result_r
+        self.pidfd: int | None = None
+        self.in_buf = bytearray()
+        self.out_buf = bytearray()
+        self.writing = False  # the task pipe is in the selector, waiting to be writable
+        self.inflight: deque[Batch] = deque()
+        self.fn_id = 0  # the run whose target this worker has loaded
+        self.info: WorkerInfo | None = None  # from its hello
+        self.kill_reason: str | None = None  # "timeout", "abandoned": why we killed it
+        self.timeout_index = -1  # the task the pool killed this worker for over-running
+        self.task_started = 0.0  # when the task now running (head batch) began
+
+    def describe(self) -> str:
+        name = self.info.name if self.info else self.process.name
+        return f"{name} (pid {self.pid})"
+
+    def fallback_info(self, backend: str) -> WorkerInfo:
+        """Its identity, also when it died before its hello arrived."""
+        return self.info or WorkerInfo(
+            self.process.name, self.pid, os.getpid(), socket.gethostname(), backend
+        )
+
+    def death_fd(self) -> int:
+        """What becomes readable when it dies: its pidfd, else the process sentinel."""
+        return self.pidfd if self.pidfd is not None else self.process.sentinel
+
+    def kill(self) -> None:
+        """SIGKILL its process group: the worker and any children of its task."""
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(self.pid, signal.SIGKILL)
+                return
+
+    def close_task_pipe(self) -> None:
+        """End-of-file for the worker: an idle one exits."""
+        if self.task_w >= 0:
+            _caller_fds.discard(self.task_w)
+            with contextlib.suppress(OSError):
+                os.close(self.task_w)
+            self.task_w = -1
+
+    def release(self) -> None:
+        """Close everything of the caller's side (the process has been reaped)."""
+        self.close_task_pipe()
+        for fd in (self.result_r, self.pidfd):
+            if fd is not None and fd >= 0:
+                _caller_fds.discard(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        with contextlib.suppress(ValueError):
+            self.process.close()
+        self.marker.release()
+        self.marker_map.close()
+
+
+def start_worker(ctx: BaseContext, name: str, daemon: bool, selector_fd: int) -> WorkerHandle:
+    """Fork a worker with its own pipe pair and marker; it runs ``worker.main``."""
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    for fd in (task_w, result_w):
+        with contextlib.suppress(OSError, AttributeError):
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    _caller_fds.update((task_w, result_r))
+    if selector_fd >= 0:
+        _caller_fds.add(selector_fd)
+    marker = mmap.mmap(-1, MARKER_SIZE)  # shared with the worker across fork
+    memoryview(marker).cast("q")[:] = array("q", [IDLE, IDLE, RUNNING])
+    process = ctx.Process(  # type: ignore[attr-defined]
+        name=name,
+        target=worker_main,
+        args=(task_r, result_w, marker, sorted(_caller_fds), os.getpid(), on_main_thread()),
+        daemon=daemon,
+    )
+    process.start()
+    os.close(task_r)
+    os.close(result_w)
+    # Set the group from both sides: whichever runs first wins the race with a kill.
+    with contextlib.suppress(OSError):
+        os.setpgid(process.pid or 0, process.pid or 0)
+    os.set_blocking(task_w, False)
+    os.set_blocking(result_r, False)
+    handle = WorkerHandle(process, task_w, result_r, marker)
+    with contextlib.suppress(AttributeError, OSError):
+        handle.pidfd = os.pidfd_open(handle.pid)
+        _caller_fds.add(handle.pidfd)
+    return handle
+
+
+def forget_selector(selector_fd: int) -> None:
+    _caller_fds.discard(selector_fd)

@@ -1,0 +1,266 @@
+"""The caller's event loop: worker processes fed from any number of runs.
+
+``step()`` dispatches what can be dispatched, then waits for one round of events:
+results to read, deaths to settle (:mod:`.deaths`), pipes that became writable.
+Every batch knows its run, so one pool serves several runs at once; each run's
+results generator drives the loop while it waits, and each result reaches its own run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing
+import os
+import pickle
+import selectors
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fanout._wire import FINISHED
+from fanout.backends.local import deaths
+from fanout.backends.local.handles import WorkerHandle, forget_selector, start_worker
+from fanout.backends.local.protocol import BATCH, FN, HELLO, PIPE_SIZE, frame, split_frames
+from fanout.backends.local.run import Batch, LocalRun
+from fanout.models import WorkerInfo
+from fanout.targets import file_modules
+
+STOP_GRACE_SECONDS = 2.0
+
+
+class Pool:
+    """Worker processes and the loop that feeds them; owned by one LocalBackend."""
+
+    def __init__(self, size: int, daemon: bool, process_name: str | None, backend: str) -> None:
+        self.process_name = process_name
+        self.backend = backend
+        self.size = size
+        self.daemon = daemon
+        self.ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else None)
+        self.workers: list[WorkerHandle] = []
+        self.runs: list[LocalRun] = []  # runs with tasks to dispatch or results to come
+        self.selector = selectors.DefaultSelector()
+        self.counter = itertools.count(1)
+        self.closed = False
+
+    def selector_fd(self) -> int:
+        fileno: Callable[[], int] | None = getattr(self.selector, "fileno", None)
+        return fileno() if fileno else -1
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def step(
+        self,
+        waiting: LocalRun,
+        idle: Callable[[], None] | None = None,
+        max_wait: float | None = None,
+    ) -> None:
+        """Dispatch, then, unless ``waiting`` has results now, wait for one round of
+        events (at most ``max_wait`` seconds; ``idle()`` runs before the wait)."""
+        if self.closed:
+            raise RuntimeError("the Fanout was closed while this map() was still running")
+        self.dispatch()
+        if waiting.ready or waiting.done():
+            return
+        timeout = deaths.next_deadline(self)
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        if idle is not None:
+            idle()
+        events = self.selector.select(None if timeout is None else max(timeout, 0.0))
+        for key, mask in events:
+            worker, kind = key.data
+            if worker not in self.workers:
+                continue  # already buried in this round
+            if kind == "result":
+                self.read(worker)
+            elif kind == "death":
+                deaths.bury(self, worker)
+            elif mask & selectors.EVENT_WRITE:
+                self.flush(worker)
+        deaths.enforce_timeouts(self)
+
+    def dispatch(self) -> None:
+        """Hand out batches, one run after another, while workers have room."""
+        while not self.closed:
+            sent = False
+            for run in list(self.runs):
+                sent |= self.dispatch_one(run)
+            if not sent:
+                return
+
+    def dispatch_one(self, run: LocalRun) -> bool:
+        worker = self.free_worker(run.depth())
+        # Start workers on demand, only once there is a batch for them.
+        grow = (worker is None or bool(worker.inflight)) and len(self.workers) < self.size
+        if worker is None and not grow:
+            return False
+        batch = run.next_batch()
+        if batch is None:
+            return False
+        if grow:
+            worker = self.start_worker()
+        assert worker is not None
+        self.send_batch(worker, batch)
+        return True
+
+    def free_worker(self, depth: int) -> WorkerHandle | None:
+        best = None
+        for worker in self.workers:
+            if worker.kill_reason is not None or len(worker.inflight) >= depth:
+                continue
+            if best is None or len(worker.inflight) < len(best.inflight):
+                best = worker
+                if not worker.inflight:
+                    break
+        return best
+
+    # -- writing ------------------------------------------------------------------------
+
+    def send_batch(self, worker: WorkerHandle, batch: Batch) -> None:
+        run = batch.run
+        if worker.fn_id != run.fn_id:
+            flush_each = run.spec.timeout is not None
+            message = (FN, run.fn_id, run.fn_bytes, run.spec.star, flush_each, file_modules())
+            self.send(worker, message)
+            worker.fn_id = run.fn_id
+        batch.sent_at = time.time()
+        if not worker.inflight:
+            worker.task_started = batch.sent_at
+        worker.inflight.append(batch)
+        tasks = batch.tasks
+        size = self.send(worker, (BATCH, batch.id, tasks.indices, tasks.items, tasks.pickled))
+        run.measure_bytes(size, len(tasks), inputs=True)
+
+    def send(self, worker: WorkerHandle, message: tuple[Any, ...]) -> int:
+        data = frame(message)
+        worker.out_buf += data
+        self.flush(worker)
+        return len(data)
+
+    def flush(self, worker: WorkerHandle) -> None:
+        """Write as much of the worker's buffer as its pipe takes, never blocking."""
+        buf = worker.out_buf
+        try:
+            while buf:
+                n = os.write(worker.task_w, buf)
+                del buf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            buf.clear()  # the worker is dead; its pidfd reports it
+        want_write = bool(buf)
+        if want_write != worker.writing:
+            worker.writing = want_write
+            if want_write:
+                self.selector.register(worker.task_w, selectors.EVENT_WRITE, (worker, "task"))
+            else:
+                self.selector.unregister(worker.task_w)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(self, worker: WorkerHandle) -> None:
+        """Take every complete message waiting on the worker's result pipe."""
+        buf = worker.in_buf
+        while True:
+            try:
+                chunk = os.read(worker.result_r, PIPE_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            if len(chunk) < PIPE_SIZE:
+                break
+        for data in split_frames(buf):
+            self.handle(worker, pickle.loads(data), len(data))
+
+    def handle(self, worker: WorkerHandle, message: tuple[Any, ...], size: int) -> None:
+        if message[0] == HELLO:
+            _, name, pid, ppid, host = message
+            worker.info = WorkerInfo(name, pid, ppid, host, self.backend)
+            return
+        _, batch_id, records = message
+        batch = worker.inflight[0]
+        assert batch.id == batch_id, "results arrive in the order batches were sent"
+        run = batch.run
+        assert worker.info is not None
+        if not run.finished:
+            run.measure_records(records)
+            run.measure_bytes(size, len(records), inputs=False)
+            tasks, base = batch.tasks, batch.done
+            attempts = None
+            if tasks.attempts is not None:
+                attempts = tasks.attempts[base : base + len(records)]
+            run.settle(records, worker.info, attempts, lambda i: tasks.task(base + i))
+        batch.done += len(records)
+        worker.task_started = records[-1][FINISHED]
+        if batch.done == len(batch):
+            worker.inflight.popleft()
+
+    # -- worker lifecycle ---------------------------------------------------------------
+
+    def start_worker(self) -> WorkerHandle:
+        name = self.process_name or f"worker-{next(self.counter)}"
+        worker = start_worker(self.ctx, name, self.daemon, self.selector_fd())
+        self.selector.register(worker.result_r, selectors.EVENT_READ, (worker, "result"))
+        self.selector.register(worker.death_fd(), selectors.EVENT_READ, (worker, "death"))
+        self.workers.append(worker)
+        return worker
+
+    def forget(self, worker: WorkerHandle) -> None:
+        """Out of the selector and the pool, its descriptors closed."""
+        if worker in self.workers:
+            self.workers.remove(worker)
+        for fd in (worker.result_r, worker.death_fd()):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+        if worker.writing:
+            self.selector.unregister(worker.task_w)
+            worker.writing = False
+        worker.release()
+
+    def abandon(self, run: LocalRun) -> None:
+        """A run ended: drop it, end workers still busy with its tasks.
+
+        Killing is the only way to stop a running task, and the next run must not
+        wait behind tasks whose results nobody will read; replacements start on demand.
+        """
+        if run in self.runs:
+            self.runs.remove(run)
+        for worker in self.workers:
+            if worker.kill_reason is None and any(b.run is run for b in worker.inflight):
+                worker.kill_reason = "abandoned"
+                worker.kill()
+
+    def kill_running(self) -> None:
+        """SIGKILL every worker that holds tasks (safe from another thread)."""
+        for worker in list(self.workers):
+            if worker.inflight:
+                worker.kill()
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop every worker: idle ones by end-of-file, busy or stuck ones by SIGKILL."""
+        if self.closed:
+            return
+        self.closed = True
+        workers = list(self.workers)
+        for worker in workers:
+            if cancel or worker.inflight:
+                worker.kill()
+            worker.close_task_pipe()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                worker.kill()
+                worker.process.join(1.0)
+        for worker in workers:
+            worker.writing = False
+            self.forget(worker)
+        forget_selector(self.selector_fd())
+        self.selector.close()

@@ -1,0 +1,67 @@
+"""One map() on the local pool: how big its batches are, how far ahead it may read, how
+many batches a worker may hold for it. The rest of its logic is the shared RunState."""
+
+from __future__ import annotations
+
+import itertools
+
+from fanout._wire import TaskBatch
+from fanout.backends.base import MapSpec
+from fanout.backends.runstate import ORDER_WINDOW, RunState
+
+TARGET_BATCH_SECONDS = 0.01
+MAX_BATCH = 1024
+# A batch's pickled inputs are kept to about this size, and an ordered run's results
+# waiting for an earlier one to about this much.
+MAX_BATCH_BYTES = 4 << 20
+MAX_WINDOW_BYTES = 128 << 20
+# Batches of tasks slower than this go one at a time: no prefetch, so work spreads evenly.
+SLOW_TASK_SECONDS = 0.05
+
+_batch_ids = itertools.count()
+_fn_ids = itertools.count(1)
+
+
+class LocalRun(RunState):
+    """A run on the local pool: its target (pickled once) and its batch sizing."""
+
+    def __init__(self, spec: MapSpec, fn_bytes: bytes, workers: int, backend: str) -> None:
+        super().__init__(spec, backend)
+        self.fn_id = next(_fn_ids)  # a worker loads the target again when this changes
+        self.fn_bytes = fn_bytes
+        self.workers = workers
+
+    def batch_size(self) -> int:
+        return self.sized(TARGET_BATCH_SECONDS, MAX_BATCH, MAX_BATCH_BYTES)
+
+    def window(self) -> int:
+        window = max(ORDER_WINDOW, 4 * self.workers * self.batch_size())
+        if self.bytes_per_task:
+            window = min(window, max(4 * self.workers, int(MAX_WINDOW_BYTES / self.bytes_per_task)))
+        return window
+
+    def depth(self) -> int:
+        """How many batches a worker may hold: 2 hides the round trip for quick tasks."""
+        if self.per_task is None or self.per_task * self.batch_size() >= SLOW_TASK_SECONDS:
+            return 1
+        return 2
+
+    def next_batch(self) -> Batch | None:
+        tasks = self.take_batch()
+        return None if tasks is None else Batch(self, tasks)
+
+
+class Batch:
+    """A batch in flight to one worker: its tasks, its run, and how many results are in."""
+
+    __slots__ = ("done", "id", "run", "sent_at", "tasks")
+
+    def __init__(self, run: LocalRun, tasks: TaskBatch) -> None:
+        self.id = next(_batch_ids)
+        self.run = run
+        self.tasks = tasks
+        self.done = 0  # results received, in order
+        self.sent_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self.tasks)

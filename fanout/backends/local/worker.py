@@ -1,0 +1,185 @@
+"""The worker process's side of the local backend: read batches, run them, send records.
+
+:func:`main` runs in the forked child. It ties the process to the caller, closes the
+caller's ends of every pipe, says hello, then serves messages until end-of-file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import multiprocessing
+import os
+import pickle
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fanout import _task
+from fanout._proc import die_with_parent
+from fanout._wire import DURATION, FAILED, STARTED, Record, failed_record
+from fanout.backends.local.protocol import (
+    FN,
+    HELLO,
+    IDLE,
+    LOADING_TARGET,
+    MARK_BATCH,
+    MARK_PHASE,
+    MARK_POS,
+    RESULTS,
+    RUNNING,
+    UNPICKLING,
+    Reader,
+    Writer,
+)
+from fanout.errors import SerializationError, TargetError
+from fanout.models import TaskError
+from fanout.targets import load_file_modules
+
+# A worker sends results mid-batch once they stand for this much work, or this often.
+FLUSH_WORK_SECONDS = 0.001
+FLUSH_SECONDS = 0.1
+
+
+def main(
+    task_r: int,
+    result_w: int,
+    marker: mmap.mmap,
+    inherited: list[int],
+    parent: int,
+    main_thread: bool,
+) -> None:
+    """Body of a worker process: read batches, run them, write result records."""
+    # PR_SET_PDEATHSIG fires when the *thread* that forked us exits, so it is only safe
+    # for workers started from the main thread; others notice end-of-file instead.
+    if main_thread and not die_with_parent(parent=parent):
+        os._exit(0)  # the caller died before the request took effect
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    # Close the caller's ends of every pipe: only then does end-of-file on the task
+    # pipe mean the caller is gone.
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    # Whatever escapes the capture (C code, processes a task starts) goes to stderr, so
+    # the caller's stdout carries only what the caller writes (--json stays clean).
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)
+    loop = WorkerLoop(Writer(result_w), memoryview(marker).cast("q"))
+    # A process that a task starts writes to the real streams, not to a copy of our
+    # capture that would vanish with it.
+    os.register_at_fork(after_in_child=_restore_streams)
+    reader = Reader(task_r)
+    me = multiprocessing.current_process()
+    loop.out.send((HELLO, me.name, os.getpid(), os.getppid(), socket.gethostname()))
+    while (message := reader.receive()) is not None:
+        if message[0] == FN:
+            loop.load(*message[2:])
+        else:
+            loop.run_batch(*message[1:])
+
+
+class WorkerLoop:
+    """A worker's state: the current target, the output capture, the progress marker."""
+
+    def __init__(self, out: Writer, marker: memoryview) -> None:
+        self.out = out
+        self.marker = marker  # shared with the caller: see protocol.py
+        self.capture = _task.install_capture()
+        self.fn: Callable[..., Any] | None = None
+        self.fn_error = TaskError(TargetError.__name__, "no target was sent")
+        self.star = self.flush_each = False
+
+    def load(self, fn_bytes: bytes, star: bool, flush_each: bool, modules: dict[str, str]) -> None:
+        self.star, self.flush_each = star, flush_each
+        self.marker[MARK_BATCH] = LOADING_TARGET
+        try:
+            load_file_modules(modules)
+            self.fn = pickle.loads(fn_bytes)
+        except BaseException as exc:
+            self.fn = None
+            self.fn_error = TaskError(
+                TargetError.__name__, f"the worker cannot load the target: {_task.describe(exc)}"
+            )
+        finally:
+            self.marker[MARK_BATCH] = IDLE
+
+    def unpickle_inputs(self, indices: list[int], items: list[Any], pickled: list[int]) -> None:
+        """Inputs that travel as their own pickle, unpickled in place; a crash here is
+        blamed on that input (the marker's phase says so)."""
+        marker = self.marker
+        marker[MARK_PHASE] = UNPICKLING
+        for pos in pickled:
+            marker[MARK_POS] = pos
+            try:
+                items[pos] = pickle.loads(items[pos])
+            except BaseException as exc:
+                items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
+        marker[MARK_POS] = IDLE
+        marker[MARK_PHASE] = RUNNING
+
+    def run_batch(
+        self, batch_id: int, indices: list[int], items: list[Any], pickled: list[int]
+    ) -> None:
+        fn, marker, capture, star = self.fn, self.marker, self.capture, self.star
+        records: list[Record] = []
+        last_flush = time.monotonic()
+        unsent_work = 0.0
+        marker[MARK_BATCH] = batch_id
+        self.unpickle_inputs(indices, items, pickled)
+        for pos, (index, item) in enumerate(zip(indices, items, strict=True)):
+            if fn is None or type(item) is _Unloadable:
+                error = item.error if type(item) is _Unloadable else self.fn_error
+                record = failed_record(index, error, time.time())
+            else:
+                marker[MARK_POS] = pos
+                record = _task.run_one(fn, index, item, star, capture)
+                marker[MARK_POS] = IDLE
+            records.append(record)
+            # Send finished results as soon as they represent real work, so a crash
+            # later in the batch costs little to redo; tiny tasks go in bulk.
+            unsent_work += record[DURATION]
+            if (
+                self.flush_each
+                or unsent_work >= FLUSH_WORK_SECONDS
+                or time.monotonic() - last_flush >= FLUSH_SECONDS
+            ):
+                self.send_results(batch_id, records)
+                records = []
+                unsent_work = 0.0
+                last_flush = time.monotonic()
+        if records:
+            self.send_results(batch_id, records)
+
+    def send_results(self, batch_id: int, records: list[Record]) -> None:
+        try:
+            self.out.send((RESULTS, batch_id, records))
+        except Exception:  # e.g. MemoryError: find the record that cannot go
+            self.send_one_by_one(batch_id, records)
+
+    def send_one_by_one(self, batch_id: int, records: list[Record]) -> None:
+        for record in records:
+            try:
+                self.out.send((RESULTS, batch_id, [record]))
+            except Exception as exc:
+                index = record[0]
+                error = TaskError(
+                    SerializationError.__name__,
+                    f"cannot send the result of task {index}: {_task.describe(exc)}",
+                )
+                self.out.send((RESULTS, batch_id, [(index, FAILED, error, *record[STARTED:])]))
+
+
+class _Unloadable:
+    """Stands in for an input the worker could not unpickle."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: TaskError) -> None:
+        self.error = error
+
+
+def _restore_streams() -> None:
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

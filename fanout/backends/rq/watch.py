@@ -1,0 +1,228 @@
+"""Watching what RQ did with a run's jobs: the caller knows what it submitted, so every
+task gets one result, whatever happened to the job that carried it.
+
+Every few seconds (and whenever a pop comes back empty) :meth:`JobWatch.check` looks at
+
+- the workers serving the queue (none for a while: a warning, then maybe giving up);
+- RQ's FailedJobRegistry: a job that failed as a whole (its work-horse killed, refused
+  as unsigned, RQ failing around it) has its unreported tasks settled or run again;
+- RQ's CanceledJobRegistry: cancelled outside fanout, its tasks fail with JobCanceled;
+- lost jobs: a job whose hash is gone (Redis restarted empty) runs again; a job whose
+  fanout worker stopped its heartbeat, or whose RQ registration expired, has the task
+  it was running charged with WorkerLost and the rest run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from rq import Worker
+from rq.job import Job
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
+from rq.utils import utcparse
+
+from fanout.backends.rq.connection import mask_url
+from fanout.errors import BackendUnavailable, FanoutError, SignatureError, WorkerLost
+from fanout.models import TaskError, TaskResult, WorkerInfo
+
+if TYPE_CHECKING:
+    from fanout.backends.rq.run import RQJob, RQRun
+
+log = logging.getLogger("fanout")
+
+CHECK_SECONDS = 2.0  # how often the caller looks at RQ's registries and workers
+
+
+class JobWatch:
+    """The checks of one run on RQ's registries and workers."""
+
+    def __init__(self, run: RQRun) -> None:
+        self.run = run
+        self.workers_seen = 0
+        self.last_check = 0.0
+        self.last_progress = time.monotonic()
+        self.warned = False
+
+    def after_round(self, progressed: bool) -> None:
+        if progressed:
+            self.last_progress = time.monotonic()
+        if not progressed or time.monotonic() - self.last_check >= CHECK_SECONDS:
+            self.check()
+
+    def check(self) -> None:
+        """Workers serving the queue, and jobs of this run that RQ failed as a whole."""
+        run = self.run
+        self.last_check = time.monotonic()
+        # Worker.all, not Worker.count: it skips workers whose key has expired.
+        self.workers_seen = len(Worker.all(connection=run.connection, queue=run.queue))
+        failed = [i for i in FailedJobRegistry(queue=run.queue).get_job_ids() if i in run.jobs]
+        canceled = [i for i in CanceledJobRegistry(queue=run.queue).get_job_ids() if i in run.jobs]
+        if failed or canceled:
+            run.drain()  # what a job pushed before it failed still counts
+        for job_id in failed:
+            if job_id in run.jobs:
+                self.settle_failed_job(run.jobs[job_id])
+        self.find_lost_jobs()
+        for job_id in canceled:
+            if job_id in run.jobs:
+                error = TaskError("JobCanceled", f"job {job_id} was canceled in RQ before it ran")
+                job = run.jobs[job_id]
+                for pos in run.forget_job(job):
+                    run.fail_in_caller(job.tasks.indices[pos], error)
+        self.watch_for_workers()
+
+    def find_lost_jobs(self) -> None:
+        """Jobs that will never report: their worker died (its heartbeat stopped, or its
+        RQ registration expired), or Redis forgot them (restarted without persistence)."""
+        run = self.run
+        if not run.jobs:
+            return
+        ids = list(run.jobs)
+        pipe = run.connection.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(Job.key_for(job_id), "status", "worker_name")
+        replies = pipe.execute()
+        started = set(StartedJobRegistry(queue=run.queue).get_job_ids())
+        vanished, running = [], {}
+        for job_id, (status, worker) in zip(ids, replies, strict=True):
+            if status is None:
+                vanished.append(job_id)
+            elif job_id in started and worker:
+                running[job_id] = worker.decode()
+        dead = self.dead_workers(running)
+        if not vanished and not dead:
+            return
+        run.drain()  # results pushed before the loss still count
+        for job_id in vanished:
+            if job_id in run.jobs:  # never ran, or Redis lost it: enqueue its tasks again
+                job = run.jobs[job_id]
+                run.requeue(job.tasks.task(pos) for pos in run.forget_job(job))
+        for job_id, why in dead.items():
+            if job_id not in run.jobs:
+                continue
+            run.connection.zrem(StartedJobRegistry(queue=run.queue).key, job_id)
+            message = f"worker {why} while running task {{task}}"
+            self.lose(run.jobs[job_id], message, running[job_id])
+
+    def dead_workers(self, running: dict[str, str]) -> dict[str, str]:
+        """Of the jobs ``running`` (job id -> worker name), those whose worker is dead."""
+        if not running:
+            return {}
+        pipe = self.run.connection.pipeline(transaction=False)
+        for name in running.values():
+            pipe.hmget(Worker.redis_worker_namespace_prefix + name,
+                       "last_heartbeat", "fanout_heartbeat")  # fmt: skip
+        now = time.time()
+        dead: dict[str, str] = {}
+        for (job_id, name), (beat, fanout_beat) in zip(
+            running.items(), pipe.execute(), strict=True
+        ):
+            if beat is None:
+                dead[job_id] = f"{name} is gone (its RQ registration expired)"
+            elif fanout_beat is not None:
+                silent = now - utcparse(beat.decode()).timestamp()
+                if silent > self.run.rq.dead_after:
+                    dead[job_id] = f"{name} stopped its heartbeat {silent:.0f} s ago"
+        return dead
+
+    def settle_failed_job(self, job: RQJob) -> None:
+        run = self.run
+        try:
+            rq_job = Job.fetch(job.id, connection=run.connection, serializer=run.rq.serializer)
+            result = rq_job.latest_result()
+            exc = (result.exc_string if result else None) or rq_job.exc_info or ""
+            worker = (result.worker_name if result else "") or rq_job.worker_name
+            worker = worker or "an RQ worker"
+        except Exception:
+            exc, worker = "", "an RQ worker"
+        if "stopped by user" in exc:
+            error = TaskError("JobStopped", f"job {job.id} was stopped on {worker} (rq stop-job)",
+                              exc)  # fmt: skip
+            for pos in run.forget_job(job):
+                run.fail_in_caller(job.tasks.indices[pos], error)
+            return
+        refused = _signature_failure(exc, run.rq.keyring is not None, worker)
+        if refused is not None:
+            # Every job of the run would fail the same way: fail the rest at once.
+            run.break_target(refused)
+            for pos in run.forget_job(job):
+                run.fail_in_caller(job.tasks.indices[pos], refused)
+            return
+        if "terminated unexpectedly" in exc or not exc:
+            # The process running the job died: the first unreported task was running.
+            message = (
+                f"the work-horse of {worker} died while running task {{task}} (job {job.id}):"
+                f" {_last_line(exc) or 'no result'}"
+            )
+            self.lose(job, message, worker)
+            return
+        # run_batch turns every task's own failure into a result, so this is RQ or the
+        # worker failing around the tasks (e.g. a Redis restart mid-job): run them
+        # again, but not forever.
+        kind, _, text = _last_line(exc).partition(": ")
+        error = TaskError(kind or FanoutError.__name__, text or exc, exc)
+        for pos in run.forget_job(job):
+            task = job.tasks.task(pos)
+            if run.suspect(task.index):
+                run.fail_in_caller(task.index, error)
+            else:
+                run.retry.append(task)
+
+    def lose(self, job: RQJob, message: str, worker: str) -> None:
+        """``job``'s process died: its first unreported task was running (an attempt,
+        retried while ``retries`` allow; ``{task}`` in ``message`` names it); the others
+        run again for free."""
+        run = self.run
+        positions = run.forget_job(job)
+        if not positions:
+            return
+        first = job.tasks.task(positions[0])
+        now = time.time()
+        message = message.replace("{task}", str(first.index))
+        info = WorkerInfo(worker, 0, 0, "", run.rq.name)  # its pids died with it
+        result = TaskResult(first.index, False, None, TaskError(WorkerLost.__name__, message),
+                            info, first.attempts + 1, now, now, 0.0)  # fmt: skip
+        run.requeue(job.tasks.task(pos) for pos in positions[1:])
+        run.failed_attempt(first, result)
+
+    def watch_for_workers(self) -> None:
+        run = self.run
+        if self.workers_seen or not run.jobs:
+            self.last_progress = time.monotonic()
+            return
+        waited = time.monotonic() - self.last_progress
+        give_up = run.rq.give_up_after
+        where = f"queue {run.queue.name!r} on {mask_url(run.rq.url)}"
+        if give_up is not None and waited >= give_up:
+            raise BackendUnavailable(f"no worker has served {where} for {waited:.0f} s")
+        if not self.warned and waited >= run.rq.warn_after:
+            self.warned = True
+            log.warning(
+                "no worker is serving %s; waiting (start one with: fanout worker"
+                " --redis-url URL --queue %s)",
+                where,
+                run.queue.name,
+            )
+
+
+def _signature_failure(exc: str, signing: bool, worker: str) -> TaskError | None:
+    """The SignatureError a worker failed a job with, or the one it should have."""
+    for line in reversed(exc.splitlines()):
+        kind, sep, text = line.strip().partition(": ")
+        if sep and kind.rpartition(".")[2] == SignatureError.__name__:
+            return TaskError(SignatureError.__name__, f"RQ worker {worker} refused the job: {text}",
+                             exc)  # fmt: skip
+    if signing and ("invalid load key" in exc or "DeserializationError" in exc):
+        message = (
+            f"RQ worker {worker} cannot read signed jobs: start it with the same"
+            " FANOUT_SECRET (or --secret-file) as this client"
+        )
+        return TaskError(SignatureError.__name__, message, exc)
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""

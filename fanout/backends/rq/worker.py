@@ -1,0 +1,209 @@
+"""``fanout worker``: an RQ worker for fanout jobs, faster and safer than a stock one::
+
+    RQ worker process (FanoutWorker: dequeues, heartbeats, pushes results)
+        |  batch of tasks          ^ result records
+        v                          |
+    task process, named after the RQ worker (a one-process local pool)
+
+No fork per job: the task process lives across jobs. When a task kills its process,
+the worker reports that task as ``WorkerLost`` and carries on with a new task process,
+as the local backend does. The worker's state lives in one :class:`WorkerContext`,
+which the jobs it runs are handed (see ``job.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from rq.worker import SimpleWorker, WorkerStatus
+
+from fanout._proc import spawn_fanout_worker
+from fanout.backends.local import LocalBackend
+from fanout.backends.rq.connection import connect, mask_url, redis_url, url_passwords
+from fanout.backends.rq.job import FanoutJob, JobStopped, WorkerContext
+from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
+from fanout.errors import SignatureError, TargetNotAllowed
+
+HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
+
+
+class FanoutWorker(SimpleWorker):
+    """An RQ worker that runs jobs in-process, tasks in a long-lived task process."""
+
+    job_class = FanoutJob
+
+    def __init__(self, *args: Any, context: WorkerContext | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # RQ makes instances of its own too (Worker.all); those run no jobs.
+        self.context = context or WorkerContext(self.name, "", ())
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        ctx = self.context
+        ctx.stop_requested = False
+        job.context = ctx
+        execution = self.prepare_execution(job)
+        last = time.monotonic()
+
+        def heartbeat() -> None:
+            nonlocal last
+            if time.monotonic() - last >= HEARTBEAT_SECONDS:
+                last = time.monotonic()
+                self.maintain_heartbeats(job, execution)
+
+        ctx.heartbeat = heartbeat
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            ctx.heartbeat = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]
+        # Tells callers this worker heartbeats every HEARTBEAT_SECONDS, so that a
+        # silence of a few heartbeats means it died (RQ alone waits for minutes).
+        self.connection.hset(self.key, "fanout_heartbeat", HEARTBEAT_SECONDS)
+
+    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+        if exc_info and exc_info[0] is JobStopped:
+            # Asked for (stop-job, Ctrl-C on the caller): one line, no traceback.
+            self.log.warning("Worker %s: job %s stopped", self.name, job.id)
+            return
+        refused = _refusal(exc_info)
+        if refused is not None:
+            # Not run, by design: one line, and the job goes to the failed registry.
+            self.log.warning("Worker %s: job %s refused: %s: %s", self.name, job.id,
+                             type(refused).__name__, refused)  # fmt: skip
+            return
+        super().handle_exception(job, *exc_info)
+
+    def kill_horse(self, sig: Any = None) -> None:
+        """RQ's stop-job and cold shutdown: end the task running in the task process
+        (there is no work-horse); the job then stops."""
+        self.context.stop_requested = True
+        if self.context.executor is not None:
+            self.context.executor.kill_running()
+
+
+class TaskProcess(LocalBackend):
+    """The task process of a ``fanout worker``: its results are the rq backend's."""
+
+    name = "rq"
+
+
+def _refusal(exc_info: tuple[Any, ...]) -> BaseException | None:
+    """The SignatureError or TargetNotAllowed behind a failed job, if that is why."""
+    exc = exc_info[1] if len(exc_info) > 1 else None
+    while exc is not None:
+        if isinstance(exc, SignatureError | TargetNotAllowed):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def default_worker_name() -> str:
+    return f"fanout-{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(
+    url: str | None = None,
+    queue: str = "fanout",
+    name: str | None = None,
+    burst: bool = False,
+    processes: int = 1,
+    allow: tuple[str, ...] = (),
+    secret_file: str | None = None,
+) -> int:
+    """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code.
+
+    ``allow``: module prefixes whose targets may run (empty: any). ``secret_file``, else
+    ``FANOUT_SECRET_FILE`` or ``FANOUT_SECRET``: only signed jobs run, results are signed.
+    """
+    url = redis_url(url)
+    keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
+    if processes > 1:
+        return _run_pool(url, queue, name, burst, processes, allow, secret_file)
+    connection = connect(url, socket_timeout=None)
+    name = name or default_worker_name()
+    executor = TaskProcess(workers=1, daemon=False, process_name=name)
+    context = WorkerContext(name, url, allow, executor)
+    # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
+    worker = FanoutWorker(
+        [queue],
+        connection=connection,
+        name=name,
+        worker_ttl=15 + int(HEARTBEAT_SECONDS),
+        serializer=serializer_for(keyring, allow),
+        context=context,
+    )
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
+    for warning in safety_warnings(url, keyring, allow):
+        say(f"fanout worker {name}: warning: {warning}")
+    try:
+        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+    finally:
+        executor.close(cancel=True)
+    return 0
+
+
+def safety_warnings(url: str, keyring: Keyring | None, allow: tuple[str, ...]) -> list[str]:
+    """What makes this worker easy to abuse, one line each (docs/security.md)."""
+    warnings = []
+    if keyring is None:
+        warnings.append(
+            "jobs are not signed: anyone who can write to this Redis can run code on this"
+            " worker; set FANOUT_SECRET or --secret-file on workers and clients"
+        )
+    parts = urlsplit(url)
+    no_password = not url_passwords(url)
+    if parts.scheme != "unix" and no_password and not _is_loopback(parts.hostname or "localhost"):
+        warnings.append(
+            f"Redis at {parts.hostname} is not on this machine and fanout connects"
+            " without a password: require one (requirepass or an ACL user) and use it"
+            " in the URL"
+        )
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _run_pool(
+    url: str,
+    queue: str,
+    name: str | None,
+    burst: bool,
+    processes: int,
+    allow: tuple[str, ...],
+    secret_file: str | None,
+) -> int:
+    """``--processes N``: N single-process workers, stopped together."""
+    base = name or default_worker_name()
+    env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
+    env.update(secret_env(None, secret_file))
+    children = [
+        spawn_fanout_worker(queue, f"{base}-{i}", env, burst=burst) for i in range(1, processes + 1)
+    ]
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)

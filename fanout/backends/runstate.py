@@ -1,0 +1,336 @@
+"""The run logic every backend shares, written once: one :class:`RunState` per map() call.
+
+A backend makes a ``RunState`` (or a subclass adding its own dispatch state) for each
+run and drives it; everything about *what* to run and *what counts* lives here:
+
+- input taken lazily, with a bound (``window``) on how far an ordered run may read ahead;
+- batches: tasks waiting for a retry first, then fresh items, each input that is not a
+  plain value pickled here in the caller (one that cannot be fails its own task);
+- sizing from measurements: seconds and pickled bytes per task;
+- outcomes: worker records become results; a failed attempt is retried while
+  ``retries`` allow (the attempt counts), tasks a lost worker never started go back to
+  the front of the line (no attempt counted, bounded by ``MAX_FREE_REQUEUES``), and a
+  target no worker can load fails every task left at once instead of looping;
+- exactly one result per index taken, in input order when asked (the reorder buffer);
+- the input's own exception raised after the results of the tasks taken before it.
+
+Runs are independent of one another: a backend may drive several at once over one set
+of workers (each batch knows its run), which the drop-in executors rely on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
+from typing import Any
+
+from fanout import _task
+from fanout._task import RAW_TYPES, load_value
+from fanout._wire import OK_RAW, STATUS, Record, Task, TaskBatch
+from fanout.backends.base import MapSpec
+from fanout.errors import SerializationError, TargetError
+from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
+
+# How far past the oldest unyielded result an ordered run may take input, at least.
+ORDER_WINDOW = 10_000
+# A task requeued for free (its worker died outside any task) this often is charged.
+MAX_FREE_REQUEUES = 3
+
+_DROPPED = object()  # marks an input that failed to pickle in the caller
+# Failures that would only repeat: a value that cannot be pickled, a target that cannot load.
+_NOT_RETRIED = frozenset({SerializationError.__name__, TargetError.__name__})
+
+
+class RunState:
+    """Input, retries, measurements and ready results of one map() call."""
+
+    def __init__(self, spec: MapSpec, backend: str) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.source = spec.items
+        self.exhausted = False
+        self.input_error: BaseException | None = None
+        self.finished = False
+        self.outstanding = 0  # tasks taken from the input without a final result yet
+        self.next_index = 0  # index of the next item to take
+        self.next_yield = 0  # ordered runs: index of the next result to yield
+        self.ready: deque[TaskResult] = deque()
+        self.reorder: dict[int, TaskResult] = {}
+        self.retry: deque[Task] = deque()  # tasks to send again, first in line first
+        self.broken: TaskError | None = None  # set when no task can run any more
+        self.free_requeues: dict[int, int] = {}  # index -> requeues its worker's death cost
+        self.per_task: float | None = None  # measured seconds per task
+        self.bytes_seen: dict[bool, float] = {}  # measured pickled bytes per task, in and out
+        self.bytes_per_task: float | None = None
+
+    def done(self) -> bool:
+        return self.exhausted and self.outstanding == 0 and not self.ready
+
+    # -- measuring and sizing ---------------------------------------------------------
+
+    def measure(self, span: float, tasks: int) -> None:
+        """Fold ``tasks`` that took ``span`` seconds in all into the per-task estimate."""
+        per = max(span, 0.0) / max(tasks, 1)
+        self.per_task = per if self.per_task is None else 0.5 * (self.per_task + per)
+
+    def measure_records(self, records: Sequence[Record]) -> None:
+        """Measure from the timings of consecutive records of one worker."""
+        _, _, _, first_started, *_ = records[0]
+        _, _, _, _, last_finished, *_ = records[-1]
+        self.measure(last_finished - first_started, len(records))
+
+    def measure_bytes(self, nbytes: int, tasks: int, inputs: bool) -> None:
+        """Fold a message of ``nbytes`` carrying ``tasks`` inputs (or results) in."""
+        per = nbytes / max(tasks, 1)
+        old = self.bytes_seen.get(inputs)
+        self.bytes_seen[inputs] = per if old is None else 0.5 * (old + per)
+        self.bytes_per_task = max(self.bytes_seen.values())
+
+    def sized(self, seconds: float, max_tasks: int, max_bytes: int) -> int:
+        """How many tasks make a batch of about ``seconds`` of work and ``max_bytes``;
+        one until durations are measured, so slow tasks spread from the start."""
+        if self.per_task is None:
+            return 1
+        size = min(max_tasks, int(seconds / max(self.per_task, 1e-7)))
+        if self.bytes_per_task:
+            size = min(size, int(max_bytes / self.bytes_per_task))
+        return max(1, size)
+
+    def batch_size(self) -> int:
+        """How many tasks the next batch holds; backends size by their own costs."""
+        return 1
+
+    def window(self) -> int:
+        """How far past the oldest unyielded result an ordered run may take input."""
+        return ORDER_WINDOW
+
+    # -- taking input -----------------------------------------------------------------
+
+    def take_fresh(self, room: int) -> tuple[int, list[Any]]:
+        """Up to ``room`` new items and the index of the first; fewer when far ahead."""
+        start = self.next_index
+        if self.exhausted or room <= 0:
+            return start, []
+        if self.spec.ordered:
+            room = min(room, self.window() - (self.next_index - self.next_yield))
+            if room <= 0:
+                return start, []
+        fresh: list[Any] = []
+        append = fresh.append
+        try:
+            for item in itertools.islice(self.source, room):
+                append(item)
+        except Exception as exc:
+            # Stop reading input; tasks already taken still finish and are yielded.
+            self.exhausted = True
+            self.input_error = exc
+        else:
+            if len(fresh) < room:
+                self.exhausted = True
+        self.next_index += len(fresh)
+        self.outstanding += len(fresh)
+        return start, fresh
+
+    def take_batch(self) -> TaskBatch | None:
+        """The next batch to send: retries first, then fresh items; None if nothing now."""
+        if self.broken is not None:
+            self.fail_the_rest(self.broken)
+            return None
+        size = self.batch_size()
+        retried = self.take_retries(size)
+        start, fresh = self.take_fresh(size - len(retried))
+        batch = self.pickle_fresh(start, fresh)
+        if not retried:
+            return batch
+        indices = [t.index for t in retried]
+        items = [t.item for t in retried]
+        pickled = [pos for pos, t in enumerate(retried) if t.pickled]
+        attempts = [t.attempts for t in retried]
+        if batch is not None:
+            pickled += [len(indices) + pos for pos in batch.pickled]
+            indices += batch.indices
+            items += batch.items
+            attempts += [0] * len(batch)
+        return TaskBatch(indices, items, pickled, attempts)
+
+    def take_retries(self, size: int) -> list[Task]:
+        retry = self.retry
+        return [retry.popleft() for _ in range(min(size, len(retry)))]
+
+    def pickle_fresh(self, start: int, fresh: list[Any]) -> TaskBatch | None:
+        """Fresh items as a batch: plain values as they are, others pickled here (an
+        input that cannot be pickled fails its own task and is left out)."""
+        if not fresh:
+            return None
+        pickled: list[int] = []
+        failed = False
+        for pos, item in enumerate(fresh):
+            if type(item) in RAW_TYPES or _task.is_raw(item):
+                continue
+            try:
+                fresh[pos] = _task.dumps(item)
+                pickled.append(pos)
+            except Exception as exc:
+                self.fail_in_caller(start + pos, _task.input_error(start + pos, exc))
+                fresh[pos] = _DROPPED
+                failed = True
+        if not failed:
+            return TaskBatch(range(start, start + len(fresh)), fresh, pickled)
+        keep = [pos for pos, item in enumerate(fresh) if item is not _DROPPED]
+        if not keep:
+            return None
+        renumber = {pos: i for i, pos in enumerate(keep)}
+        return TaskBatch(
+            [start + pos for pos in keep],
+            [fresh[pos] for pos in keep],
+            [renumber[pos] for pos in pickled],
+        )
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def settle(
+        self,
+        records: Sequence[Record],
+        info: WorkerInfo,
+        attempts: Sequence[int] | None,
+        task_of: Callable[[int], Task],
+    ) -> None:
+        """Records of one worker become results: ``attempts[i]`` were made before
+        ``records[i]`` (None: all first tries); ``task_of(i)`` is its task, sent again
+        when the attempt failed and ``retries`` allow."""
+        if attempts is None and not any(record[STATUS] for record in records):
+            self.finish_many(_first_try_results(records, info))  # the common case
+            return
+        done: list[TaskResult] = []
+        for i, (index, status, payload, started, finished, duration, output) in enumerate(records):
+            tries = 1 if attempts is None else attempts[i] + 1
+            if status == OK_RAW:
+                done.append(
+                    make_result(
+                        index, True, payload, None, info, tries,
+                        started, finished, duration, output,
+                    )
+                )  # fmt: skip
+                continue
+            ok, value = load_value(index, status, payload)
+            result = make_result(
+                index, ok, value if ok else None, None if ok else value, info, tries,
+                started, finished, duration, output,
+            )  # fmt: skip
+            if ok:
+                done.append(result)
+                continue
+            if value.type == TargetError.__name__:
+                self.break_target(value)  # no worker can load it: every task would fail
+            retryable = value.type not in _NOT_RETRIED
+            self.failed_attempt(task_of(i), result, retryable)
+        self.finish_many(done)
+
+    def failed_attempt(self, task: Task, result: TaskResult, retryable: bool = True) -> None:
+        """A task's attempt failed: send it again while ``retries`` allow, else report it."""
+        if retryable and self.broken is None and task.attempts + 1 <= self.spec.retries:
+            self.retry.append(task.tried_again())
+        else:
+            self.finish(result)
+
+    def requeue(self, tasks: Iterable[Task]) -> None:
+        """Tasks a lost worker held but never started: first in line, in their order,
+        with no attempt counted."""
+        self.retry.extendleft(reversed(list(tasks)))
+
+    def suspect(self, index: int) -> bool:
+        """Count a free requeue against ``index``; True once it has had too many (then
+        charge it an attempt, so that nothing loops forever)."""
+        count = self.free_requeues.get(index, 0) + 1
+        self.free_requeues[index] = count
+        return count >= MAX_FREE_REQUEUES
+
+    def break_target(self, error: TaskError) -> None:
+        """No task can run any more (the target cannot be loaded, jobs are refused):
+        every task left fails with ``error`` instead of being tried."""
+        self.broken = error
+
+    def fail_in_caller(self, index: int, error: TaskError) -> None:
+        """A task that failed before reaching any worker (attempts: 0)."""
+        now = time.time()
+        info = WorkerInfo.current(self.backend)
+        self.finish(TaskResult(index, False, None, error, info, 0, now, now, 0.0))
+
+    def fail_the_rest(self, error: TaskError, limit: int = 1024) -> None:
+        """Fail the tasks waiting for a retry and up to ``limit`` items of the input."""
+        while self.retry:
+            self.fail_in_caller(self.retry.popleft().index, error)
+        start, fresh = self.take_fresh(limit)
+        for offset in range(len(fresh)):
+            self.fail_in_caller(start + offset, error)
+
+    def finish(self, result: TaskResult) -> None:
+        self.finish_many([result])
+
+    def finish_many(self, results: list[TaskResult]) -> None:
+        """Final results: ready to yield now, or once the results before them are."""
+        self.outstanding -= len(results)
+        if not self.spec.ordered:
+            self.ready.extend(results)
+            return
+        reorder, ready = self.reorder, self.ready
+        for result in results:
+            if result.index == self.next_yield and not reorder:
+                ready.append(result)  # the common case: results arrive in order
+                self.next_yield += 1
+            else:
+                reorder[result.index] = result
+        while self.next_yield in reorder:
+            ready.append(reorder.pop(self.next_yield))
+            self.next_yield += 1
+
+    # -- the results generator --------------------------------------------------------
+
+    def results(self, step: Callable[[], None], end: Callable[[], None]) -> Iterator[TaskResult]:
+        """Yield results, calling ``step`` to make progress; ``end`` runs however it ends."""
+        try:
+            while True:
+                while self.ready:
+                    yield self.ready.popleft()
+                if self.done():
+                    break
+                step()
+        finally:
+            self.finished = True
+            self.retry.clear()
+            end()
+        if self.input_error is not None:
+            raise self.input_error
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:
+    """The results of records that are all first-try successes with a raw value.
+
+    The same objects as ``make_result`` builds, made with C-level loops: building one
+    result per task is most of what the caller spends per task.
+    """
+    results = list(map(_new, repeat(TaskResult, len(records))))
+    states = [
+        {
+            "index": index,
+            "ok": True,
+            "value": value,
+            "error": None,
+            "worker": info,
+            "attempts": 1,
+            "started_at": started,
+            "finished_at": finished,
+            "duration": duration,
+            "output": output,
+        }
+        for index, _, value, started, finished, duration, output in records
+    ]
+    deque(map(_set, results, repeat("__dict__"), states), maxlen=0)
+    return results

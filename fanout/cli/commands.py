@@ -1,0 +1,182 @@
+"""The commands: each parses its options and calls the library, nothing more.
+
+Options a backend takes (``--daemon``, ``--redis-url``, ...) go to it by name when they
+are given; the backend refuses one it does not take (UnknownOption), said here as the
+flag the user typed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import typer
+
+from fanout.api import Fanout
+from fanout.cli import options as opt
+from fanout.cli.exitcodes import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    fail,
+)
+from fanout.cli.inputs import InputSource
+from fanout.cli.views import HumanView, JsonView, View, consume
+from fanout.errors import BackendUnavailable, FanoutError, InputError, UnknownOption
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fan one Python function out over many inputs, on local processes or RQ workers.",
+)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Show the version and exit."),
+) -> None:
+    if version:
+        from fanout import __version__
+
+        typer.echo(f"fanout {__version__}")
+        raise typer.Exit()
+
+
+@app.command("run")
+def run_command(
+    target: opt.Target,
+    items: opt.Items = None,
+    range_: opt.Range = None,
+    repeat: opt.Repeat = None,
+    input_: opt.Input = None,
+    star: opt.Star = False,
+    backend: opt.BackendName = None,
+    workers: opt.Workers = None,
+    redis_url: opt.RunRedisUrl = None,
+    queue: opt.RunQueue = None,
+    secret_file: opt.RunSecretFile = None,
+    timeout: opt.Timeout = None,
+    retries: opt.Retries = 0,
+    ordered: opt.Ordered = True,
+    json_out: opt.Json = False,
+    progress: opt.ShowProgress = None,
+    daemon: opt.Daemon = None,
+) -> None:
+    """Run TARGET once per input and report every result with the process that made it."""
+    given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file}
+    options = {name: value for name, value in given.items() if value is not None}
+    sys.path.insert(0, os.getcwd())  # like `python -m`: targets in the current directory
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        inputs = InputSource(items, range_, repeat, input_)
+        view: View
+        with Fanout(backend, workers, **options) as fo:
+            view = JsonView() if json_out else HumanView(fo.backend_name)
+            results = fo.map(
+                target, inputs.items(keep=not json_out), repeat=repeat, star=star,
+                ordered=ordered, timeout=timeout, retries=retries,
+            )  # fmt: skip
+            show_bar = progress if progress is not None else sys.stderr.isatty()
+            try:
+                code = consume(results, view, inputs.total, show_bar)
+            except InputError:
+                view.finish(inputs.kept)  # bad input part-way: show the tasks that ran
+                raise
+            view.finish(inputs.kept)
+    except KeyboardInterrupt:
+        fail_quietly("interrupted; workers stopped", EXIT_INTERRUPTED)
+    except _Terminated:
+        fail_quietly("terminated; workers stopped", EXIT_TERMINATED)
+    except UnknownOption as exc:
+        fail(f"{opt.BACKEND_FLAGS.get(exc.option, exc.option)} does not apply to the"
+             f" {exc.backend} backend", EXIT_USAGE)  # fmt: skip
+    except BackendUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except (FanoutError, ValueError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    raise typer.Exit(code)
+
+
+def fail_quietly(message: str, code: int) -> None:
+    typer.echo(f"fanout: {message}", err=True)
+    raise typer.Exit(code) from None
+
+
+@app.command("worker")
+def worker_command(
+    redis_url: opt.RedisUrl = None,
+    queue: opt.WorkerQueue = "fanout",
+    name: opt.WorkerName = None,
+    burst: opt.Burst = False,
+    processes: opt.Processes = 1,
+    allow: opt.Allow = None,
+    secret_file: opt.SecretFile = None,
+) -> None:
+    """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
+    from fanout.backends.rq.allowlist import parse_allow
+    from fanout.backends.rq.worker import run_worker
+
+    sys.path.insert(0, os.getcwd())  # like `rq worker`: task modules in the current directory
+    try:
+        prefixes = parse_allow(allow or [])
+        code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file)
+    except BackendUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status_command(
+    redis_url: opt.RedisUrl = None,
+    queue: opt.StatusQueue = None,
+    json_out: opt.StatusJson = False,
+) -> None:
+    """Queues with their lengths, and workers with name, pid, host, state, current job."""
+    from fanout.backends.rq.status import queue_status
+
+    try:
+        status = queue_status(redis_url, queue)
+    except BackendUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    if json_out:
+        typer.echo(json.dumps(status))
+        return
+    _print_status(status)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"Redis {status['redis']}")
+    queues = Table("queue", "length", box=None, header_style="bold")
+    for q in status["queues"]:
+        queues.add_row(q["name"], str(q["length"]))
+    console.print(queues)
+    workers = Table(
+        "worker", "pid", "host", "state", "current job", "queues", box=None, header_style="bold"
+    )
+    for w in status["workers"]:
+        workers.add_row(
+            w["name"], str(w["pid"]), w["host"] or "", w["state"], w["current_job"] or "-",
+            ", ".join(w["queues"]),
+        )  # fmt: skip
+    console.print(workers)
+    console.print(f"{len(status['queues'])} queue(s), {len(status['workers'])} worker(s)")
