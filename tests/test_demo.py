@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import ROOT, RedisServer, cli_env, start_python, stop_workers
+from tests.helpers import ROOT, RedisServer, cli_env, start_python, stop_workers
 
 COMPOSE = ROOT / "docker-compose.yml"
 

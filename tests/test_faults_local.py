@@ -53,7 +53,8 @@ def test_chaos_random_sigkills_with_retries_lose_nothing() -> None:
     exactly_one_each(results, len(items))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     assert len(kills) >= 10, f"only {len(kills)} kills: the chaos did not happen"
-    assert any(r.attempts > 1 for r in results) or len(kills) > 0
+    # Kills landed mid-task: those tasks were retried, and their attempts say so.
+    assert any(r.attempts > 1 for r in results), "no task was ever retried"
 
 
 @pytest.mark.timeout(60)

@@ -16,6 +16,7 @@ import pytest
 import fanout
 from fanout import Fanout
 from tests import tasks
+from tests.helpers import gone, wait_until
 
 
 def test_four_half_second_tasks_on_two_workers_run_in_parallel() -> None:
@@ -49,7 +50,7 @@ def test_no_daemon_workers_may_start_processes_of_their_own() -> None:
     [
         (tasks.kill_self, signal.SIGKILL, "killed by signal SIGKILL"),
         (tasks.exit_hard, 7, "exited with code 7"),
-        (tasks.kill_self, signal.SIGSEGV, "killed by signal SIGSEGV"),
+        (tasks.crash_quietly, signal.SIGSEGV, "killed by signal SIGSEGV"),
     ],
 )
 def test_worker_dying_mid_task_gives_worker_lost_and_the_pool_carries_on(
@@ -112,16 +113,7 @@ def test_timeout_kills_the_task_and_its_children(tmp_path) -> None:
     assert results[0].error is not None
     assert results[0].error.type == "TaskTimeout"
     grandchild = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while psutil.pid_exists(grandchild) and time.monotonic() < deadline:
-        try:
-            if psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
-    else:
-        assert not psutil.pid_exists(grandchild), "the task's child outlived its timeout"
+    wait_until(lambda: gone(grandchild), 5, "the task's child ends with its timeout")
 
 
 def test_timeout_with_retries_counts_attempts() -> None:
@@ -199,11 +191,9 @@ def test_workers_exit_when_the_caller_is_sigkilled(daemon: bool) -> None:
         [sys.executable, "-c", CALLER_SCRIPT.format(daemon=daemon)], cwd=os.getcwd()
     )
     proc = psutil.Process(caller.pid)
-    deadline = time.monotonic() + 20
-    workers: list[psutil.Process] = []
-    while len(workers) < 2 and time.monotonic() < deadline:
-        workers = proc.children()
-        time.sleep(0.05)
+    workers: list[psutil.Process] = wait_until(
+        lambda: len(proc.children()) >= 2 and proc.children(), 20, "the caller's two workers"
+    )
     assert len(workers) == 2
     caller.kill()
     caller.wait(5)

@@ -10,7 +10,7 @@ import pytest
 
 import fanout
 from fanout import Backend, MapSpec, TaskResult, UnknownBackend
-from fanout.backends import backend_names, get_backend
+from fanout.backends import backend_names, get_backend, unregister_backend
 from tests import tasks
 
 
@@ -90,8 +90,12 @@ def test_register_backend_in_code() -> None:
             yield from inner.map(spec)
 
     fanout.register_backend("doubling", Doubling)
-    assert get_backend("doubling") is Doubling
-    assert [r.value for r in fanout.run(tasks.square, [3], backend="doubling")] == [9]
+    try:
+        assert get_backend("doubling") is Doubling
+        assert [r.value for r in fanout.run(tasks.square, [3], backend="doubling")] == [9]
+    finally:
+        unregister_backend("doubling")
+    assert "doubling" not in backend_names()
 
 
 def test_import_fanout_does_not_import_the_cli_stack() -> None:
@@ -104,3 +108,11 @@ def test_import_fanout_does_not_import_the_cli_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_option_a_backend_does_not_take_is_a_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="inline backend takes no option 'daemon'") as info:
+        fanout.Fanout("inline", daemon=True)
+    assert isinstance(info.value, fanout.FanoutError)
+    with pytest.raises(ValueError, match=r"its options: daemon, process_name"):
+        fanout.Fanout("local", queue="q")

@@ -30,7 +30,7 @@ from rq import Worker
 
 import fanout
 from tests import tasks
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     RQ_WORKERS,
     SESSION_PIDS,

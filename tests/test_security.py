@@ -43,7 +43,7 @@ from fanout.backends.rq.signing import MAGIC, Keyring, key_id, load_keyring, ser
 from fanout.backends.rq.worker import safety_warnings
 from fanout.errors import SignatureError, TargetNotAllowed
 from tests import evil_tasks, tasks
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     SECRETS_IN_TESTS,
     SESSION_PIDS,
@@ -53,7 +53,7 @@ from tests.conftest import (
     wait_for_workers,
     wait_until,
 )
-from tests.conftest import (
+from tests.helpers import (
     run_fanout as cli,
 )
 

@@ -1,0 +1,261 @@
+"""The backend contract's tests, for any backend (see :mod:`fanout.backends.base`).
+
+Subclass :class:`BackendContract` in a test module of your own and give it a
+``fanout_options`` fixture: the keyword arguments of ``fanout.run`` and ``fanout.Fanout``
+that select your backend with two workers::
+
+    import pytest
+    from fanout.testing.contract import BackendContract
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def fanout_options(self):
+            return {"backend": "mybackend", "workers": 2}
+
+The tests ask the backend class's capability flags (``runs_in_caller``,
+``workers_are_children``, ``needs_importable_target``) what to expect, never its name.
+Their task functions live in :mod:`fanout.testing.tasks`, importable wherever fanout is
+installed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fanout
+from fanout import TaskFailed, TaskResult
+from fanout.backends import Backend, get_backend
+from fanout.testing import tasks
+
+Run = Callable[..., list[TaskResult]]
+MakeFanout = Callable[[], fanout.Fanout]
+
+
+class BackendContract:
+    """The contract's tests; a subclass provides the ``fanout_options`` fixture."""
+
+    @pytest.fixture
+    def fanout_options(self) -> dict[str, Any]:
+        raise NotImplementedError("give the contract a fanout_options fixture (see above)")
+
+    @pytest.fixture
+    def backend_class(self, fanout_options: dict[str, Any]) -> type[Backend]:
+        """The class of the backend under test (its capability flags)."""
+        name = fanout_options.get("backend") or os.environ.get("FANOUT_BACKEND") or "local"
+        return get_backend(name)
+
+    @pytest.fixture
+    def worker_processes(self, fanout_options: dict[str, Any]) -> int:
+        """How many processes run the tasks (override for a backend with its own pool)."""
+        return int(fanout_options.get("workers") or 2)
+
+    @pytest.fixture
+    def run(self, fanout_options: dict[str, Any]) -> Run:
+        """``fanout.run`` on the backend under test."""
+
+        def run(target: Any, items: Any = None, **kwargs: Any) -> list[TaskResult]:
+            return fanout.run(target, items, **{**fanout_options, **kwargs})
+
+        return run
+
+    @pytest.fixture
+    def make_fanout(self, fanout_options: dict[str, Any]) -> MakeFanout:
+        return lambda: fanout.Fanout(**fanout_options)
+
+    def test_results_come_back_in_input_order_with_values(self, run: Run) -> None:
+        results = run(tasks.square, range(20))
+        assert [r.index for r in results] == list(range(20))
+        assert [r.value for r in results] == [x * x for x in range(20)]
+        assert all(r.ok and r.error is None and r.attempts == 1 for r in results)
+
+    def test_unordered_map_yields_each_index_exactly_once(self, make_fanout: MakeFanout) -> None:
+        with make_fanout() as fo:
+            results = list(fo.map(tasks.square, range(50), ordered=False))
+        assert sorted(r.index for r in results) == list(range(50))
+        assert all(r.value == r.index**2 for r in results)
+
+    def test_identity_inside_the_task_equals_the_reported_worker(
+        self, run: Run, backend_class: type[Backend]
+    ) -> None:
+        results = run(tasks.whoami, range(6))
+        for r in results:
+            assert r.value == {
+                "name": r.worker.name,
+                "pid": r.worker.pid,
+                "ppid": r.worker.ppid,
+                "host": r.worker.host,
+            }
+            assert r.worker.backend == backend_class.name
+            if backend_class.runs_in_caller or backend_class.workers_are_children:
+                assert r.worker.host == socket.gethostname()
+
+    def test_tasks_run_in_the_caller_its_children_or_elsewhere(self, run, backend_class) -> None:
+        results = run(tasks.whoami, range(4))
+        pids = {r.worker.pid for r in results}
+        ppids = {r.worker.ppid for r in results}
+        if backend_class.runs_in_caller:
+            assert pids == {os.getpid()}
+            assert ppids == {os.getppid()}
+        elif backend_class.workers_are_children:
+            assert ppids == {os.getpid()}
+            assert os.getpid() not in pids
+        else:  # remote workers: neither the caller nor its children
+            assert os.getpid() not in pids | ppids
+
+    def test_printed_output_is_captured_per_task(self, run: Run) -> None:
+        results = run(tasks.chatty, [1, 2])
+        assert [r.output for r in results] == ["out 1\nerr 1\n", "out 2\nerr 2\n"]
+
+    def test_task_exception_is_a_failed_result_with_the_remote_traceback(self, run: Run) -> None:
+        results = run(tasks.fail, ["x", "y"])
+        for r in results:
+            assert not r.ok
+            assert r.value is None
+            assert r.error is not None
+            assert r.error.type == "ValueError"
+            assert r.error.message == f"bad input {['x', 'y'][r.index]!r}"
+            assert tasks.__file__ in r.error.traceback
+            assert "in fail" in r.error.traceback
+
+    def test_unwrap_returns_the_value_or_raises_task_failed(self, run: Run) -> None:
+        ok, bad = run(tasks.divide, [2, 0])
+        assert ok.unwrap() == 0.5
+        with pytest.raises(TaskFailed) as info:
+            bad.unwrap()
+        assert info.value.error.type == "ZeroDivisionError"
+        assert "ZeroDivisionError" in str(info.value.__cause__)
+        assert info.value.index == 1
+
+    def test_star_unpacks_each_item(self, run: Run) -> None:
+        results = run(tasks.add, [(1, 2), [3, 4]], star=True)
+        assert [r.value for r in results] == [3, 7]
+
+    def test_repeat_calls_the_target_without_arguments(self, run: Run) -> None:
+        results = run(tasks.whoami, repeat=5)
+        assert len(results) == 5
+        assert all(r.ok for r in results)
+
+    def test_string_target_is_imported(self, run: Run) -> None:
+        results = run("fanout.testing.tasks:square", [3])
+        assert results[0].value == 9
+
+    def test_unpicklable_input_fails_only_its_own_task(self, run: Run) -> None:
+        results = run(tasks.identity, [1, threading.Lock(), 3])
+        assert [r.ok for r in results] == [True, False, True]
+        error = results[1].error
+        assert error is not None
+        assert error.type == "SerializationError"
+        assert "task 1" in error.message
+        assert "lock" in error.message
+
+    def test_unpicklable_return_value_fails_only_its_own_task(self, run: Run) -> None:
+        results = run(tasks.return_lock, [0, 1])
+        for r in results:
+            assert r.error is not None
+            assert r.error.type == "SerializationError"
+            assert f"task {r.index}" in r.error.message
+        assert run(tasks.square, [4])[0].value == 16
+
+    def test_lambdas_and_closures_run_where_they_can(
+        self, run: Run, backend_class: type[Backend]
+    ) -> None:
+        offset = 10
+
+        def shifted(x: int) -> int:
+            return x + offset
+
+        if backend_class.needs_importable_target:  # refused up front
+            with pytest.raises(fanout.TargetError, match="closure"):
+                run(shifted, [1])
+            with pytest.raises(fanout.TargetError, match="lambda"):
+                run(lambda x: -x, [1])
+            return
+        assert [r.value for r in run(shifted, [1, 2])] == [11, 12]
+        assert [r.value for r in run(lambda x: -x, [1, 2])] == [-1, -2]
+
+    def test_lambda_items_travel_through_cloudpickle(self, run: Run) -> None:
+        results = run(tasks.identity, [lambda: 1])
+        assert results[0].ok
+        assert results[0].value() == 1
+
+    def test_result_timing_fields_are_consistent(self, run: Run) -> None:
+        (r,) = run(tasks.sleep_for, [0.05])
+        assert isinstance(r, TaskResult)
+        assert r.finished_at >= r.started_at
+        assert 0.04 <= r.duration <= 2.0
+        assert abs((r.finished_at - r.started_at) - r.duration) < 0.01
+
+    def test_retries_rerun_a_failing_task_and_count_attempts(
+        self, run: Run, tmp_path: Path
+    ) -> None:
+        marker = str(tmp_path / "count")
+        (r,) = run(tasks.fail_until, [(marker, 2)], star=True, retries=2)
+        assert r.ok
+        assert r.value == 3
+        assert r.attempts == 3
+
+    def test_retries_exhausted_reports_the_last_failure(self, run: Run, tmp_path: Path) -> None:
+        marker = str(tmp_path / "count")
+        (r,) = run(tasks.fail_until, [(marker, 5)], star=True, retries=1)
+        assert not r.ok
+        assert r.attempts == 2
+        assert r.error is not None
+        assert r.error.message == "attempt 2 fails"
+
+    def test_timeout_ends_an_overrunning_task_and_others_carry_on(self, run: Run) -> None:
+        results = run(tasks.sleep_for, [5, 0.01, 0.01], timeout=0.5)
+        assert results[0].error is not None
+        assert results[0].error.type == "TaskTimeout"
+        assert [r.ok for r in results[1:]] == [True, True]
+
+    def test_input_iterator_raising_part_way_yields_taken_tasks_then_raises(
+        self, make_fanout: MakeFanout
+    ) -> None:
+        def items():
+            yield 1
+            yield 2
+            raise OSError("input broke")
+
+        with make_fanout() as fo:
+            results = fo.map(tasks.square, items())
+            seen = [next(results).value, next(results).value]
+            with pytest.raises(OSError, match="input broke"):
+                next(results)
+        assert seen == [1, 4]
+
+    def test_a_fanout_is_reused_across_maps(
+        self, make_fanout: MakeFanout, backend_class: type[Backend], worker_processes: int
+    ) -> None:
+        with make_fanout() as fo:
+            first = {r.worker.pid for r in fo.map(tasks.whoami, range(10))}
+            second = {r.worker.pid for r in fo.map(tasks.whoami, range(10))}
+            assert [r.value for r in fo.map(tasks.square, [5])] == [25]
+        if backend_class.runs_in_caller:
+            assert first | second == {os.getpid()}
+        else:  # the same workers serve both maps, not a new pool per map
+            assert len(first | second) <= worker_processes
+
+    def test_breaking_out_of_a_map_then_mapping_again(self, make_fanout: MakeFanout) -> None:
+        with make_fanout() as fo:
+            for r in fo.map(tasks.square, range(1000)):
+                if r.index == 3:
+                    break
+            assert [r.value for r in fo.map(tasks.square, [7, 8])] == [49, 64]
+
+    def test_bad_target_raises_before_any_task_runs(self, run: Run) -> None:
+        with pytest.raises(fanout.TargetError, match="no module named"):
+            run("no_such_module_xyz:f", [1])
+        with pytest.raises(fanout.TargetError, match="has no attribute"):
+            run("fanout.testing.tasks:nope", [1])
+        with pytest.raises(fanout.TargetError, match="not of the form"):
+            run("fanout.testing.tasks", [1])
+
+    def test_empty_input_gives_no_results(self, run: Run) -> None:
+        assert run(tasks.square, []) == []
