@@ -22,6 +22,7 @@ from fanout.errors import (
     TaskFailed,
     TaskTimeout,
     UnknownBackend,
+    UnknownOption,
     WorkerLost,
 )
 from fanout.models import TaskError, TaskResult, WorkerInfo
@@ -47,6 +48,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     "TaskFailed",
     "TaskTimeout",
     "UnknownBackend",
+    "UnknownOption",
     "WorkerLost",
     # backends
     "Backend",
