@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 # The contract suite's tasks, shipped with fanout; the tests use them from here too.
+from fanout.testing import tasks as shipped
 from fanout.testing.tasks import (  # noqa: F401 - re-exported for the tests
     add,
     chatty,
@@ -32,15 +33,7 @@ def identity(x: Any) -> Any:
 
 def whoami(_: Any = None) -> dict[str, Any]:
     """The identity of the process running the task, as seen from inside it."""
-    import multiprocessing
-    import socket
-
-    return {
-        "name": multiprocessing.current_process().name,
-        "pid": os.getpid(),
-        "ppid": os.getppid(),
-        "host": socket.gethostname(),
-    }
+    return shipped.whoami(_)
 
 
 def fail(x: Any) -> None:

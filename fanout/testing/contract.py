@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,9 @@ class BackendContract:
             if backend_class.runs_in_caller or backend_class.workers_are_children:
                 assert r.worker.host == socket.gethostname()
 
-    def test_tasks_run_in_the_caller_its_children_or_elsewhere(self, run, backend_class) -> None:
+    def test_tasks_run_in_the_caller_its_children_or_elsewhere(
+        self, run: Run, backend_class: type[Backend]
+    ) -> None:
         results = run(tasks.whoami, range(4))
         pids = {r.worker.pid for r in results}
         ppids = {r.worker.ppid for r in results}
@@ -218,7 +220,7 @@ class BackendContract:
     def test_input_iterator_raising_part_way_yields_taken_tasks_then_raises(
         self, make_fanout: MakeFanout
     ) -> None:
-        def items():
+        def items() -> Iterator[int]:
             yield 1
             yield 2
             raise OSError("input broke")
