@@ -61,10 +61,12 @@ def spawn_fanout_worker(
     burst: bool = False,
     stdout: int | None = None,
     tied_to_parent: bool = False,
+    quiet: bool = False,
 ) -> subprocess.Popen[bytes]:
     """A ``fanout worker`` process serving ``queue`` under ``name``. Secrets and URLs go
     in ``env``, never on the command line, where ``ps`` would show them."""
     args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name]
+    args += ["--quiet"] if quiet else []
     preexec: Callable[[], None] | None = _terminate_with_parent if tied_to_parent else None
     return subprocess.Popen(
         args + (["--burst"] if burst else []),

@@ -56,11 +56,14 @@ def describe(exc: BaseException) -> str:
 
 
 def message_of(exc: BaseException) -> str:
-    """``str(exc)``, which user code may have broken."""
+    """``str(exc)``, which user code may have broken, or a word for a bare MemoryError."""
     try:
-        return str(exc)
+        text = str(exc)
     except Exception as broken:
         return f"<str() of the exception failed: {type(broken).__name__}>"
+    if not text and isinstance(exc, MemoryError):
+        return "out of memory"
+    return text
 
 
 def input_error(index: int, exc: BaseException, action: str = "pickle") -> TaskError:
@@ -123,7 +126,7 @@ def run_one(
     started_at = time.time()
     t0 = time.perf_counter()
     try:
-        value = fn(*arg) if star else fn(arg)
+        value = (fn(**arg) if type(arg) is dict else fn(*arg)) if star else fn(arg)
     except BaseException as exc:
         if in_caller and isinstance(exc, KeyboardInterrupt):
             raise

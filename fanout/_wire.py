@@ -11,6 +11,8 @@ Result record, one task attempt as a worker reports it::
     status OK_RAW      payload is the value itself (a RAW_TYPES value)
            OK_PICKLED  payload is the value's own pickle (one bad value fails one task)
            FAILED      payload is a TaskError
+           NOT_RUN     payload is a TaskError; the target never started for the task
+                       (it could not be loaded, or the input could not be read)
 
 Tasks travel in batches, column by column (:class:`TaskBatch`): the indices, the
 inputs as sent (a raw value, or the input's own pickle at the positions listed in
@@ -28,6 +30,7 @@ from fanout.models import TaskError
 OK_RAW: Final = 0
 OK_PICKLED: Final = 1
 FAILED: Final = 2
+NOT_RUN: Final = 3
 
 # Positions in a result record (Final: type checkers see each field's own type).
 INDEX: Final = 0
@@ -41,9 +44,9 @@ OUTPUT: Final = 6
 Record = tuple[int, int, Any, float, float, float, str]
 
 
-def failed_record(index: int, error: TaskError, now: float) -> Record:
-    """The record of a task that failed before it could run (no time, no output)."""
-    return (index, FAILED, error, now, now, 0.0, "")
+def not_run_record(index: int, error: TaskError, now: float) -> Record:
+    """The record of a task whose target never started (no time, no output)."""
+    return (index, NOT_RUN, error, now, now, 0.0, "")
 
 
 class Task:

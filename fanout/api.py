@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from fanout.backends import Backend, MapSpec, create_backend
+from fanout.backends import Backend, MapSpec, create_backend, get_backend
 from fanout.errors import TargetError
 from fanout.models import TaskResult
 from fanout.targets import resolve_target, why_not_importable
@@ -61,8 +61,11 @@ class Fanout:
         self, backend: str | None = None, workers: int | None = None, **backend_options: Any
     ) -> None:
         name = backend or os.environ.get("FANOUT_BACKEND") or DEFAULT_BACKEND
+        # $FANOUT_WORKERS sets the default; a backend that has no workers ignores it.
         if workers is None and os.environ.get("FANOUT_WORKERS"):
-            workers = _parse_workers(os.environ["FANOUT_WORKERS"], "FANOUT_WORKERS")
+            env_workers = _parse_workers(os.environ["FANOUT_WORKERS"], "FANOUT_WORKERS")
+            if not get_backend(name).runs_in_caller:
+                workers = env_workers
         if workers is not None and (not isinstance(workers, int) or workers < 0):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.backend_name = name
@@ -119,6 +122,11 @@ class Fanout:
         with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
             self._active = weakref.ref(results)
         return results
+
+    @property
+    def stop_note(self) -> str:
+        """What closing early did (for a message after an interruption)."""
+        return self._backend.stop_note()
 
     def close(self, cancel: bool = False) -> None:
         """End the workers; ``cancel=True`` does not wait for running tasks. Idempotent."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
 from fanout.errors import TaskFailed
+
+NOT_RUN = "(not run)"  # the worker name of a result that no process ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +26,22 @@ class WorkerInfo:
     backend: str
 
     @classmethod
+    def not_run(cls, backend: str, host: str | None = None) -> WorkerInfo:
+        """The identity of a result that no process ran: decided on ``host`` (default:
+        this one), by no process (``pid == ppid == 0``)."""
+        if host is None:
+            import socket
+
+            host = socket.gethostname()
+        return cls(NOT_RUN, 0, 0, host, backend)
+
+    @classmethod
     def current(cls, backend: str) -> WorkerInfo:
         """The identity of the calling process."""
+        # Imported here: multiprocessing alone would double the time `import fanout` takes.
+        import multiprocessing
+        import socket
+
         return cls(
             multiprocessing.current_process().name,
             os.getpid(),

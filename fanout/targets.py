@@ -34,7 +34,9 @@ def resolve_target(target: Callable[..., Any] | str) -> tuple[Callable[..., Any]
                 f"{location!r} has no attribute {attr!r} (target {target!r})"
             ) from None
     if not callable(obj):
-        raise TargetError(f"target {target!r} is a {type(obj).__name__}, not a callable")
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise TargetError(f"target {target!r} is {article} {kind}, not a callable")
     return obj, None if is_file else f"{location}:{attr}"
 
 

@@ -85,4 +85,6 @@ def options(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     if backend == "rq":
         url = request.getfixturevalue("redis_server").url
         return {"backend": "rq", "redis_url": url}  # the session's two workers
+    if backend == "inline":
+        return {"backend": "inline"}  # every task in the caller: it takes no worker count
     return {"backend": backend, "workers": 2}

@@ -138,3 +138,26 @@ def touch(path: str) -> str:
     with open(path, "w"):
         pass
     return path
+
+
+def fork_and_return(x: int) -> int:
+    """Fork, and return in both processes (a user's mistake the worker must survive)."""
+    os.fork()
+    return x
+
+
+def out_of_memory(_: Any = None) -> None:
+    raise MemoryError()
+
+
+def long_failure(x: int) -> int:
+    """Fail for x == 1234 with a message far longer than a table cell."""
+    if x == 1234:
+        raise ValueError("this message is long: " + " ".join(f"word{i}" for i in range(30)))
+    return x
+
+
+def say_then_sleep(seconds: float) -> float:
+    print(f"slept {seconds}")
+    time.sleep(seconds)
+    return seconds

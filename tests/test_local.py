@@ -257,3 +257,27 @@ def test_workers_started_from_a_thread_survive_the_thread() -> None:
         thread.join()
         rest = list(results)
     assert all(r.ok for r in box + rest), [r.error for r in box + rest]
+
+
+def test_a_task_that_forks_and_returns_twice_still_gives_one_result_each() -> None:
+    for _ in range(3):
+        results = fanout.run(tasks.fork_and_return, range(20), workers=2)
+        assert [r.index for r in results] == list(range(20))
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+
+
+def test_a_bare_memory_error_says_out_of_memory() -> None:
+    (r,) = fanout.run(tasks.out_of_memory, [0], workers=1)
+    assert r.error is not None
+    assert (r.error.type, r.error.message) == ("MemoryError", "out of memory")
+
+
+def test_an_input_that_cannot_be_sent_is_not_run_by_anyone() -> None:
+    import threading
+
+    results = fanout.run(tasks.identity, [1, threading.Lock()], workers=1)
+    bad = results[1]
+    assert bad.attempts == 0
+    assert (bad.worker.name, bad.worker.pid, bad.worker.ppid) == ("(not run)", 0, 0)
+    assert bad.worker.host == __import__("socket").gethostname()
+    assert bad.worker.backend == "local"

@@ -128,3 +128,7 @@ class Backend(ABC):
 
     def close(self, cancel: bool = False) -> None:  # noqa: B027 - optional hook
         """Release workers and connections; ``cancel`` ends running tasks at once."""
+
+    def stop_note(self) -> str:
+        """What ``close(cancel=True)`` did, in a few words (said after a Ctrl-C)."""
+        return "workers stopped"

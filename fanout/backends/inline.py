@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from fanout import _task
-from fanout._wire import Record, TaskBatch, failed_record
+from fanout._wire import Record, TaskBatch, not_run_record
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.runstate import RunState
 from fanout.errors import TaskTimeout
@@ -30,7 +30,15 @@ class InlineBackend(Backend):
     runs_in_caller = True
 
     def __init__(self, workers: int | None = None) -> None:
+        if workers not in (None, 1):
+            raise ValueError(
+                "the inline backend runs every task in the caller, one at a time: it takes"
+                f" no worker count (got {workers})"
+            )
         self.workers = 1
+
+    def stop_note(self) -> str:
+        return "the task running in this process was stopped"
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
         run = RunState(spec, self.name)
@@ -54,7 +62,7 @@ def _attempt(spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture) 
         try:
             item = pickle.loads(item)
         except Exception as exc:
-            return failed_record(index, _task.input_error(index, exc, "unpickle"), time.time())
+            return not_run_record(index, _task.input_error(index, exc, "unpickle"), time.time())
     with (
         contextlib.redirect_stdout(capture),
         contextlib.redirect_stderr(capture),

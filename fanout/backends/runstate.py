@@ -29,7 +29,7 @@ from typing import Any
 
 from fanout import _task
 from fanout._task import RAW_TYPES, load_value
-from fanout._wire import OK_RAW, STATUS, Record, Task, TaskBatch
+from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
@@ -65,6 +65,7 @@ class RunState:
         self.per_task: float | None = None  # measured seconds per task
         self.bytes_seen: dict[bool, float] = {}  # measured pickled bytes per task, in and out
         self.bytes_per_task: float | None = None
+        self.not_run_info: WorkerInfo | None = None  # made once: it looks up the host
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready
@@ -215,6 +216,14 @@ class RunState:
                     )
                 )  # fmt: skip
                 continue
+            if status == NOT_RUN:  # never started: no attempt made, nobody ran it
+                not_run = WorkerInfo.not_run(info.backend, info.host)
+                result = make_result(index, False, None, payload, not_run, tries - 1,
+                                     started, finished, 0.0, "")  # fmt: skip
+                if payload.type == TargetError.__name__:
+                    self.break_target(payload)
+                self.finish(result)
+                continue
             ok, value = load_value(index, status, payload)
             result = make_result(
                 index, ok, value if ok else None, None if ok else value, info, tries,
@@ -253,11 +262,13 @@ class RunState:
         every task left fails with ``error`` instead of being tried."""
         self.broken = error
 
-    def fail_in_caller(self, index: int, error: TaskError) -> None:
-        """A task that failed before reaching any worker (attempts: 0)."""
+    def fail_in_caller(self, index: int, error: TaskError, attempts: int = 0) -> None:
+        """A task that no process ran (its input could not be sent, the run could not go
+        on), decided here: worker ``(not run)``, no attempt added."""
         now = time.time()
-        info = WorkerInfo.current(self.backend)
-        self.finish(TaskResult(index, False, None, error, info, 0, now, now, 0.0))
+        info = self.not_run_info or WorkerInfo.not_run(self.backend)
+        self.not_run_info = info
+        self.finish(TaskResult(index, False, None, error, info, attempts, now, now, 0.0))
 
     def fail_the_rest(self, error: TaskError, limit: int = 1024) -> None:
         """Fail the tasks waiting for a retry and up to ``limit`` items of the input."""

@@ -6,12 +6,46 @@ Exit codes: 0 every task ok, 1 some task failed, 2 usage error or bad target or 
 3 backend unavailable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
+import sys
+
+import typer
+
 from fanout.cli.commands import app
+from fanout.cli.exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
 
 
-def main() -> None:
-    """Entry point of the ``fanout`` console script."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``fanout`` console script.
+
+    Usage errors that typer finds itself (a bad option value, an unknown option) are
+    said in one line too, as every other user mistake is.
+    """
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="fanout", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a run
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `fanout`: its help
+            typer.echo(str(getattr(exc, "format_message", lambda: "")()))
+            sys.exit(0)
+        message = _usage_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"fanout: error: {message}", err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> str | None:
+    """The one-line message of a usage error found by typer/click, else None."""
+    format_message = getattr(exc, "format_message", None)
+    if not callable(format_message) or getattr(exc, "exit_code", None) != EXIT_USAGE:
+        return None
+    message = " ".join(str(format_message()).split())
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "fanout"
+    return f"{message} (see '{path} --help')"
 
 
 __all__ = ["app", "main"]

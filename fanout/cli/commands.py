@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -20,19 +20,21 @@ from fanout.api import Fanout
 from fanout.cli import options as opt
 from fanout.cli.exitcodes import (
     EXIT_INTERRUPTED,
+    EXIT_STDOUT_CLOSED,
     EXIT_TERMINATED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     fail,
 )
 from fanout.cli.inputs import InputSource
-from fanout.cli.views import HumanView, JsonView, View, consume
+from fanout.cli.views import HumanView, JsonView, StdoutClosed, View, consume
 from fanout.errors import BackendUnavailable, FanoutError, InputError, UnknownOption
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, and user text is never read as markup
     help="Fan one Python function out over many inputs, on local processes or RQ workers.",
 )
 
@@ -45,24 +47,34 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated()
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Show the version and exit."),
-) -> None:
-    if version:
+def _show_version(value: bool) -> None:
+    if value:
         from fanout import __version__
 
         typer.echo(f"fanout {__version__}")
         raise typer.Exit()
 
 
-@app.command("run")
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Fan one Python function out over many inputs, on local processes or RQ workers."""
+
+
+@app.command("run", cls=opt.RunCommand, epilog=opt.RUN_EXAMPLES)
 def run_command(
     target: opt.Target,
     items: opt.Items = None,
     range_: opt.Range = None,
     repeat: opt.Repeat = None,
     input_: opt.Input = None,
+    lines: opt.Lines = False,
     star: opt.Star = False,
     backend: opt.BackendName = None,
     workers: opt.Workers = None,
@@ -73,6 +85,7 @@ def run_command(
     retries: opt.Retries = 0,
     ordered: opt.Ordered = True,
     json_out: opt.Json = False,
+    tracebacks: opt.Tracebacks = False,
     progress: opt.ShowProgress = None,
     daemon: opt.Daemon = None,
 ) -> None:
@@ -81,26 +94,35 @@ def run_command(
     options = {name: value for name, value in given.items() if value is not None}
     sys.path.insert(0, os.getcwd())  # like `python -m`: targets in the current directory
     signal.signal(signal.SIGTERM, _on_sigterm)
+    fo: Fanout | None = None
+    view: View | None = None
     try:
-        inputs = InputSource(items, range_, repeat, input_)
-        view: View
-        with Fanout(backend, workers, **options) as fo:
-            view = JsonView() if json_out else HumanView(fo.backend_name)
+        inputs = InputSource(items, range_, repeat, input_, lines)
+        fo = Fanout(backend, workers, **options)
+        with fo:
+            view = JsonView() if json_out else HumanView(fo.backend_name, tracebacks)
             results = fo.map(
                 target, inputs.items(keep=not json_out), repeat=repeat, star=star,
                 ordered=ordered, timeout=timeout, retries=retries,
             )  # fmt: skip
             show_bar = progress if progress is not None else sys.stderr.isatty()
             try:
-                code = consume(results, view, inputs.total, show_bar)
+                code = consume(results, view, inputs.taken, inputs.total, show_bar)
             except InputError:
-                view.finish(inputs.kept)  # bad input part-way: show the tasks that ran
+                view.finish()  # bad input part-way: show the tasks that ran before it
                 raise
-            view.finish(inputs.kept)
-    except KeyboardInterrupt:
-        fail_quietly("interrupted; workers stopped", EXIT_INTERRUPTED)
-    except _Terminated:
-        fail_quietly("terminated; workers stopped", EXIT_TERMINATED)
+        view.finish(complete=True)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        if view is not None:
+            view.finish(interrupted=True)  # what finished before the signal
+        note = fo.stop_note if fo is not None else "nothing had started"
+        if isinstance(exc, KeyboardInterrupt):
+            say_and_exit(f"fanout: interrupted; {note}", EXIT_INTERRUPTED)
+        say_and_exit(f"fanout: terminated; {note}", EXIT_TERMINATED)
+    except StdoutClosed:
+        # Quietly: nothing more can be shown. No error at exit from flushing it either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_STDOUT_CLOSED) from None
     except UnknownOption as exc:
         fail(f"{opt.BACKEND_FLAGS.get(exc.option, exc.option)} does not apply to the"
              f" {exc.backend} backend", EXIT_USAGE)  # fmt: skip
@@ -111,8 +133,8 @@ def run_command(
     raise typer.Exit(code)
 
 
-def fail_quietly(message: str, code: int) -> None:
-    typer.echo(f"fanout: {message}", err=True)
+def say_and_exit(message: str, code: int) -> NoReturn:
+    typer.echo(message, err=True)
     raise typer.Exit(code) from None
 
 
@@ -125,6 +147,7 @@ def worker_command(
     processes: opt.Processes = 1,
     allow: opt.Allow = None,
     secret_file: opt.SecretFile = None,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
     from fanout.backends.rq.allowlist import parse_allow
@@ -133,7 +156,7 @@ def worker_command(
     sys.path.insert(0, os.getcwd())  # like `rq worker`: task modules in the current directory
     try:
         prefixes = parse_allow(allow or [])
-        code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file)
+        code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file, quiet)
     except BackendUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     except ValueError as exc:

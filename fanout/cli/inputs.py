@@ -8,16 +8,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fanout.cli.views import NOT_SHOWN
 from fanout.errors import InputError
-
-MAX_KEPT = 1000  # inputs kept for the human table's input column
 
 
 class InputSource:
-    """The inputs of one ``fanout run``, read lazily; the first few are kept for display."""
+    """The inputs of one ``fanout run``, read lazily. For display, each input is kept
+    until its result has been shown (so as many as are in flight, no more)."""
 
     def __init__(
-        self, items: list[str] | None, range_: int | None, repeat: int | None, path: str | None
+        self,
+        items: list[str] | None,
+        range_: int | None,
+        repeat: int | None,
+        path: str | None,
+        lines: bool = False,
     ) -> None:
         given = [
             name
@@ -33,31 +38,37 @@ class InputSource:
             raise ValueError(f"give only one source of inputs, not {' and '.join(given)}")
         if not given:
             raise ValueError("nothing to run: give ITEMs, --range N, --repeat N or --input FILE")
+        if lines and path is None:
+            raise ValueError("--lines says how to read --input FILE; give --input too")
         self.repeat = repeat
         self.total: int | None = None  # the task count, when it is known up front
-        self.kept: list[Any] = []
+        self.pending: dict[int, Any] = {}  # inputs taken whose result is not shown yet
         self.source: Iterator[Any] | None = None
         if repeat is not None:
             self.total = repeat
         elif range_ is not None:
             self.source, self.total = iter(range(range_)), range_
         elif path is not None:
-            self.source = read_json_lines(path)
+            self.source = read_lines(path) if lines else read_json_lines(path)
         else:
             values = [parse_item(text) for text in items or []]
             self.source, self.total = iter(values), len(values)
 
     def items(self, keep: bool) -> Iterator[Any] | None:
-        """The inputs (None for ``--repeat``); ``keep``: remember the first few."""
+        """The inputs (None for ``--repeat``); ``keep``: remember each until ``taken``."""
         if self.source is None or not keep:
             return self.source
         return self._keeping(self.source)
 
     def _keeping(self, source: Iterator[Any]) -> Iterator[Any]:
-        for item in source:
-            if len(self.kept) < MAX_KEPT:
-                self.kept.append(item)
+        pending = self.pending
+        for index, item in enumerate(source):
+            pending[index] = item
             yield item
+
+    def taken(self, index: int) -> Any:
+        """The input of task ``index`` (once: it is forgotten), or NOT_SHOWN."""
+        return self.pending.pop(index, NOT_SHOWN)
 
 
 def parse_item(text: str) -> Any:
@@ -68,32 +79,45 @@ def parse_item(text: str) -> Any:
         return text
 
 
+def _open(source: str) -> tuple[BinaryIO, str]:
+    if source == "-":
+        return sys.stdin.buffer, "stdin"
+    try:
+        return Path(source).open("rb"), source
+    except OSError as exc:
+        raise InputError(f"cannot read --input {source!r}: {exc.strerror}") from None
+
+
+def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
+    with stream:
+        for number, raw in enumerate(stream, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{label} line {number} is not UTF-8 text: {exc}") from None
+
+
+def read_lines(source: str) -> Iterator[str]:
+    """``--lines``: each line of ``source`` is one input, a plain string (blank lines
+    are skipped)."""
+    stream, label = _open(source)
+    return (line.rstrip("\r\n") for _, line in _decoded(stream, label) if line.strip())
+
+
 def read_json_lines(source: str) -> Iterator[Any]:
     """One JSON value per line of ``source`` ('-' is stdin); blank lines are skipped."""
-    stream: BinaryIO
-    if source == "-":
-        stream, label = sys.stdin.buffer, "stdin"
-    else:
-        try:
-            stream, label = Path(source).open("rb"), source  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise InputError(f"cannot read --input {source!r}: {exc.strerror}") from None
+    stream, label = _open(source)
 
-    def lines() -> Iterator[Any]:
-        with stream:
-            for number, raw in enumerate(stream, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(f"{label} line {number} is not UTF-8 text: {exc}") from None
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except ValueError as exc:
-                    raise InputError(
-                        f"{label} line {number} is not valid JSON ({exc}); "
-                        "--input takes one JSON value per line"
-                    ) from None
+    def values() -> Iterator[Any]:
+        for number, line in _decoded(stream, label):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError as exc:
+                raise InputError(
+                    f"{label} line {number} is not valid JSON ({exc}); --input takes one JSON"
+                    " value per line (add --lines to take each line as a string)"
+                ) from None
 
-    return lines()
+    return values()

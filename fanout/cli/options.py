@@ -2,48 +2,101 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
+
+
+class RunCommand(TyperCommand):
+    """``fanout run``, with its usage line as the README writes it."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return ["[OPTIONS]", "TARGET", "[ITEM]..."]
+
+
+RUN_EXAMPLES = """Examples:
+
+\b
+  fanout run fanout.examples:worker --repeat 5
+  fanout run mymodule:resize a.png b.png --json > results.jsonl
+  fanout run mymodule:fetch --input urls.txt --lines --workers 8
+  fanout run mymodule:work --range 1000 --backend rq --redis-url redis://host:6379/0
+
+Exit codes: 0 every task ok, 1 some task failed, 2 usage error or bad input,
+3 backend unavailable, 130 Ctrl-C, 141 stdout closed, 143 SIGTERM.
+"""
 
 Target = Annotated[
     str,
-    typer.Argument(help="package.module:function, or path/to/file.py:function (local backend)."),
+    typer.Argument(
+        metavar="TARGET",
+        help="package.module:function, or path/to/file.py:function (local backend).",
+        show_default=False,
+    ),
 ]
 Items = Annotated[
     list[str] | None,
-    typer.Argument(help="Inputs, one task each; parsed as JSON when they parse, else strings."),
+    typer.Argument(
+        metavar="ITEM",
+        help="Inputs, one task each; parsed as JSON when they parse, else strings.",
+        show_default=False,
+    ),
 ]
-Range = Annotated[int | None, typer.Option("--range", help="Inputs 0..N-1.", min=0)]
-Repeat = Annotated[int | None, typer.Option("--repeat", help="Call TARGET() N times.", min=0)]
+Range = Annotated[int | None, typer.Option("--range", metavar="N", help="Inputs 0..N-1.", min=0)]
+Repeat = Annotated[
+    int | None, typer.Option("--repeat", metavar="N", help="Call TARGET() N times.", min=0)
+]
 Input = Annotated[
     str | None,
-    typer.Option("--input", help="Read one JSON value per line from FILE ('-' for stdin)."),
+    typer.Option(
+        "--input", metavar="FILE", help="Read one JSON value per line from FILE ('-': stdin)."
+    ),
 ]
-Star = Annotated[bool, typer.Option("--star", help="Unpack each input as positional args.")]
+Lines = Annotated[
+    bool, typer.Option("--lines", help="With --input: each line is one input, as a string.")
+]
+Star = Annotated[
+    bool,
+    typer.Option(
+        "--star", help="Unpack each input: a list as positional args, an object as keywords."
+    ),
+]
 BackendName = Annotated[
     str | None,
-    typer.Option("--backend", envvar="FANOUT_BACKEND", help="local (default), inline, ..."),
+    typer.Option(
+        "--backend",
+        envvar="FANOUT_BACKEND",
+        metavar="NAME",
+        help="local (default: processes here), rq (RQ workers on Redis), inline (one by one,"
+        " in this process), or a registered third-party backend.",
+    ),
 ]
 Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        envvar="FANOUT_WORKERS",
+        metavar="N",
         min=0,
-        help="Worker processes (rq: local fanout workers to start for the run).",
+        help="Worker processes (default $FANOUT_WORKERS, else one per CPU); rq: local fanout"
+        " workers to start for the run (default 0: use the queue's workers).",
     ),
 ]
 Timeout = Annotated[
     float | None,
-    typer.Option("--timeout", min=0.0, help="End a task running longer (seconds)."),
+    typer.Option("--timeout", metavar="SECONDS", help="End a task running longer than this."),
 ]
-Retries = Annotated[int, typer.Option("--retries", min=0, help="Retry a failed task N times.")]
+Retries = Annotated[
+    int, typer.Option("--retries", metavar="N", min=0, help="Retry a failed task N times.")
+]
 Ordered = Annotated[
     bool,
     typer.Option("--ordered/--unordered", help="Results in input order, or as they finish."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per task on stdout.")]
+Tracebacks = Annotated[
+    bool, typer.Option("--tracebacks", help="Show the traceback of every failed task.")
+]
 ShowProgress = Annotated[
     bool | None,
     typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: if a tty)."),
@@ -57,15 +110,18 @@ Daemon = Annotated[
 ]
 RunRedisUrl = Annotated[
     str | None,
-    typer.Option("--redis-url", help="rq: the Redis server (else $FANOUT_REDIS_URL)."),
+    typer.Option(
+        "--redis-url", metavar="URL", help="rq: the Redis server (else $FANOUT_REDIS_URL)."
+    ),
 ]
 RunQueue = Annotated[
-    str | None, typer.Option("--queue", help="rq: the queue name (default fanout).")
+    str | None, typer.Option("--queue", metavar="NAME", help="rq: the queue name (default fanout).")
 ]
 RunSecretFile = Annotated[
     str | None,
     typer.Option(
         "--secret-file",
+        metavar="PATH",
         help="rq: sign jobs and results with the secrets in this file"
         " (else $FANOUT_SECRET_FILE, $FANOUT_SECRET).",
     ),
@@ -80,18 +136,26 @@ BACKEND_FLAGS = {
 # `fanout worker` and `fanout status`.
 RedisUrl = Annotated[
     str | None,
-    typer.Option("--redis-url", envvar="FANOUT_REDIS_URL", help="The Redis server.",
+    typer.Option("--redis-url", envvar="FANOUT_REDIS_URL", metavar="URL", help="The Redis server.",
                  show_default=False),
 ]  # fmt: skip
-WorkerQueue = Annotated[str, typer.Option("--queue", help="The queue to serve.")]
-WorkerName = Annotated[str | None, typer.Option("--name", help="Register with RQ under this name.")]
+WorkerQueue = Annotated[str, typer.Option("--queue", metavar="NAME", help="The queue to serve.")]
+WorkerName = Annotated[
+    str | None, typer.Option("--name", metavar="NAME", help="Register with RQ under this name.")
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", help="No banner and no warnings (for workers a client starts).")
+]
 Burst = Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")]
-Processes = Annotated[int, typer.Option("--processes", min=1, help="Worker processes to run.")]
+Processes = Annotated[
+    int, typer.Option("--processes", metavar="N", min=1, help="Worker processes to run.")
+]
 Allow = Annotated[
     list[str] | None,
     typer.Option(
         "--allow",
         envvar="FANOUT_ALLOW",
+        metavar="MODULE",
         help="Run only targets in this module or below (repeatable; FANOUT_ALLOW: a,b).",
         show_default=False,
     ),
@@ -101,9 +165,12 @@ SecretFile = Annotated[
     typer.Option(
         "--secret-file",
         envvar="FANOUT_SECRET_FILE",
+        metavar="PATH",
         show_default=False,
         help="Sign jobs and results with the secrets in this file (else $FANOUT_SECRET).",
     ),
 ]
-StatusQueue = Annotated[str | None, typer.Option("--queue", help="Only this queue (default: all).")]
+StatusQueue = Annotated[
+    str | None, typer.Option("--queue", metavar="NAME", help="Only this queue (default: all).")
+]
 StatusJson = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]

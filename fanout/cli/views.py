@@ -1,125 +1,181 @@
 """How ``fanout run`` shows results: one JSON line each, or the human view (what each
-task printed, prefixed by its worker, then a table and a summary), with an optional
-progress bar on stderr."""
+task printed, prefixed by its worker, then a table, every failed task in full, and a
+summary), with an optional progress bar on stderr.
+
+User text (inputs, values, errors, names) is never read as markup, and a JSON line is
+never wrapped.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from fanout.cli.exitcodes import EXIT_FAILED, EXIT_OK
-from fanout.models import TaskResult
+from fanout.models import NOT_RUN, TaskResult
 
-MAX_ROWS = 1000  # rows kept for the human table; --json streams any number
+MAX_ROWS = 1000  # rows kept for the human table; failed tasks are all listed below it
+Print = Callable[[str], None]
+
+
+class StdoutClosed(Exception):
+    """Whoever read our stdout has gone (``| head``): the run stops quietly."""
+
+
+def write_line(line: str) -> None:
+    """One line on stdout, as is."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed() from None
 
 
 class View(Protocol):
-    def show(self, result: TaskResult) -> None: ...
+    def show(self, result: TaskResult, item: Any, out: Print) -> None: ...
 
-    def finish(self, inputs: list[Any] | None) -> None: ...
+    def finish(self, complete: bool = False, interrupted: bool = False) -> None:
+        """After the last result: ``complete`` when the run ended as it should (then an
+        empty run says so too)."""
 
 
 class JsonView:
     """Exactly one JSON object per task on stdout, nothing else."""
 
-    def show(self, result: TaskResult) -> None:
+    def show(self, result: TaskResult, item: Any, out: Print) -> None:
         record = result.to_dict()
         try:
             json.dumps(record["value"], allow_nan=False)
         except (TypeError, ValueError):
             record["value"] = repr(result.value)
-        sys.stdout.write(json.dumps(record) + "\n")
-        sys.stdout.flush()
+        out(json.dumps(record))
 
-    def finish(self, inputs: list[Any] | None) -> None:
+    def finish(self, complete: bool = False, interrupted: bool = False) -> None:
         pass
 
 
 class HumanView:
-    """Each task's output prefixed by its worker, then a table and a summary line."""
+    """Each task's output prefixed by its worker, then a table, the failed tasks in full
+    (with their tracebacks if asked) and a summary line."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, tracebacks: bool = False) -> None:
         self.backend = backend
-        self.rows: list[TaskResult] = []
-        self.count = self.failed = 0
-        self.workers: set[tuple[str, int]] = set()
+        self.tracebacks = tracebacks
+        self.rows: list[tuple[TaskResult, Any]] = []
+        self.failures: list[tuple[TaskResult, Any]] = []
+        self.count = 0
+        self.workers: set[tuple[str, str]] = set()
         self.hosts: set[str] = set()
         self.started = time.perf_counter()
 
-    def show(self, result: TaskResult) -> None:
+    def show(self, result: TaskResult, item: Any, out: Print) -> None:
         self.count += 1
-        self.failed += not result.ok
-        self.workers.add((result.worker.name, result.worker.pid))
-        self.hosts.add(result.worker.host)
+        w = result.worker
+        if w.name != NOT_RUN:  # a result that no process ran is not a worker's
+            self.workers.add((w.host, w.name))
+            self.hosts.add(w.host)
         if len(self.rows) < MAX_ROWS:
-            self.rows.append(result)
+            self.rows.append((result, item))
+        if not result.ok:
+            self.failures.append((result, item))
         if result.output:
-            prefix = f"{result.worker.name}[{result.worker.pid}]: "
-            lines = result.output.splitlines()
-            sys.stdout.write("".join(f"{prefix}{line}\n" for line in lines))
-            sys.stdout.flush()
+            prefix = f"{w.name}[{w.pid}]: "
+            for line in result.output.splitlines():
+                out(prefix + line)
 
-    def finish(self, inputs: list[Any] | None) -> None:
-        if not self.count:
+    def finish(self, complete: bool = False, interrupted: bool = False) -> None:
+        if not (self.count or complete):
             return
         from rich.console import Console
 
-        console = Console(highlight=False)
-        console.print(self.table(inputs or []))
+        console = Console(highlight=False, markup=False, soft_wrap=False)
+        if self.rows:
+            console.print(self.table(console.width))
         if self.count > len(self.rows):
             console.print(f"... {self.count - len(self.rows)} more rows (use --json for all)")
-        console.print(self.summary(), style="red" if self.failed else "green")
+        if self.failures:
+            console.print(f"failed task{'s' if len(self.failures) != 1 else ''}:")
+            for result, item in sorted(self.failures, key=lambda f: f[0].index):
+                assert result.error is not None
+                error = result.error
+                console.print(f"  task {result.index}, input {_shown(item)}: {error.type}:"
+                              f" {error.message}", soft_wrap=True)  # fmt: skip
+                if self.tracebacks and error.traceback:
+                    console.print("    " + error.traceback.rstrip().replace("\n", "\n    "),
+                                  soft_wrap=True)  # fmt: skip
+        console.print(self.summary(interrupted), style="red" if self.failures else "green")
 
-    def table(self, kept: list[Any]) -> Any:
+    def table(self, width: int) -> Any:
+        """The rows as a table ``width`` columns wide: identity columns in full, inputs
+        and values given the rest, each cut to one line."""
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("#", "input", "value / error", "worker", "pid", "ppid", "host", "s"):
-            table.add_column(
-                column, justify="right" if column in ("#", "pid", "ppid", "s") else "left"
-            )
-        for r in sorted(self.rows, key=lambda r: r.index):
-            shown_input = _short(kept[r.index]) if r.index < len(kept) else "-"
+        rows: list[tuple[str, ...]] = []
+        for r, item in sorted(self.rows, key=lambda row: row[0].index):
             if r.ok:
-                outcome = Text(_short(r.value))
+                outcome = _shown(r.value)
             else:
                 assert r.error is not None
-                message = r.error.message
-                message = message if len(message) <= 60 else message[:59] + "…"
-                outcome = Text(f"{r.error.type}: {message}", style="red")
-            table.add_row(
-                str(r.index), shown_input, outcome, r.worker.name, str(r.worker.pid),
-                str(r.worker.ppid), r.worker.host, f"{r.duration:.3f}",
-            )  # fmt: skip
+                outcome = f"{r.error.type}: {_one_line(r.error.message)}"
+            w = r.worker
+            rows.append((str(r.index), _shown(item), outcome, w.name, str(w.pid), str(w.ppid),
+                         w.host, f"{r.duration:.3f}"))  # fmt: skip
+        headers = ("#", "input", "value / error", "worker", "pid", "ppid", "host", "s")
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+        room = max(20, width - sum(widths) + widths[1] + widths[2] - 2 * (len(headers) - 1))
+        widths[1] = min(widths[1], max(5, room // 4))
+        widths[2] = min(widths[2], room - widths[1])
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for i, header in enumerate(headers):
+            numeric = header in ("#", "pid", "ppid", "s")
+            table.add_column(header, justify="right" if numeric else "left", no_wrap=True,
+                             width=widths[i], overflow="ellipsis")  # fmt: skip
+        ordered = sorted(self.rows, key=lambda row: row[0].index)
+        for (result, _), row in zip(ordered, rows, strict=True):
+            cells = [Text(cell) for cell in row]
+            if not result.ok:
+                cells[2].stylize("red")
+            table.add_row(*cells)
         return table
 
-    def summary(self) -> str:
+    def summary(self, interrupted: bool = False) -> str:
         elapsed = time.perf_counter() - self.started
-        ok = self.count - self.failed
+        failed = len(self.failures)
+        workers = len(self.workers)
         summary = (
-            f"{self.count} task{'s' if self.count != 1 else ''}: {ok} ok, {self.failed} failed"
-            f" in {elapsed:.2f} s on {len(self.workers)} {self.backend} worker"
-            f"{'s' if len(self.workers) != 1 else ''}"
+            f"{self.count} task{'s' if self.count != 1 else ''}: {self.count - failed} ok,"
+            f" {failed} failed in {elapsed:.2f} s on {workers} {self.backend} worker"
+            f"{'s' if workers != 1 else ''}"
         )
         if len(self.hosts) > 1:  # the multi-machine case: say so
             summary += f" on {len(self.hosts)} hosts"
+        if interrupted:
+            summary += " (interrupted: these finished)"
         return summary
 
 
-def consume(results: Iterator[TaskResult], view: View, total: int | None, bar: bool) -> int:
-    """Show every result as it arrives; return the exit code the results call for."""
+def consume(
+    results: Iterator[TaskResult],
+    view: View,
+    taken: Callable[[int], Any],
+    total: int | None,
+    bar: bool,
+) -> int:
+    """Show every result as it arrives (``taken(index)`` is its input); return the exit
+    code the results call for."""
     failed = False
     if not bar:
         for result in results:
             failed |= not result.ok
-            view.show(result)
+            view.show(result, taken(result.index), write_line)
         return EXIT_FAILED if failed else EXIT_OK
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.text import Text
 
     columns = (
         "[progress.description]{task.description}",
@@ -127,23 +183,40 @@ def consume(results: Iterator[TaskResult], view: View, total: int | None, bar: b
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    # Task output and --json lines go to stdout; rich may only fold them in above the
-    # bar when stdout is the same terminal, never when stdout is a file or a pipe.
+    bar_console = Console(stderr=True)
     with Progress(
         *columns,
-        console=Console(stderr=True),
+        console=bar_console,
         transient=True,
-        redirect_stdout=sys.stdout.isatty(),
+        redirect_stdout=False,  # rich would wrap lines and read markup in them
         redirect_stderr=False,
-    ) as bar_view:
-        task = bar_view.add_task("tasks", total=total)
+    ) as progress:
+
+        def above_the_bar(line: str) -> None:
+            # The same terminal as the bar: lines go above it, as they are (no wrapping,
+            # no markup), or the bar would be drawn over them.
+            progress.console.print(Text(line), soft_wrap=True, highlight=False)
+
+        out = above_the_bar if sys.stdout.isatty() else write_line
+
+        task = progress.add_task("tasks", total=total)
         for result in results:
             failed |= not result.ok
-            view.show(result)
-            bar_view.advance(task)
+            view.show(result, taken(result.index), out)
+            progress.advance(task)
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _short(value: Any, width: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _shown(value: Any) -> str:
+    return value if isinstance(value, _NotShown) else repr(value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _NotShown(str):
+    """Stands for an input that was not kept (``--repeat`` has none)."""
+
+
+NOT_SHOWN = _NotShown("-")

@@ -177,7 +177,20 @@ class Pool:
             if len(chunk) < PIPE_SIZE:
                 break
         for data in split_frames(buf):
-            self.handle(worker, pickle.loads(data), len(data))
+            if worker.kill_reason == "garbled":
+                break
+            try:
+                message = pickle.loads(data)
+            except Exception:
+                self.distrust(worker)
+                break
+            self.handle(worker, message, len(data))
+
+    def distrust(self, worker: WorkerHandle) -> None:
+        """Something other than the worker itself wrote to its pipe (a process its task
+        forked): what comes from it cannot be trusted. It dies; its tasks run elsewhere."""
+        worker.kill_reason = worker.kill_reason or "garbled"
+        worker.kill()
 
     def handle(self, worker: WorkerHandle, message: tuple[Any, ...], size: int) -> None:
         if message[0] == HELLO:
@@ -185,8 +198,10 @@ class Pool:
             worker.info = WorkerInfo(name, pid, ppid, host, self.backend)
             return
         _, batch_id, records = message
+        if not worker.inflight or worker.inflight[0].id != batch_id:
+            self.distrust(worker)  # results come in the order batches were sent, or not at all
+            return
         batch = worker.inflight[0]
-        assert batch.id == batch_id, "results arrive in the order batches were sent"
         run = batch.run
         assert worker.info is not None
         if not run.finished:

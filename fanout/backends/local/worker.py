@@ -19,7 +19,7 @@ from typing import Any
 
 from fanout import _task
 from fanout._proc import die_with_parent
-from fanout._wire import DURATION, FAILED, STARTED, Record, failed_record
+from fanout._wire import DURATION, FAILED, STARTED, Record, not_run_record
 from fanout.backends.local.protocol import (
     FN,
     HELLO,
@@ -67,7 +67,7 @@ def main(
     # the caller's stdout carries only what the caller writes (--json stays clean).
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
-    loop = WorkerLoop(Writer(result_w), memoryview(marker).cast("q"))
+    loop = WorkerLoop(Writer(result_w), memoryview(marker).cast("q"), os.getpid())
     # A process that a task starts writes to the real streams, not to a copy of our
     # capture that would vanish with it.
     os.register_at_fork(after_in_child=_restore_streams)
@@ -84,8 +84,9 @@ def main(
 class WorkerLoop:
     """A worker's state: the current target, the output capture, the progress marker."""
 
-    def __init__(self, out: Writer, marker: memoryview) -> None:
+    def __init__(self, out: Writer, marker: memoryview, pid: int) -> None:
         self.out = out
+        self.pid = pid
         self.marker = marker  # shared with the caller: see protocol.py
         self.capture = _task.install_capture()
         self.fn: Callable[..., Any] | None = None
@@ -132,10 +133,14 @@ class WorkerLoop:
         for pos, (index, item) in enumerate(zip(indices, items, strict=True)):
             if fn is None or type(item) is _Unloadable:
                 error = item.error if type(item) is _Unloadable else self.fn_error
-                record = failed_record(index, error, time.time())
+                record = not_run_record(index, error, time.time())
             else:
                 marker[MARK_POS] = pos
                 record = _task.run_one(fn, index, item, star, capture)
+                if os.getpid() != self.pid:
+                    # The task forked and returned in the child too: only the worker
+                    # itself answers for the task; the copy ends here, silently.
+                    os._exit(0)
                 marker[MARK_POS] = IDLE
             records.append(record)
             # Send finished results as soon as they represent real work, so a crash

@@ -73,10 +73,11 @@ class RQBackend(Backend):
         self.runs: list[RQRun] = []  # runs in progress
         self._local: list[subprocess.Popen[bytes]] = []
         self._local_names: set[str] = set()
-        if self.workers:
-            self._start_local_workers(self.workers)
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
+        # Local workers start with the first map, once its target has been checked.
+        if self.workers and not self._local_names:
+            self._start_local_workers(self.workers)
         with translate(self.url):
             run = RQRun(self, spec)
         self.runs.append(run)
@@ -86,6 +87,10 @@ class RQBackend(Backend):
             run.end()
 
         return run.results(run.step, end)
+
+    def stop_note(self) -> str:
+        note = "the run's queued jobs were removed and its running tasks stopped"
+        return note + ("; local workers stopped" if self.workers else "")
 
     def close(self, cancel: bool = False) -> None:
         self._stop_local_workers()
@@ -99,7 +104,12 @@ class RQBackend(Backend):
         for name in names:
             self._local.append(
                 spawn_fanout_worker(
-                    self.queue.name, name, env, stdout=sys.stderr.fileno(), tied_to_parent=True
+                    self.queue.name,
+                    name,
+                    env,
+                    stdout=sys.stderr.fileno(),
+                    tied_to_parent=True,
+                    quiet=True,
                 )
             )
         deadline = time.monotonic() + WORKER_START_SECONDS

@@ -21,7 +21,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from fanout import _task
-from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record, failed_record
+from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record, not_run_record
 from fanout.backends.base import MapSpec
 from fanout.backends.inline import InlineBackend
 from fanout.backends.local import LocalBackend
@@ -86,10 +86,6 @@ class WorkerContext:
         name = job.worker_name or multiprocessing.current_process().name
         return cls(name, url, allowlist_from_env())
 
-    def check_stop(self, job_id: str) -> None:
-        if self.stop_requested:
-            raise JobStopped(f"job {job_id} was stopped (rq stop-job)")
-
 
 def run_batch(*args: Any) -> int:
     """RQ job function (``fanout.rqworker.run_batch``) for a stock ``rq worker``."""
@@ -101,7 +97,7 @@ def run_batch(*args: Any) -> int:
 def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     """Run one batch of tasks and push their results; returns the number of tasks."""
     # Results are sealed with the keyring the job was opened with, if it was signed.
-    pusher = Pusher(job.connection, RunKeys(args.run_id), ctx, keyring_of(job.serializer))
+    pusher = Pusher(job, RunKeys(args.run_id), ctx, keyring_of(job.serializer))
     try:
         fn = _load_target(args.target, ctx.allow)
     except TargetError as exc:
@@ -109,13 +105,13 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
         # instead of finding failed jobs one by one.
         error = TaskError(type(exc).__name__, f"on RQ worker {ctx.name}: {exc}")
         for index in args.indices:
-            pusher.add(failed_record(index, error, time.time()), None)
+            pusher.add(not_run_record(index, error, time.time()), None)
         pusher.flush()
         return len(args.indices)
     inputs, todo = _unpickle_inputs(args, ctx.allow, pusher)
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
                    timeout=args.timeout)  # fmt: skip
-    ctx.check_stop(job.id)  # the stop came while the inputs were being unpickled
+    pusher.check_stop(job.id)  # the stop came while the inputs were being unpickled
     if ctx.executor is not None:
         results: Iterator[TaskResult] = ctx.executor.stream(spec, pusher.idle, PUSH_SECONDS)
     else:
@@ -123,7 +119,7 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     try:
         for result in results:
             pusher.add(_record(result, todo[result.index]), result)
-            ctx.check_stop(job.id)
+            pusher.check_stop(job.id)
             if pusher.gone:
                 break  # the caller's run is over: nobody reads what is left
         pusher.flush()
@@ -159,7 +155,7 @@ def _unpickle_inputs(
                 error = TaskError(TargetNotAllowed.__name__, f"input of task {index}: {exc}")
             else:
                 error = _task.input_error(index, exc, "unpickle")
-            pusher.add(failed_record(index, error, time.time()), None)
+            pusher.add(not_run_record(index, error, time.time()), None)
             failed.add(pos)
     keep = [pos for pos in range(len(items)) if pos not in failed]
     return [items[pos] for pos in keep], [args.indices[pos] for pos in keep]
@@ -200,8 +196,10 @@ class Pusher:
     """Collects result records and pushes them onto the run's list in bulk."""
 
     def __init__(
-        self, connection: Any, keys: RunKeys, ctx: WorkerContext, keyring: Keyring | None
+        self, job: Job, keys: RunKeys, ctx: WorkerContext, keyring: Keyring | None
     ) -> None:
+        connection = job.connection
+        self.job_id = job.id
         self.connection = connection
         self.keys = keys
         self.ctx = ctx
@@ -226,10 +224,22 @@ class Pusher:
         if len(self.records) >= PUSH_RECORDS or time.monotonic() - self.last >= PUSH_SECONDS:
             self.flush()
 
+    def check_stop(self, job_id: str) -> None:
+        """Raise JobStopped if the job was asked to stop: by its caller, which ended the
+        run (Ctrl-C, cancel), or by someone's ``rq stop-job``."""
+        if not self.ctx.stop_requested:
+            return
+        try:
+            by_caller = bool(self.connection.exists(self.keys.ended))
+        except Exception:
+            by_caller = False
+        if by_caller:
+            raise JobStopped(f"job {job_id} was cancelled by the caller")
+        raise JobStopped(f"job {job_id} was stopped (rq stop-job)")
+
     def idle(self) -> None:
         """Before waiting for the task process: push what is done, keep RQ informed."""
-        if self.ctx.stop_requested:
-            raise JobStopped("stopped (rq stop-job)")
+        self.check_stop(self.job_id)
         # Called every PUSH_SECONDS at least while tasks run: one push per interval, not
         # one per task (a round trip each), and none held back longer than that.
         if time.monotonic() - self.last >= PUSH_SECONDS:

@@ -22,6 +22,7 @@ from fanout.backends.rq.protocol import (
     FAILURE_TTL,
     RUN_BATCH,
     RUN_TTL,
+    Identity,
     JobArgs,
     RunKeys,
     unpack_results,
@@ -45,12 +46,13 @@ POP_MESSAGES = 1000  # result messages taken in one round trip after a pop
 class RQJob:
     """A job of this run in Redis, and its tasks without a result yet."""
 
-    __slots__ = ("id", "remaining", "tasks")
+    __slots__ = ("id", "identity", "remaining", "tasks")
 
     def __init__(self, job_id: str, tasks: TaskBatch) -> None:
         self.id = job_id
         self.tasks = tasks
         self.remaining = {index: pos for pos, index in enumerate(tasks.indices)}
+        self.identity: Identity | None = None  # the last process seen running its tasks
 
     def unreported(self) -> list[int]:
         """Positions of its tasks without a result, in order."""
@@ -177,6 +179,7 @@ class RQRun(RunState):
             if job_id is None:
                 continue  # a late duplicate of a task already settled
             job = self.jobs[job_id]
+            job.identity = identity
             where.append((job.tasks, job.remaining.pop(record[INDEX])))
             if not job.remaining:
                 del self.jobs[job_id]

@@ -181,11 +181,25 @@ class JobWatch:
         first = job.tasks.task(positions[0])
         now = time.time()
         message = message.replace("{task}", str(first.index))
-        info = WorkerInfo(worker, 0, 0, "", run.rq.name)  # its pids died with it
+        info = self.last_known(job, worker)
         result = TaskResult(first.index, False, None, TaskError(WorkerLost.__name__, message),
                             info, first.attempts + 1, now, now, 0.0)  # fmt: skip
         run.requeue(job.tasks.task(pos) for pos in positions[1:])
         run.failed_attempt(first, result)
+
+    def last_known(self, job: RQJob, worker: str) -> WorkerInfo:
+        """Who ran ``job``'s lost task, as far as anyone can tell: the process that sent
+        its other results, else the RQ worker's pid (its parent) and host."""
+        backend = self.run.rq.name
+        if job.identity is not None:
+            return WorkerInfo(*job.identity, backend)
+        try:
+            key = Worker.redis_worker_namespace_prefix + worker
+            pid, host = self.run.connection.hmget(key, "pid", "hostname")
+        except Exception:
+            pid = host = None
+        host = host.decode() if isinstance(host, bytes) else ""
+        return WorkerInfo(worker, 0, int(pid or 0), host, backend)
 
     def watch_for_workers(self) -> None:
         run = self.run

@@ -23,6 +23,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from rq import Worker
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
@@ -120,11 +121,13 @@ def run_worker(
     processes: int = 1,
     allow: tuple[str, ...] = (),
     secret_file: str | None = None,
+    quiet: bool = False,
 ) -> int:
     """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code.
 
     ``allow``: module prefixes whose targets may run (empty: any). ``secret_file``, else
     ``FANOUT_SECRET_FILE`` or ``FANOUT_SECRET``: only signed jobs run, results are signed.
+    ``quiet``: no banner and no warnings (workers a client starts for its own run).
     """
     url = redis_url(url)
     keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
@@ -132,6 +135,7 @@ def run_worker(
         return _run_pool(url, queue, name, burst, processes, allow, secret_file)
     connection = connect(url, socket_timeout=None)
     name = name or default_worker_name()
+    _refuse_a_taken_name(connection, name, url)
     executor = TaskProcess(workers=1, daemon=False, process_name=name)
     context = WorkerContext(name, url, allow, executor)
     # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
@@ -143,15 +147,26 @@ def run_worker(
         serializer=serializer_for(keyring, allow),
         context=context,
     )
-    say = functools.partial(print, file=sys.stderr, flush=True)
-    say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
-    for warning in safety_warnings(url, keyring, allow):
-        say(f"fanout worker {name}: warning: {warning}")
+    if not quiet:
+        say = functools.partial(print, file=sys.stderr, flush=True)
+        say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
+        for warning in safety_warnings(url, keyring, allow):
+            say(f"fanout worker {name}: warning: {warning}")
     try:
         worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
     finally:
         executor.close(cancel=True)
     return 0
+
+
+def _refuse_a_taken_name(connection: Any, name: str, url: str) -> None:
+    """RQ refuses a name that a live worker holds; say so before saying anything else."""
+    key = Worker.redis_worker_namespace_prefix + name
+    if connection.exists(key) and not connection.hexists(key, "death"):
+        raise ValueError(
+            f"a worker named {name!r} is already registered on {mask_url(url)}; give this"
+            " one another --name (a killed worker's name frees up within a minute)"
+        )
 
 
 def safety_warnings(url: str, keyring: Keyring | None, allow: tuple[str, ...]) -> list[str]:
