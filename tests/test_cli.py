@@ -288,7 +288,7 @@ def test_exit_code_2_for_click_usage_errors_without_traceback(
 def test_daemon_option_with_inline_backend_is_one_line_and_exit_2() -> None:
     result = run_cli("tests.tasks:square", "1", "--backend", "inline", "--no-daemon")
     assert "Traceback" not in result.stderr, result.stderr
-    assert_one_line_error(result, "--daemon/--no-daemon", "inline")
+    assert_one_line_error(result, "--daemon", "inline")
 
 
 # --------------------------------------------------------------------------- --json

@@ -22,13 +22,11 @@ from fanout.cli.exitcodes import (
     EXIT_INTERRUPTED,
     EXIT_STDOUT_CLOSED,
     EXIT_TERMINATED,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    fail,
+    errors_as_exit_codes,
 )
 from fanout.cli.inputs import InputSource
 from fanout.cli.views import HumanView, JsonView, StdoutClosed, View, consume
-from fanout.errors import BackendUnavailable, FanoutError, InputError, UnknownOption
+from fanout.errors import InputError
 
 app = typer.Typer(
     add_completion=False,
@@ -97,40 +95,38 @@ def run_command(
     fo: Fanout | None = None
     view: View | None = None
     try:
-        inputs = InputSource(items, range_, repeat, input_, lines)
-        fo = Fanout(backend, workers, **options)
-        with fo:
-            view = JsonView() if json_out else HumanView(fo.backend_name, tracebacks)
-            results = fo.map(
-                target, inputs.items(keep=not json_out), repeat=repeat, star=star,
-                ordered=ordered, timeout=timeout, retries=retries,
-            )  # fmt: skip
-            show_bar = progress if progress is not None else sys.stderr.isatty()
-            try:
-                code = consume(results, view, inputs.taken, inputs.total, show_bar)
-            except InputError:
-                view.finish()  # bad input part-way: show the tasks that ran before it
-                raise
-        view.finish(complete=True)
+        with errors_as_exit_codes():
+            inputs = InputSource(items, range_, repeat, input_, lines)
+            fo = Fanout(backend, workers, **options)
+            with fo:
+                view = JsonView() if json_out else HumanView(fo.backend_name, tracebacks)
+                results = fo.map(
+                    target, inputs.items(keep=not json_out), repeat=repeat, star=star,
+                    ordered=ordered, timeout=timeout, retries=retries,
+                )  # fmt: skip
+                show_bar = progress if progress is not None else sys.stderr.isatty()
+                try:
+                    code = consume(results, view, inputs.taken, inputs.total, show_bar)
+                except InputError:
+                    view.finish()  # bad input part-way: show the tasks that ran before it
+                    raise
+            view.finish(complete=True)
     except (KeyboardInterrupt, _Terminated) as exc:
-        if view is not None:
-            view.finish(interrupted=True)  # what finished before the signal
-        note = fo.stop_note if fo is not None else "nothing had started"
-        if isinstance(exc, KeyboardInterrupt):
-            say_and_exit(f"fanout: interrupted; {note}", EXIT_INTERRUPTED)
-        say_and_exit(f"fanout: terminated; {note}", EXIT_TERMINATED)
+        _interrupted(exc, fo, view)
     except StdoutClosed:
         # Quietly: nothing more can be shown. No error at exit from flushing it either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_STDOUT_CLOSED) from None
-    except UnknownOption as exc:
-        fail(f"{opt.BACKEND_FLAGS.get(exc.option, exc.option)} does not apply to the"
-             f" {exc.backend} backend", EXIT_USAGE)  # fmt: skip
-    except BackendUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except (FanoutError, ValueError) as exc:
-        fail(str(exc), EXIT_USAGE)
     raise typer.Exit(code)
+
+
+def _interrupted(exc: BaseException, fo: Fanout | None, view: View | None) -> NoReturn:
+    if view is not None:
+        view.finish(interrupted=True)  # what finished before the signal
+    note = fo.stop_note if fo is not None else "nothing had started"
+    if isinstance(exc, KeyboardInterrupt):
+        say_and_exit(f"fanout: interrupted; {note}", EXIT_INTERRUPTED)
+    say_and_exit(f"fanout: terminated; {note}", EXIT_TERMINATED)
 
 
 def say_and_exit(message: str, code: int) -> NoReturn:
@@ -154,13 +150,9 @@ def worker_command(
     from fanout.backends.rq.worker import run_worker
 
     sys.path.insert(0, os.getcwd())  # like `rq worker`: task modules in the current directory
-    try:
+    with errors_as_exit_codes():
         prefixes = parse_allow(allow or [])
         code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file, quiet)
-    except BackendUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
     raise typer.Exit(code)
 
 
@@ -173,10 +165,8 @@ def status_command(
     """Queues with their lengths, and workers with name, pid, host, state, current job."""
     from fanout.backends.rq.status import queue_status
 
-    try:
+    with errors_as_exit_codes():
         status = queue_status(redis_url, queue)
-    except BackendUnavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
     if json_out:
         typer.echo(json.dumps(status))
         return
@@ -186,20 +176,20 @@ def status_command(
 def _print_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)  # names are shown as given
     console.print(f"Redis {status['redis']}")
     queues = Table("queue", "length", box=None, header_style="bold")
     for q in status["queues"]:
-        queues.add_row(q["name"], str(q["length"]))
+        queues.add_row(Text(q["name"]), Text(str(q["length"])))
     console.print(queues)
     workers = Table(
         "worker", "pid", "host", "state", "current job", "queues", box=None, header_style="bold"
     )
     for w in status["workers"]:
-        workers.add_row(
-            w["name"], str(w["pid"]), w["host"] or "", w["state"], w["current_job"] or "-",
-            ", ".join(w["queues"]),
-        )  # fmt: skip
+        cells = (w["name"], str(w["pid"]), w["host"] or "", w["state"], w["current_job"] or "-",
+                 ", ".join(w["queues"]))  # fmt: skip
+        workers.add_row(*map(Text, cells))
     console.print(workers)
     console.print(f"{len(status['queues'])} queue(s), {len(status['workers'])} worker(s)")

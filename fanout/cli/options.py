@@ -126,12 +126,6 @@ RunSecretFile = Annotated[
         " (else $FANOUT_SECRET_FILE, $FANOUT_SECRET).",
     ),
 ]
-BACKEND_FLAGS = {
-    "daemon": "--daemon/--no-daemon",
-    "redis_url": "--redis-url",
-    "queue": "--queue",
-    "secret_file": "--secret-file",
-}
 
 # `fanout worker` and `fanout status`.
 RedisUrl = Annotated[
