@@ -31,6 +31,61 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> boo
     return parent is None or os.getppid() == parent
 
 
+def become_subreaper() -> None:
+    """Adopt this process's orphaned descendants (Linux): what a task starts and leaves
+    behind stays in this process's tree, where :func:`kill_tree` finds it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            pr_set_child_subreaper = 36
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux's /proc; none elsewhere)."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found.extend(int(child) for child in fh.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children first."""
+    found: list[int] = []
+    todo = children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children(child))
+    return found
+
+
+def kill_tree(pid: int, include_self: bool = True) -> None:
+    """SIGKILL ``pid``, its process group and every process below it.
+
+    The tree is read before anything is killed: once a process dies, its children are
+    handed to another parent and no longer show where they came from.
+    """
+    below = descendants(pid)
+    if include_self:
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGKILL)
+                break
+    for child in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+
+
 def describe_exit(code: int | None) -> str:
     """How a process ended, from its exit code (negative: the signal that killed it)."""
     if code is None:

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from fanout.backends.local import warden
 from tests.helpers import (
     RQ_WORKERS,
     SECRETS_IN_TESTS,
@@ -36,6 +37,9 @@ def no_leftover_processes() -> Iterator[None]:
     me = psutil.Process(os.getpid())
     before = {p.pid for p in me.children(recursive=True)}
     yield
+    keeper = warden.running()  # the local pools' warden lives as long as this process
+    if keeper is not None:
+        SESSION_PIDS.add(keeper.pid)
     new = [p for p in me.children(recursive=True) if p.pid not in before]
     _gone, alive = psutil.wait_procs([p for p in new if not of_the_session(p)], timeout=5)
     assert not alive, f"processes left behind: {alive}"

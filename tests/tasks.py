@@ -161,3 +161,40 @@ def say_then_sleep(seconds: float) -> float:
     print(f"slept {seconds}")
     time.sleep(seconds)
     return seconds
+
+
+def start_sleeper(pidfile: str, new_session: bool = False) -> int:
+    """Start ``sleep 300`` and return without waiting for it; its pid goes to ``pidfile``."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"], start_new_session=new_session)
+    with open(pidfile, "a") as fh:
+        fh.write(f"{child.pid}\n")
+    return child.pid
+
+
+def leave_pool_open(pidfile: str) -> list[int]:
+    """Open a multiprocessing.Pool and return without closing it."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(2)
+    pids = [p.pid for p in pool._pool]
+    with open(pidfile, "a") as fh:
+        fh.write("".join(f"{pid}\n" for pid in pids))
+    _kept.append(pool)  # never closed
+    return pids
+
+
+_kept: list[Any] = []
+
+
+def start_sleeper_then_hang(pidfile: str) -> None:
+    start_sleeper(pidfile)
+    time.sleep(300)
+
+
+def nested_run_that_hangs(pidfile: str) -> None:
+    """A task that runs fanout itself: its worker starts a sleeper, then hangs."""
+    import fanout
+
+    fanout.run(start_sleeper_then_hang, [pidfile], workers=1, daemon=False)

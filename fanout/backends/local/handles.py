@@ -13,9 +13,10 @@ from collections import deque
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
-from fanout._proc import on_main_thread
+from fanout._proc import kill_tree, on_main_thread
 from fanout.backends.local.protocol import IDLE, MARKER_SIZE, PIPE_SIZE, RUNNING
 from fanout.backends.local.run import Batch
+from fanout.backends.local.warden import warden
 from fanout.backends.local.worker import main as worker_main
 from fanout.models import WorkerInfo
 
@@ -82,11 +83,15 @@ class WorkerHandle:
         return self.pidfd if self.pidfd is not None else self.process.sentinel
 
     def kill(self) -> None:
-        """SIGKILL its process group: the worker and any children of its task."""
-        for kill in (os.killpg, os.kill):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                kill(self.pid, signal.SIGKILL)
-                return
+        """SIGKILL the worker with everything its tasks started (its tree and group)."""
+        kill_tree(self.pid)
+
+    def end_leftovers(self) -> None:
+        """After it has exited: SIGKILL what is left in its process group (what its
+        tasks started, orphaned when it died), and stop the warden watching it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        warden().forget(self.pid)
 
     def close_task_pipe(self) -> None:
         """End-of-file for the worker: an idle one exits."""
@@ -136,6 +141,7 @@ def start_worker(ctx: BaseContext, name: str, daemon: bool, selector_fd: int) ->
     # Set the group from both sides: whichever runs first wins the race with a kill.
     with contextlib.suppress(OSError):
         os.setpgid(process.pid or 0, process.pid or 0)
+    warden().watch(process.pid or 0)
     os.set_blocking(task_w, False)
     os.set_blocking(result_r, False)
     handle = WorkerHandle(process, task_w, result_r, marker)

@@ -237,6 +237,7 @@ class Pool:
         if worker.writing:
             self.selector.unregister(worker.task_w)
             worker.writing = False
+        worker.end_leftovers()
         worker.release()
 
     def abandon(self, run: LocalRun) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fanout import _task
-from fanout._proc import die_with_parent
+from fanout._proc import become_subreaper, die_with_parent, kill_tree
 from fanout._wire import DURATION, FAILED, STARTED, Record, not_run_record
 from fanout.backends.local.protocol import (
     FN,
@@ -58,6 +58,7 @@ def main(
         os._exit(0)  # the caller died before the request took effect
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    become_subreaper()  # what a task starts and leaves behind stays in our tree
     # Close the caller's ends of every pipe: only then does end-of-file on the task
     # pipe mean the caller is gone.
     for fd in inherited:
@@ -79,6 +80,9 @@ def main(
             loop.load(*message[2:])
         else:
             loop.run_batch(*message[1:])
+    # End-of-file: the pool is closing (or the caller is gone). Nothing a task started
+    # outlives us.
+    kill_tree(os.getpid(), include_self=False)
 
 
 class WorkerLoop:

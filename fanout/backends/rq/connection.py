@@ -100,6 +100,13 @@ def translate(url: str, doing: str = "lost Redis at") -> Iterator[None]:
         raise RedisLost(f"{doing} {where}: {scrub(str(exc), url)}") from None
     except redis.ResponseError as exc:  # NOAUTH and friends
         raise BackendUnavailable(f"Redis at {where}: {scrub(str(exc), url)}") from None
+    except redis.exceptions.InvalidResponse as exc:  # an HTTP server, a proxy, ...
+        raise BackendUnavailable(
+            f"the server at {where} does not speak Redis's protocol ({scrub(str(exc), url)});"
+            " is the URL's host and port a Redis server's?"
+        ) from None
+    except redis.RedisError as exc:
+        raise BackendUnavailable(f"Redis at {where}: {scrub(str(exc), url)}") from None
 
 
 def connect(url: str, *, socket_timeout: float | None = 30.0) -> Redis:
