@@ -5,6 +5,7 @@ Fixtures and hooks live in ``conftest.py``; everything a test imports lives here
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -197,3 +198,72 @@ def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class CuttableProxy:
+    """A TCP relay to ``port`` on 127.0.0.1 that a test can cut, as a network partition
+    would: every connection through it is dropped and new ones are refused until
+    :meth:`restore`."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.target = port
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def restore(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self.lock:
+            doomed, self.sockets = [*self.sockets, self.listener], []
+            self.listener = None
+        for sock in doomed:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                if self.listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)

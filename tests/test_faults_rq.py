@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -85,6 +86,10 @@ def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
     assert error.type == "WorkerLost"
     assert "stock-h" in error.message
     assert "task 1" in error.message
+    # What is known of the work-horse that died: its worker, that worker's pid (its
+    # parent), its host; not a blank identity.
+    lost = results[1].worker
+    assert (lost.name, lost.ppid, lost.host) == ("stock-h", workers[-1].pid, socket.gethostname())
 
 
 @pytest.mark.slow

@@ -30,6 +30,10 @@ class RedisLost(BackendUnavailable):
     """The connection to Redis broke or timed out (it may come back)."""
 
 
+class RedisFull(BackendUnavailable):
+    """Redis is at its maxmemory and refuses writes (it may be freed)."""
+
+
 def redis_url(url: str | None = None) -> str:
     """The URL to use: the one given, else ``$FANOUT_REDIS_URL``, else the default."""
     return url or os.environ.get("FANOUT_REDIS_URL") or DEFAULT_REDIS_URL
@@ -92,7 +96,7 @@ def translate(url: str, doing: str = "lost Redis at") -> Iterator[None]:
         ) from None
     except redis.exceptions.OutOfMemoryError as exc:
         # At maxmemory with noeviction Redis refuses writes: say so, and what to do.
-        raise BackendUnavailable(
+        raise RedisFull(
             f"Redis at {where} is full and refuses writes ({scrub(str(exc), url)});"
             " free memory or raise its maxmemory, then run again"
         ) from None
@@ -128,8 +132,8 @@ def connect(url: str, *, socket_timeout: float | None = 30.0) -> Redis:
 
 
 class Outage:
-    """Waiting out a lost Redis: each failure sleeps a growing backoff (at most 2 s) and
-    logs once; after ``wait`` seconds without success it raises the last error."""
+    """Waiting out a lost or full Redis: each failure sleeps a growing backoff (at most
+    2 s) and logs once; after ``wait`` seconds without success it raises the last error."""
 
     def __init__(self, url: str, wait: float, what: str = "") -> None:
         self.url = url
@@ -138,14 +142,14 @@ class Outage:
         self.since: float | None = None
         self.pause = 0.1
 
-    def hit(self, exc: RedisLost) -> None:
+    def hit(self, exc: RedisLost | RedisFull) -> None:
         """One more failure: back off, or raise once Redis has been gone too long."""
         now = time.monotonic()
         if self.since is None:
             self.since, self.pause = now, 0.1
-            log.warning("%slost Redis at %s; reconnecting", self.what, mask_url(self.url))
+            log.warning("%s%s; trying again", self.what, exc)
         if now - self.since >= self.wait:
-            raise RedisLost(f"{exc} (for {now - self.since:.0f} s)") from None
+            raise type(exc)(f"{exc} (for {now - self.since:.0f} s)") from None
         time.sleep(self.pause)
         self.pause = min(2.0, self.pause * 2)
 
@@ -154,5 +158,5 @@ class Outage:
         if self.since is None:
             return False
         self.since = None
-        log.warning("%sreconnected to Redis at %s", self.what, mask_url(self.url))
+        log.warning("%sRedis at %s answers again", self.what, mask_url(self.url))
         return True

@@ -33,7 +33,7 @@ from fanout.backends.rq.allowlist import (
     restricted_loads,
     target_module,
 )
-from fanout.backends.rq.connection import Outage, RedisLost, translate
+from fanout.backends.rq.connection import Outage, RedisFull, RedisLost, translate
 from fanout.backends.rq.protocol import (
     PUSH_SCRIPT,
     RUN_BATCH,
@@ -44,7 +44,7 @@ from fanout.backends.rq.protocol import (
     pack_results,
 )
 from fanout.backends.rq.signing import Keyring, keyring_of
-from fanout.errors import TargetError, TargetNotAllowed
+from fanout.errors import SerializationError, TargetError, TargetNotAllowed
 from fanout.models import TaskError, TaskResult
 from fanout.targets import resolve_target
 
@@ -76,6 +76,8 @@ class WorkerContext:
         self.allow = allow  # module prefixes whose code may run; () admits any
         self.executor = executor  # the task process; None: run tasks in this process
         self.heartbeat: Callable[[], None] | None = None  # set while a job runs
+        # Redis's limit on one value (proto-max-bulk-len): a bigger push would fail.
+        self.max_value_bytes = 512 * 2**20
         self.stop_requested = False  # set from RQ's command thread (stop-job)
 
     @classmethod
@@ -251,20 +253,48 @@ class Pusher:
         self.last = time.monotonic()
         if not self.records:
             return
+        records, self.records = self.records, []
+        for data in self.messages(records):
+            if not self.push(data):
+                self.gone = True
+                return
+
+    def messages(self, records: list[Record]) -> Iterator[bytes]:
+        """The records as result messages, each within Redis's size limit for a value:
+        halved until they fit; a single result too big for it fails its task instead."""
         assert self.identity is not None
-        data = pack_results(self.keys, self.identity, self.records, self.keyring)
-        self.records = []
+        data = pack_results(self.keys, self.identity, records, self.keyring)
+        limit = self.ctx.max_value_bytes
+        if len(data) <= limit:
+            yield data
+        elif len(records) > 1:
+            half = len(records) // 2
+            yield from self.messages(records[:half])
+            yield from self.messages(records[half:])
+        else:
+            index, _, _, started, finished, duration, output = records[0]
+            error = TaskError(
+                SerializationError.__name__,
+                f"the result of task {index} is {len(data) / 2**20:.0f} MiB, over the"
+                f" {limit / 2**20:.0f} MiB that Redis takes in one value (its"
+                " proto-max-bulk-len)",
+            )
+            small = (index, FAILED, error, started, finished, duration, output[:10_000])
+            yield pack_results(self.keys, self.identity, [small], self.keyring)
+
+    def push(self, data: bytes) -> bool:
+        """Push one message; False if the run has ended (nobody reads it). A lost or full
+        Redis is waited for (``REDIS_WAIT``), heartbeating all the while."""
         outage = Outage(self.ctx.url, REDIS_WAIT, f"worker {self.ctx.name}: ")
         keys = [self.keys.results, self.keys.ended]
         while True:
             try:
                 with translate(self.ctx.url):
-                    pushed = self.script(keys=keys, args=[data, RUN_TTL])
-                break
-            except RedisLost as exc:
-                outage.hit(exc)  # Redis restarting: keep the results, try again
-        if not pushed:
-            self.gone = True
+                    return bool(self.script(keys=keys, args=[data, RUN_TTL]))
+            except (RedisLost, RedisFull) as exc:
+                outage.hit(exc)  # keep the results, try again
+                if self.ctx.heartbeat is not None:
+                    self.ctx.heartbeat()
 
 
 class FanoutJob(Job):

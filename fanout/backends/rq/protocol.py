@@ -5,6 +5,12 @@ Keys of a run (``RunKeys``)::
     rq:job:fanout-<run>-<n>       an RQ job: one batch of tasks (RQ's own hash)
     fanout:run:<run>:results      list of result messages, pushed by workers
     fanout:run:<run>:ended        set when the run ends: late workers push nothing
+    fanout:run:<run>:caller       refreshed by the caller while it waits (its writes
+                                  are what tells it Redis has become full)
+
+Every key a run creates expires: queued jobs after ``RUN_TTL`` (RQ's job ``ttl``), the
+result list ``RUN_TTL`` after its last push, the markers with them; a job taken for lost
+has its hash given the same expiry.
 
 A job's function is ``fanout.rqworker.run_batch`` (``RUN_BATCH``) and its arguments are
 a :class:`JobArgs`. A result message is the pickle of ``(identity, records)`` — the
@@ -37,6 +43,7 @@ class RunKeys:
         self.run_id = run_id
         self.results = f"fanout:run:{run_id}:results"
         self.ended = f"fanout:run:{run_id}:ended"
+        self.caller = f"fanout:run:{run_id}:caller"
 
     def job_id(self, number: int) -> str:
         return f"fanout-{self.run_id}-{number}"
@@ -93,5 +100,40 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+# Jobs RQ still has as queued, but in neither the queue nor its intermediate list (a
+# lost dequeue, a failover that lost the last writes, a hand-run LPOP): put them back at
+# the head of the queue. Atomic, so a worker's dequeue cannot fall between the checks.
+# KEYS: queue, intermediate list, then one job hash per job; ARGV: the job ids.
+REQUEUE_VANISHED_SCRIPT = """
+local present = {}
+for _, list in ipairs({KEYS[1], KEYS[2]}) do
+  for _, id in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    present[id] = true
+  end
+end
+local requeued = {}
+for i, id in ipairs(ARGV) do
+  if not present[id] and redis.call('HGET', KEYS[i + 2], 'status') == 'queued' then
+    redis.call('LPUSH', KEYS[1], id)
+    table.insert(requeued, id)
+  end
+end
+return requeued
+"""
+
+# A job taken for lost: out of the started registry (RQ 3 keeps "<job id>:<execution
+# id>" members there), its hash left to expire. KEYS: registry, job hash; ARGV: job id, ttl.
+FORGET_JOB_SCRIPT = """
+local prefix = ARGV[1] .. ':'
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if member == ARGV[1] or string.sub(member, 1, #prefix) == prefix then
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """

@@ -73,6 +73,7 @@ class RQRun(RunState):
         self.owner: dict[int, str] = {}  # index -> id of the job that carries it
         self.job_count = 0
         self.refused = 0  # result messages whose signature did not hold
+        self.given_up = False  # a job was taken for lost: its worker may yet push
         self.outage = Outage(backend.url, backend.redis_wait)
         self.watch = JobWatch(self)
         self.watch.check()
@@ -112,6 +113,7 @@ class RQRun(RunState):
                     args=tuple(args),
                     job_id=job_id,
                     timeout=-1,  # per-task timeouts are fanout's, not RQ's job timeout
+                    ttl=RUN_TTL,  # a job nobody took within that is not run any more
                     result_ttl=0,  # results travel on the run's list; keep nothing
                     failure_ttl=FAILURE_TTL,
                     description=f"fanout {spec.target} tasks {args.indices[0]}..{args.indices[-1]}",
@@ -219,9 +221,12 @@ class RQRun(RunState):
             for job_id, count in zip(self.jobs, removed, strict=True):
                 if count:  # never reached a worker: delete it outright
                     pipe.delete(Job.key_for(job_id))
-            if taken:  # a worker has them: it must not push once we are gone
+            # A worker that still holds a job of the run (one taken, one given up for lost
+            # whose worker may thaw) must not push once we are gone: the marker outlives
+            # any late push. A run with neither leaves nothing behind.
+            if taken or self.given_up:
                 pipe.set(self.keys.ended, 1, ex=RUN_TTL)
-            pipe.delete(self.keys.results)
+            pipe.delete(self.keys.results, self.keys.caller)
             pipe.execute()
             running = set(StartedJobRegistry(queue=self.queue).get_job_ids()) & set(taken)
             for job_id in running:  # the worker ends it (RQ's stop-job command)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq import Worker
 from rq.job import Job
@@ -24,6 +24,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegist
 from rq.utils import utcparse
 
 from fanout.backends.rq.connection import mask_url
+from fanout.backends.rq.protocol import FORGET_JOB_SCRIPT, REQUEUE_VANISHED_SCRIPT, RUN_TTL
 from fanout.errors import BackendUnavailable, FanoutError, SignatureError, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
@@ -40,6 +41,8 @@ class JobWatch:
 
     def __init__(self, run: RQRun) -> None:
         self.run = run
+        self.scripts = _Scripts(run.connection)
+        self.evicted = _evicted_keys(run.connection)  # before this run: evictions are fatal
         self.workers_seen = 0
         self.last_check = 0.0
         self.last_progress = time.monotonic()
@@ -55,10 +58,11 @@ class JobWatch:
         """Workers serving the queue, and jobs of this run that RQ failed as a whole."""
         run = self.run
         self.last_check = time.monotonic()
+        self.check_memory()
         # Worker.all, not Worker.count: it skips workers whose key has expired.
         self.workers_seen = len(Worker.all(connection=run.connection, queue=run.queue))
-        failed = [i for i in FailedJobRegistry(queue=run.queue).get_job_ids() if i in run.jobs]
-        canceled = [i for i in CanceledJobRegistry(queue=run.queue).get_job_ids() if i in run.jobs]
+        failed = self.mine(FailedJobRegistry(queue=run.queue))
+        canceled = self.mine(CanceledJobRegistry(queue=run.queue))
         if failed or canceled:
             run.drain()  # what a job pushed before it failed still counts
         for job_id in failed:
@@ -73,24 +77,20 @@ class JobWatch:
                     run.fail_in_caller(job.tasks.indices[pos], error)
         self.watch_for_workers()
 
+    def mine(self, registry: Any) -> list[str]:
+        """This run's jobs in an RQ registry (read only: RQ's cleanup is its workers')."""
+        return [job_id for job_id in registry.get_job_ids(cleanup=False) if job_id in self.run.jobs]
+
     def find_lost_jobs(self) -> None:
         """Jobs that will never report: their worker died (its heartbeat stopped, or its
-        RQ registration expired), or Redis forgot them (restarted without persistence)."""
+        RQ registration expired) or started afresh since it took them, Redis forgot
+        them (restarted without persistence), or their queue lost them (put back)."""
         run = self.run
         if not run.jobs:
             return
-        ids = list(run.jobs)
-        pipe = run.connection.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(Job.key_for(job_id), "status", "worker_name")
-        replies = pipe.execute()
-        started = set(StartedJobRegistry(queue=run.queue).get_job_ids())
-        vanished, running = [], {}
-        for job_id, (status, worker) in zip(ids, replies, strict=True):
-            if status is None:
-                vanished.append(job_id)
-            elif job_id in started and worker:
-                running[job_id] = worker.decode()
+        vanished, queued, running = self.states()
+        if queued:
+            self.requeue_vanished(queued)
         dead = self.dead_workers(running)
         if not vanished and not dead:
             return
@@ -100,27 +100,58 @@ class JobWatch:
                 job = run.jobs[job_id]
                 run.requeue(job.tasks.task(pos) for pos in run.forget_job(job))
         for job_id, why in dead.items():
-            if job_id not in run.jobs:
-                continue
-            run.connection.zrem(StartedJobRegistry(queue=run.queue).key, job_id)
-            message = f"worker {why} while running task {{task}}"
-            self.lose(run.jobs[job_id], message, running[job_id])
+            if job_id in run.jobs:
+                message = f"worker {why} while running task {{task}}"
+                self.lose(run.jobs[job_id], message, running[job_id][0])
 
-    def dead_workers(self, running: dict[str, str]) -> dict[str, str]:
-        """Of the jobs ``running`` (job id -> worker name), those whose worker is dead."""
+    def states(self) -> tuple[list[str], list[str], dict[str, tuple[str, bytes | None]]]:
+        """The run's jobs that Redis no longer has, those RQ has as queued, and those
+        started (job id -> worker name, started at), in one round trip."""
+        run = self.run
+        ids = list(run.jobs)
+        pipe = run.connection.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(Job.key_for(job_id), "status", "worker_name", "started_at")
+        replies = pipe.execute()
+        started = set(StartedJobRegistry(queue=run.queue).get_job_ids(cleanup=False))
+        vanished, queued, running = [], [], {}
+        for job_id, (status, worker, started_at) in zip(ids, replies, strict=True):
+            if status is None:
+                vanished.append(job_id)
+            elif status == b"queued":
+                queued.append(job_id)
+            elif job_id in started and worker:
+                running[job_id] = (worker.decode(), started_at)
+        return vanished, queued, running
+
+    def requeue_vanished(self, queued: list[str]) -> None:
+        """Put back at the head of the queue the jobs it lost (see protocol.py)."""
+        run = self.run
+        keys = [run.queue.key, run.queue.intermediate_queue_key]
+        keys += [Job.key_for(job_id) for job_id in queued]
+        requeued = self.scripts.requeue(keys=keys, args=queued)
+        if requeued:
+            log.warning("%d job(s) of run %s were missing from queue %r; enqueued again",
+                        len(requeued), run.keys.run_id, run.queue.name)  # fmt: skip
+
+    def dead_workers(self, running: dict[str, tuple[str, bytes | None]]) -> dict[str, str]:
+        """Of the jobs ``running`` (job id -> worker name, started at), those whose
+        worker is dead, or was born again after it started the job."""
         if not running:
             return {}
         pipe = self.run.connection.pipeline(transaction=False)
-        for name in running.values():
+        for name, _ in running.values():
             pipe.hmget(Worker.redis_worker_namespace_prefix + name,
-                       "last_heartbeat", "fanout_heartbeat")  # fmt: skip
+                       "last_heartbeat", "fanout_heartbeat", "birth")  # fmt: skip
         now = time.time()
         dead: dict[str, str] = {}
-        for (job_id, name), (beat, fanout_beat) in zip(
+        for (job_id, (name, started_at)), (beat, fanout_beat, birth) in zip(
             running.items(), pipe.execute(), strict=True
         ):
             if beat is None:
                 dead[job_id] = f"{name} is gone (its RQ registration expired)"
+            elif birth and started_at and utcparse(birth.decode()) > utcparse(started_at.decode()):
+                dead[job_id] = f"{name} started afresh (its Redis connection broke)"
             elif fanout_beat is not None:
                 silent = now - utcparse(beat.decode()).timestamp()
                 if silent > self.run.rq.dead_after:
@@ -173,8 +204,11 @@ class JobWatch:
     def lose(self, job: RQJob, message: str, worker: str) -> None:
         """``job``'s process died: its first unreported task was running (an attempt,
         retried while ``retries`` allow; ``{task}`` in ``message`` names it); the others
-        run again for free."""
+        run again for free. RQ's records of the job are left to expire."""
         run = self.run
+        run.given_up = True
+        registry = StartedJobRegistry(queue=run.queue).key
+        self.scripts.forget(keys=[registry, Job.key_for(job.id)], args=[job.id, RUN_TTL])
         positions = run.forget_job(job)
         if not positions:
             return
@@ -186,6 +220,21 @@ class JobWatch:
                             info, first.attempts + 1, now, now, 0.0)  # fmt: skip
         run.requeue(job.tasks.task(pos) for pos in positions[1:])
         run.failed_attempt(first, result)
+
+    def check_memory(self) -> None:
+        """Redis must keep what fanout writes. A write of the caller's own (refreshing its
+        key) fails when Redis is full (noeviction): translate() says so. A Redis that
+        evicts keys to stay under its maxmemory may drop jobs and results: say so too."""
+        run = self.run
+        run.connection.set(run.keys.caller, 1, ex=RUN_TTL)
+        evicted = _evicted_keys(run.connection)
+        if self.evicted is not None and evicted is not None and evicted > self.evicted:
+            raise BackendUnavailable(
+                f"Redis at {mask_url(run.rq.url)} is full and evicts keys"
+                f" ({evicted - self.evicted} since this run started), fanout's jobs and"
+                " results among them; give it more maxmemory and set maxmemory-policy"
+                " noeviction, then run again"
+            )
 
     def last_known(self, job: RQJob, worker: str) -> WorkerInfo:
         """Who ran ``job``'s lost task, as far as anyone can tell: the process that sent
@@ -219,6 +268,22 @@ class JobWatch:
                 where,
                 run.queue.name,
             )
+
+
+class _Scripts:
+    """The watch's Lua scripts (protocol.py), registered once per run."""
+
+    def __init__(self, connection: Any) -> None:
+        self.requeue = connection.register_script(REQUEUE_VANISHED_SCRIPT)
+        self.forget = connection.register_script(FORGET_JOB_SCRIPT)
+
+
+def _evicted_keys(connection: Any) -> int | None:
+    """How many keys Redis has evicted since it started (None if it will not say)."""
+    try:
+        return int(connection.info("stats").get("evicted_keys", 0))
+    except Exception:
+        return None
 
 
 def _signature_failure(exc: str, signing: bool, worker: str) -> TaskError | None:

@@ -13,8 +13,10 @@ which the jobs it runs are handed (see ``job.py``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -23,12 +25,13 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from rq import Worker
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
 from fanout.backends.local import LocalBackend
-from fanout.backends.rq.connection import connect, mask_url, redis_url, url_passwords
+from fanout.backends.rq.connection import connect, mask_url, redis_url, scrub, url_passwords
 from fanout.backends.rq.job import FanoutJob, JobStopped, WorkerContext
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
 from fanout.errors import SignatureError, TargetNotAllowed
@@ -57,7 +60,10 @@ class FanoutWorker(SimpleWorker):
             nonlocal last
             if time.monotonic() - last >= HEARTBEAT_SECONDS:
                 last = time.monotonic()
-                self.maintain_heartbeats(job, execution)
+                # Redis lost or full: the results wait and are pushed later, and the
+                # heartbeat follows them (a failed one must not fail the job).
+                with contextlib.suppress(redis.RedisError, OSError):
+                    self.maintain_heartbeats(job, execution)
 
         ctx.heartbeat = heartbeat
         try:
@@ -138,6 +144,7 @@ def run_worker(
     _refuse_a_taken_name(connection, name, url)
     executor = TaskProcess(workers=1, daemon=False, process_name=name)
     context = WorkerContext(name, url, allow, executor)
+    context.max_value_bytes = _max_value_bytes(connection)
     # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
     worker = FanoutWorker(
         [queue],
@@ -153,10 +160,91 @@ def run_worker(
         for warning in safety_warnings(url, keyring, allow):
             say(f"fanout worker {name}: warning: {warning}")
     try:
-        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+        _serve(worker, burst, quiet)
     finally:
         executor.close(cancel=True)
     return 0
+
+
+def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
+    """Run the worker, and run it again when RQ gave up on a Redis error (a partition, a
+    Redis full or restarting): said in one line, served again once Redis answers."""
+    quits = _QuitRecords(quiet)
+    worker.log.addFilter(quits)
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    while True:
+        quits.reason = None
+        try:
+            worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+        except (redis.RedisError, OSError) as exc:  # RQ's teardown could not reach Redis
+            quits.reason = quits.reason or f"{type(exc).__name__}: {exc}"
+        if quits.reason is None or burst or worker._stop_requested:
+            return
+        ctx = worker.context
+        say(f"fanout worker {ctx.name}: {scrub(quits.reason, ctx.url)}; serving again once"
+            f" Redis at {mask_url(ctx.url)} answers")  # fmt: skip
+        if not _wait_for_redis(worker):
+            return
+        worker = _born_again(worker)
+
+
+def _wait_for_redis(worker: FanoutWorker) -> bool:
+    """Wait until Redis answers (True), or until the worker is asked to stop (False)."""
+    pause = 0.1
+    while not worker._stop_requested:
+        with contextlib.suppress(redis.RedisError, OSError):
+            worker.connection.ping()
+            return True
+        time.sleep(pause)
+        pause = min(2.0, pause * 2)
+    return False
+
+
+def _born_again(old: FanoutWorker) -> FanoutWorker:
+    """The same worker, registered afresh: its last registration may never have seen
+    its death. Its old job, if one was cut short, callers see as lost (its birth is
+    after the job started) and run again."""
+    with contextlib.suppress(redis.RedisError, OSError):
+        old.register_death()  # type: ignore[no-untyped-call]
+    worker = FanoutWorker(
+        [q.name for q in old.queues],
+        connection=old.connection,
+        name=old.name,
+        worker_ttl=old.worker_ttl,
+        serializer=old.serializer,
+        context=old.context,
+    )
+    worker.log.filters = old.log.filters
+    return worker
+
+
+class _QuitRecords(logging.Filter):
+    """Catches RQ's 'quitting' records (an unhandled exception, a Redis timeout) so the
+    worker says them in one line and serves on; ``quiet`` drops every traceback (the
+    workers a client starts write to its terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self.reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "quitting" in message and record.levelno >= logging.ERROR:
+            exc = record.exc_info[1] if record.exc_info else None
+            self.reason = f"{type(exc).__name__}: {exc}" if exc else message
+            return False
+        if self.quiet:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _max_value_bytes(connection: Any) -> int:
+    """Redis's limit on one value (proto-max-bulk-len), or its default if it will not say."""
+    try:
+        return int(connection.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
+    except Exception:
+        return 512 * 2**20
 
 
 def _refuse_a_taken_name(connection: Any, name: str, url: str) -> None:

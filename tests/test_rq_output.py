@@ -1,0 +1,192 @@
+"""What the rq backend says (issue 12, items 8, 9, 10, 17): results no process ran, names
+shown as given, a server that is not Redis, quiet local workers, a worker name already
+taken, what Ctrl-C did. Real redis-servers and workers, as in test_rq.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+import fanout
+from fanout.cli.views import HumanView
+from fanout.models import TaskResult, WorkerInfo
+from tests.helpers import (
+    RedisServer,
+    free_port,
+    run_fanout,
+    start_cli,
+    start_worker,
+    stop_workers,
+    wait_for_workers,
+    wait_until,
+)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, rq_workers: list[str]) -> str:
+    return redis_server.url
+
+
+def one_line(result: object, code: int, *fragments: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)  # type: ignore[attr-defined]
+    lines = result.stderr.splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("fanout: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# --------------------------------------------------------------------------- item 8
+
+
+def test_a_target_no_worker_can_import_gives_results_no_process_ran(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "only_here.py").write_text("def f(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the caller can import it; workers cannot
+    results = fanout.run("only_here:f", range(20), backend="rq", redis_url=redis_url)
+    assert sorted(r.index for r in results) == list(range(20))
+    for r in results:
+        assert r.error is not None
+        assert r.error.type == "TargetError"
+        assert "on RQ worker test-worker-" in r.error.message
+        assert (r.worker.name, r.worker.pid, r.worker.ppid) == ("(not run)", 0, 0)
+        assert r.worker.host == socket.gethostname()
+        assert r.attempts == 0
+
+
+def test_the_summary_counts_only_processes_that_ran_tasks() -> None:
+    def result(index: int, name: str, pid: int) -> TaskResult:
+        info = WorkerInfo(name, pid, 1, "box", "rq")
+        return TaskResult(index, True, None, None, info, 1, 0.0, 0.0, 0.0)
+
+    view = HumanView("rq")
+    results = [
+        result(0, "stock-1", 100),  # a stock worker's work-horses: one per job
+        result(1, "stock-1", 101),
+        result(2, "stock-1", 102),
+        result(3, "(not run)", 0),
+    ]
+    for r in results:
+        view.show(r, r.index, lambda line: None)
+    summary = view.summary()
+    assert summary.startswith("4 tasks: 4 ok, 0 failed in ")
+    assert summary.endswith(" on 1 rq worker")
+
+
+# --------------------------------------------------------------------------- item 9
+
+
+def test_status_shows_a_queue_name_as_given(redis_url: str) -> None:
+    Redis.from_url(redis_url).sadd("rq:queues", "rq:queue:jobs[/x]")
+    result = run_fanout("status", "--redis-url", redis_url, "--queue", "jobs[/x]")
+    assert result.returncode == 0, result.stderr
+    assert "jobs[/x]" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- item 10
+
+
+@pytest.fixture
+def not_redis() -> Iterator[int]:
+    """A port that answers as an HTTP server would, whatever it is sent."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", free_port()))
+    listener.listen(16)
+    connections: list[socket.socket] = []
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for conn in connections:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["run", "tests.tasks:square", "1", "--backend", "rq"], ["status"], ["worker"]],
+    ids=["run", "status", "worker"],
+)
+def test_a_port_that_is_not_redis_is_one_line_and_exit_3(
+    not_redis: int, command: list[str]
+) -> None:
+    result = run_fanout(*command, "--redis-url", f"redis://:pw-s3cret@127.0.0.1:{not_redis}/0")
+    one_line(result, 3, f"127.0.0.1:{not_redis}")
+    assert "pw-s3cret" not in result.stderr
+
+
+# --------------------------------------------------------------------------- item 17
+
+
+def test_local_workers_for_a_run_start_quietly(redis_server: RedisServer) -> None:
+    result = run_fanout(
+        "run", "tests.tasks:square", "--range", "4", "--backend", "rq", "--workers", "2",
+        "--queue", "quiet", "--redis-url", redis_server.url, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_a_lambda_is_refused_before_any_worker_starts(redis_server: RedisServer) -> None:
+    with pytest.raises(fanout.TargetError, match="lambda"):
+        fanout.run(lambda x: x, [1], backend="rq", redis_url=redis_server.url, workers=1,
+                   queue="never")  # fmt: skip
+    # Local workers are named after their caller's pid: none was ever registered.
+    assert not Redis.from_url(redis_server.url).keys(f"rq:worker:fanout-*-{os.getpid()}-*")
+
+
+def test_a_worker_name_already_taken_is_refused_before_the_banner(
+    redis_server: RedisServer,
+) -> None:
+    holder = start_worker(redis_server.url, "box-a")
+    try:
+        wait_for_workers(redis_server.url, ["box-a"])
+        result = run_fanout("worker", "--name", "box-a", "--redis-url", redis_server.url)
+    finally:
+        stop_workers([holder])
+    one_line(result, 2, "box-a", "already registered")
+
+
+def test_ctrl_c_says_what_it_did_and_the_stopped_jobs_say_who_stopped_them(
+    redis_url: str,
+) -> None:
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry
+
+    connection = Redis.from_url(redis_url)
+    before = set(FailedJobRegistry("fanout", connection=connection).get_job_ids())
+    proc = start_cli(
+        "run", "tests.tasks:sleep_for", "30", "30", "--backend", "rq", "--redis-url", redis_url,
+    )  # fmt: skip
+    registry = "rq:wip:fanout"
+    wait_until(lambda: connection.zcard(registry) == 2, 20, "both jobs run")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "queued jobs were removed" in stderr
+    assert "workers stopped" not in stderr  # it started none
+    failed = FailedJobRegistry("fanout", connection=connection)
+    stopped = wait_until(lambda: set(failed.get_job_ids()) - before, 20, "the jobs stop")
+    for job_id in stopped:
+        job = Job.fetch(job_id, connection=connection)
+        result = job.latest_result()
+        text = (result.exc_string if result else "") or job.exc_info or ""
+        assert "cancelled by the caller" in text, text
