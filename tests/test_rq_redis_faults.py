@@ -178,19 +178,23 @@ def test_a_redis_that_evicts_keys_mid_run_ends_the_run_in_one_line(
 def test_a_worker_cut_off_from_redis_lives_and_serves_again(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:
+    """The link goes down while a task runs and stays down past the worker's wait for
+    its results, so RQ meets the broken connection while it fails the job."""
     proxy = CuttableProxy(server.port)
-    serve(proxy.url, workers, "cut-1")
+    workers.append(start_worker(proxy.url, "cut-1", "--redis-wait", "2"))
+    wait_for_workers(server.url, ["cut-1"])
+    connection = Redis.from_url(server.url)
     thread, box = run_in_thread(
-        target=tasks.sleep_for, items=[0.2] * 30, backend="rq", redis_url=server.url,
-        retries=1, dead_after=10.0,
+        target=tasks.sleep_for, items=[1.0] * 4, backend="rq", redis_url=server.url,
+        retries=1,
     )  # fmt: skip
-    time.sleep(1.0)  # the fault's shape: the link goes down in the middle of the run...
+    wait_until(lambda: connection.zcard("rq:wip:fanout"), 20, "a task runs")
     proxy.cut()
-    time.sleep(5.0)  # ... and stays down a while
+    time.sleep(6.0)  # the fault's shape: down longer than the worker's --redis-wait
     proxy.restore()
     thread.join(90)
     assert not thread.is_alive()
-    exactly_one_each(box[0], 30)
+    exactly_one_each(box[0], 4)
     assert all(r.ok for r in box[0]), [r.error for r in box[0] if not r.ok][:2]
     assert workers[0].poll() is None, "the worker quit when its Redis went away"
     results = fanout.run(tasks.square, [5], backend="rq", redis_url=server.url)

@@ -144,6 +144,7 @@ def worker_command(
     allow: opt.Allow = None,
     secret_file: opt.SecretFile = None,
     quiet: opt.Quiet = False,
+    redis_wait: opt.RedisWait = 60.0,
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
     from fanout.backends.rq.allowlist import parse_allow
@@ -152,7 +153,9 @@ def worker_command(
     sys.path.insert(0, os.getcwd())  # like `rq worker`: task modules in the current directory
     with errors_as_exit_codes():
         prefixes = parse_allow(allow or [])
-        code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file, quiet)
+        code = run_worker(
+            redis_url, queue, name, burst, processes, prefixes, secret_file, quiet, redis_wait
+        )
     raise typer.Exit(code)
 
 

@@ -140,6 +140,14 @@ WorkerName = Annotated[
 Quiet = Annotated[
     bool, typer.Option("--quiet", help="No banner and no warnings (for workers a client starts).")
 ]
+RedisWait = Annotated[
+    float,
+    typer.Option(
+        "--redis-wait",
+        metavar="SECONDS",
+        help="How long a job's results wait for a lost or full Redis before the job fails.",
+    ),
+]
 Burst = Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")]
 Processes = Annotated[
     int, typer.Option("--processes", metavar="N", min=1, help="Worker processes to run.")

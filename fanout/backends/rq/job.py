@@ -52,7 +52,7 @@ log = logging.getLogger("fanout.worker")
 
 PUSH_SECONDS = 0.05  # a worker pushes finished results at least this often
 PUSH_RECORDS = 2000  # ... or once this many are waiting
-REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis
+REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
 # fanout's own errors name the task by its index in the batch: renumbered for the run.
 _OWN_ERRORS = frozenset({"SerializationError", "WorkerLost", "TaskTimeout", "TargetError"})
 
@@ -78,6 +78,7 @@ class WorkerContext:
         self.heartbeat: Callable[[], None] | None = None  # set while a job runs
         # Redis's limit on one value (proto-max-bulk-len): a bigger push would fail.
         self.max_value_bytes = 512 * 2**20
+        self.redis_wait = REDIS_WAIT  # how long a push waits for a lost Redis
         self.stop_requested = False  # set from RQ's command thread (stop-job)
 
     @classmethod
@@ -284,8 +285,8 @@ class Pusher:
 
     def push(self, data: bytes) -> bool:
         """Push one message; False if the run has ended (nobody reads it). A lost or full
-        Redis is waited for (``REDIS_WAIT``), heartbeating all the while."""
-        outage = Outage(self.ctx.url, REDIS_WAIT, f"worker {self.ctx.name}: ")
+        Redis is waited for (``ctx.redis_wait``), heartbeating all the while."""
+        outage = Outage(self.ctx.url, self.ctx.redis_wait, f"worker {self.ctx.name}: ")
         keys = [self.keys.results, self.keys.ended]
         while True:
             try:

@@ -32,7 +32,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from fanout._proc import spawn_fanout_worker
 from fanout.backends.local import LocalBackend
 from fanout.backends.rq.connection import connect, mask_url, redis_url, scrub, url_passwords
-from fanout.backends.rq.job import FanoutJob, JobStopped, WorkerContext
+from fanout.backends.rq.job import REDIS_WAIT, FanoutJob, JobStopped, WorkerContext
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
 from fanout.errors import SignatureError, TargetNotAllowed
 
@@ -128,12 +128,15 @@ def run_worker(
     allow: tuple[str, ...] = (),
     secret_file: str | None = None,
     quiet: bool = False,
+    redis_wait: float = REDIS_WAIT,
 ) -> int:
     """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code.
 
     ``allow``: module prefixes whose targets may run (empty: any). ``secret_file``, else
     ``FANOUT_SECRET_FILE`` or ``FANOUT_SECRET``: only signed jobs run, results are signed.
     ``quiet``: no banner and no warnings (workers a client starts for its own run).
+    ``redis_wait``: how long a job's results wait for a lost or full Redis before the
+    job fails (the worker itself waits for its Redis as long as it takes).
     """
     url = redis_url(url)
     keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
@@ -145,6 +148,7 @@ def run_worker(
     executor = TaskProcess(workers=1, daemon=False, process_name=name)
     context = WorkerContext(name, url, allow, executor)
     context.max_value_bytes = _max_value_bytes(connection)
+    context.redis_wait = redis_wait
     # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
     worker = FanoutWorker(
         [queue],
