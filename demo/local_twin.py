@@ -293,6 +293,16 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compose", type=Path, default=COMPOSE_FILE, help="the compose file")
@@ -331,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted; stopping what the demo started")
         return 130
     finally:
-        twin.stop()
+        # A second Ctrl-C while stopping must not cut the stopping short (or print a
+        # traceback): everything the demo started is stopped either way.
+        with _signals_ignored():
+            twin.stop()
 
 
 if __name__ == "__main__":
