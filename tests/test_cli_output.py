@@ -197,3 +197,8 @@ def test_json_lines_on_a_terminal_are_never_wrapped() -> None:
     assert sorted(r["index"] for r in records) == [0, 1, 2]
     assert value in [r["value"] for r in records]
     assert "[progress.description]" not in text
+
+
+def test_a_target_that_is_not_callable_is_named_in_plain_words() -> None:
+    result = run_fanout("run", "sys:maxsize", "1")
+    assert "is an int, not a callable" in one_line_error(result)
