@@ -293,14 +293,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,13 +333,14 @@ def main(argv: list[str] | None = None) -> int:
             submit = twin.start(local_command(demo.submit), submit_env)
             return submit.wait()
     except KeyboardInterrupt:
+        # A second Ctrl-C while stopping must not cut the stopping short (or print a
+        # traceback): everything the demo started is stopped either way.
+        _ignore_signals()
         say("interrupted; stopping what the demo started")
         return 130
     finally:
-        # A second Ctrl-C while stopping must not cut the stopping short (or print a
-        # traceback): everything the demo started is stopped either way.
-        with _signals_ignored():
-            twin.stop()
+        _ignore_signals()
+        twin.stop()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from rq import Worker
+from rq import Worker, worker_registration
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
@@ -176,24 +176,30 @@ def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
     quits = _QuitRecords(quiet)
     worker.log.addFilter(quits)
     say = functools.partial(print, file=sys.stderr, flush=True)
+    pause = 0.0  # between restarts, while they keep failing
     while True:
         quits.reason = None
+        began = time.monotonic()
         try:
             worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
-        except (redis.RedisError, OSError) as exc:  # RQ's teardown could not reach Redis
+        except (redis.RedisError, OSError) as exc:  # RQ's bootstrap or teardown failed
             quits.reason = quits.reason or f"{type(exc).__name__}: {exc}"
         if quits.reason is None or burst or worker._stop_requested:
             return
         ctx = worker.context
-        say(f"fanout worker {ctx.name}: {scrub(quits.reason, ctx.url)}; serving again once"
-            f" Redis at {mask_url(ctx.url)} answers")  # fmt: skip
-        if not _wait_for_redis(worker):
+        if pause == 0.0:  # one line per outage, not one per attempt
+            say(f"fanout worker {ctx.name}: {scrub(quits.reason, ctx.url)}; serving again"
+                f" once Redis at {mask_url(ctx.url)} answers")  # fmt: skip
+        pause = 0.0 if time.monotonic() - began > 30 else min(5.0, max(0.5, pause * 2))
+        if not _wait_for_redis(worker, pause):
             return
         worker = _born_again(worker)
 
 
-def _wait_for_redis(worker: FanoutWorker) -> bool:
-    """Wait until Redis answers (True), or until the worker is asked to stop (False)."""
+def _wait_for_redis(worker: FanoutWorker, pause: float) -> bool:
+    """After ``pause`` s, wait until Redis answers (True), or until the worker is asked to
+    stop (False)."""
+    time.sleep(pause)
     pause = 0.1
     while not worker._stop_requested:
         with contextlib.suppress(redis.RedisError, OSError):
@@ -209,7 +215,10 @@ def _born_again(old: FanoutWorker) -> FanoutWorker:
     its death. Its old job, if one was cut short, callers see as lost (its birth is
     after the job started) and run again."""
     with contextlib.suppress(redis.RedisError, OSError):
-        old.register_death()  # type: ignore[no-untyped-call]
+        # Its own registration, dropped outright: a full Redis refuses RQ's record of
+        # a death (a write) but not a delete, and RQ refuses a name still registered.
+        worker_registration.unregister(old)
+        old.connection.delete(old.key)
     worker = FanoutWorker(
         [q.name for q in old.queues],
         connection=old.connection,
