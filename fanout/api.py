@@ -8,12 +8,15 @@ import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fanout.backends import Backend, MapSpec, create_backend, get_backend
 from fanout.errors import TargetError
 from fanout.models import TaskResult
 from fanout.targets import resolve_target, why_not_importable
+
+if TYPE_CHECKING:
+    from fanout.journal import Resume
 
 DEFAULT_BACKEND = "local"
 
@@ -29,6 +32,9 @@ def run(
     timeout: float | None = None,
     retries: int = 0,
     ordered: bool = True,
+    max_failures: int | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    resume: Resume = False,
     **backend_options: Any,
 ) -> list[TaskResult]:
     """Run ``target`` on every item (or ``repeat`` times) and return all results.
@@ -47,6 +53,9 @@ def run(
                 ordered=ordered,
                 timeout=timeout,
                 retries=retries,
+                max_failures=max_failures,
+                journal=journal,
+                resume=resume,
             )
         )
 
@@ -84,13 +93,18 @@ class Fanout:
         retries: int = 0,
         star: bool = False,
         repeat: int | None = None,
+        max_failures: int | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        resume: Resume = False,
     ) -> Iterator[TaskResult]:
         """Yield one :class:`~fanout.TaskResult` per item: in input order, or as they finish.
 
         ``items`` is consumed lazily; the target is checked now, before any task runs.
+        ``max_failures``: stop after that many failed tasks. ``journal``: append every
+        result to this file (JSON lines); ``resume``: skip the indexes it already holds
+        (``"failed"``: only its ``ok`` ones). See :mod:`fanout.journal`.
         """
-        if self._closed:
-            raise RuntimeError("this Fanout is closed")
+        self._refuse_if_closed()
         # One unfinished map at a time (backends/base.py): a generator's frame is gone
         # once it is exhausted or closed.
         active = self._active() if self._active is not None else None
@@ -98,6 +112,74 @@ class Fanout:
             raise RuntimeError(
                 "another map() on this Fanout is still running: consume or close it first"
             )
+        fn, name = self._resolve(target)
+        items, star = _inputs(items, repeat, star)
+        _check_limits(timeout, retries, max_failures, resume, journal)
+
+        def run_on(inputs: Iterator[Any]) -> Iterator[TaskResult]:
+            spec = MapSpec(fn, name, inputs, star, ordered, timeout, retries, max_failures)
+            return self._backend.map(spec)
+
+        if journal is None:
+            results = run_on(iter(items))
+        else:
+            from fanout.journal import Journal, journaled
+
+            label = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+            book = Journal(os.fspath(journal), label, resume)
+            results = journaled(book, iter(items), ordered, run_on)
+        with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
+            self._active = weakref.ref(results)
+        return results
+
+    def submit(
+        self,
+        target: Callable[..., Any] | str,
+        items: Iterable[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        star: bool = False,
+        repeat: int | None = None,
+    ) -> str:
+        """Enqueue every input as a run that goes on without this caller; its id.
+        The backend must keep runs (``durable_runs``, as rq does)."""
+        self._refuse_if_closed()
+        fn, name = self._resolve(target)
+        items, star = _inputs(items, repeat, star)
+        _check_limits(timeout, retries, None, False, None)
+        return self._backend.submit(MapSpec(fn, name, iter(items), star, False, timeout, retries))
+
+    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+        """The results of run ``run_id``, each index once: those in at once, the rest as
+        they finish (``wait``); a complete collection removes the run's data."""
+        self._refuse_if_closed()
+        return self._backend.attach(run_id, wait)
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the last map's run, on a backend whose runs have ids (rq)."""
+        return self._backend.last_run_id()
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def detach(self) -> None:
+        """Leave the run in progress going when this Fanout closes (rq: collectable by
+        its id afterwards)."""
+        self._backend.detach()
+
+    @property
+    def stop_note(self) -> str:
+        """What closing early did (for a message after an interruption)."""
+        return self._backend.stop_note()
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Fanout is closed")
+
+    def _resolve(self, target: Callable[..., Any] | str) -> tuple[Callable[..., Any], str | None]:
         fn, name = resolve_target(target)
         if self._backend.needs_importable_target and name is None:
             raise TargetError(
@@ -105,28 +187,7 @@ class Fanout:
                 f"and {why_not_importable(fn)}; define it at module level in an importable "
                 "module"
             )
-        if repeat is not None:
-            if items is not None:
-                raise ValueError("give either items or repeat, not both")
-            if not isinstance(repeat, int) or repeat < 0:
-                raise ValueError(f"repeat must be a non-negative integer, got {repeat!r}")
-            items, star = itertools.repeat((), repeat), True
-        elif items is None:
-            raise ValueError("give the items to run on, or repeat=N to call target() N times")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
-        spec = MapSpec(fn, name, iter(items), star, ordered, timeout, retries)
-        results = self._backend.map(spec)
-        with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
-            self._active = weakref.ref(results)
-        return results
-
-    @property
-    def stop_note(self) -> str:
-        """What closing early did (for a message after an interruption)."""
-        return self._backend.stop_note()
+        return fn, name
 
     def close(self, cancel: bool = False) -> None:
         """End the workers; ``cancel=True`` does not wait for running tasks. Idempotent."""
@@ -144,6 +205,38 @@ class Fanout:
         tb: TracebackType | None,
     ) -> None:
         self.close(cancel=exc_type is not None)
+
+
+def _inputs(
+    items: Iterable[Any] | None, repeat: int | None, star: bool
+) -> tuple[Iterable[Any], bool]:
+    """The items to run on, and whether to unpack them (``repeat=N``: N empty calls)."""
+    if repeat is not None:
+        if items is not None:
+            raise ValueError("give either items or repeat, not both")
+        if not isinstance(repeat, int) or repeat < 0:
+            raise ValueError(f"repeat must be a non-negative integer, got {repeat!r}")
+        return itertools.repeat((), repeat), True
+    if items is None:
+        raise ValueError("give the items to run on, or repeat=N to call target() N times")
+    return items, star
+
+
+def _check_limits(
+    timeout: float | None,
+    retries: int,
+    max_failures: int | None,
+    resume: Resume,
+    journal: str | os.PathLike[str] | None,
+) -> None:
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+    if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 1):
+        raise ValueError(f"max_failures must be a positive integer, got {max_failures!r}")
+    if resume and journal is None:
+        raise ValueError("resuming needs the journal to resume from: give journal=PATH")
 
 
 def _parse_workers(text: str, source: str) -> int:

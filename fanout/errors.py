@@ -48,6 +48,17 @@ class UnknownOption(FanoutError, ValueError):
         self.valid = valid
 
 
+class UnknownRun(FanoutError, ValueError):
+    """No run has this id in this Redis (never had, or it expired or was collected)."""
+
+    def __init__(self, run_id: str, where: str) -> None:
+        super().__init__(
+            f"no run {run_id!r} in {where}: it never was, or it was collected or expired"
+            " (runs are kept result_ttl, 7 days by default, after their last activity)"
+        )
+        self.run_id = run_id
+
+
 class BackendUnavailable(FanoutError):
     """The backend's service cannot be reached or refused the credentials."""
 

@@ -198,3 +198,13 @@ def nested_run_that_hangs(pidfile: str) -> None:
     import fanout
 
     fanout.run(start_sleeper_then_hang, [pidfile], workers=1, daemon=False)
+
+
+def record_run(log: str, x: Any) -> Any:
+    """Append ``x`` to the file ``log`` (each execution leaves a line), then return it;
+    fail for an input that is the string "fail"."""
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    if x == "fail":
+        raise ValueError("asked to fail")
+    return x

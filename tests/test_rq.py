@@ -114,10 +114,8 @@ def run_id_of(job_id: str) -> str:
 
 
 def keys_of_run(connection: Redis, run_id: str) -> set[str]:
-    """Every key of one run: its result list and its RQ jobs."""
-    return keys(connection, f"fanout:run:{run_id}:*") | keys(
-        connection, f"rq:job:fanout-{run_id}-*"
-    )
+    """Every key of one run: its record, stream and markers, and its RQ jobs."""
+    return keys(connection, f"fanout:run:{run_id}*") | keys(connection, f"rq:job:fanout-{run_id}-*")
 
 
 def wait_for_registered(url: str, names: list[str], timeout: float = 20.0) -> None:
@@ -317,7 +315,16 @@ def test_rq_info_lists_queued_jobs_and_ctrl_c_removes_them(
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert connection.llen("rq:queue:lonely") == 0
-    assert keys_of_run(connection, run_id) == set()
+    # The cancelled run stays collectable, every key of it expiring: each task it had
+    # enqueued has its one result (Cancelled: no worker serves "lonely").
+    assert f"fanout results {run_id}" in stderr
+    assert all(connection.ttl(key) > 0 for key in keys_of_run(connection, run_id))
+    run = fanout.attach(run_id, redis_url=redis_url, queue="lonely")
+    total = run.status()["total"]
+    collected = sorted((r.index, r.error.type if r.error else None) for r in run.results())
+    assert total >= 1
+    assert collected == [(i, "Cancelled") for i in range(total)]
+    assert keys_of_run(connection, run_id) == set()  # a complete collection removes them
 
 
 # --------------------------------------------------------------------------- cleaning up
@@ -925,14 +932,16 @@ def test_ctrl_c_stops_the_job_running_on_a_fanout_worker_and_leaves_no_run_keys(
     run_id = run_id_of(job_id)
     assert connection.llen(f"rq:queue:{queue}") == 0
     assert not (tmp_path / "never").exists()
-    # Nothing re-creates the run's result list once the caller is gone (its "ended"
-    # marker, which tells late workers so, expires); the stopped job, if RQ keeps its
-    # record, is "stopped", not a failure of its own.
-    ended = f"fanout:run:{run_id}:ended"
-    assert keys(connection, f"fanout:run:{run_id}:*") <= {ended}
-    assert 0 < connection.ttl(ended) <= 3600
+    # The run stays collectable until its result_ttl, every key of it expiring; the
+    # stopped job, if RQ keeps its record, is "stopped", not a failure of its own.
+    assert all(connection.ttl(key) > 0 for key in keys(connection, f"fanout:run:{run_id}*"))
     for key in keys(connection, f"rq:job:fanout-{run_id}-*"):
         assert connection.hget(key, "status") == b"stopped", key
+    collected = fanout.attach(run_id, redis_url=url, queue=queue).results()
+    assert sorted((r.index, r.error.type if r.error else None) for r in collected) == [
+        (0, "Cancelled"),
+        (1, "Cancelled"),
+    ]
     # The worker serves on.
     after = fanout.run(tasks.square, [3], backend="rq", redis_url=url, queue=queue)
     assert [(r.value, r.worker.name) for r in after] == [(9, "stop-1")]

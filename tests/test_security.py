@@ -464,7 +464,7 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
 
     def message(value: Any) -> bytes:
         record = (0, OK_RAW, value, 0.0, 0.0, 0.0, "")
-        return pickle.dumps((info, [record]), pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((info, [record], None), pickle.HIGHEST_PROTOCOL)
 
     forged = [
         message(TouchOnUnpickle(marker)),  # unsigned
@@ -483,9 +483,10 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
             # Validly sealed for this run, but not a result message.
             ours.seal(run.keys.results.encode() + b"\n" + pickle.dumps("not a result")),
         ]
-        # Already waiting when the run enqueues its job and pops its result list: the
-        # forgeries come before the worker's real result, once index 0 is outstanding.
-        cluster.connection.rpush(run.keys.results, *forged)
+        # Already waiting on the run's stream when it reads it: the forgeries come
+        # before the worker's real result, while index 0 is outstanding.
+        for data in forged:
+            cluster.connection.xadd(run.keys.results, {"m": data})
         got = list(results)
         refused = run.refused
     assert [(r.index, r.ok, r.value, r.worker.name) for r in got] == [(0, True, 49, SIGNED)]
@@ -595,11 +596,11 @@ def test_pickled_inputs_may_name_only_allowed_modules(cluster: Cluster, tmp_path
 
 
 def _pushed_error(cluster: Cluster, run_id: str, keyring: Keyring | None) -> tuple[str, str]:
-    """The error of the one task a raw run_batch job pushed onto its run's list."""
+    """The error of the one task a raw run_batch job pushed onto its run's stream."""
     keys = RunKeys(run_id)
-    popped = cluster.connection.blpop([keys.results], timeout=15)
-    assert popped is not None, "the job pushed no result"
-    _info, [record] = unpack_results(popped[1], keys, keyring)
+    read = cluster.connection.xread({keys.results: "0-0"}, count=1, block=15_000)
+    assert read, "the job pushed no result"
+    _info, [record], _ = unpack_results(read[0][1][0][1][b"m"], keys, keyring)
     return record[PAYLOAD].type, record[PAYLOAD].message
 
 
@@ -616,7 +617,10 @@ def test_a_file_path_target_never_runs_on_a_worker(
     run_id = f"path-{worker}"
     keyring = Keyring([SECRET.encode()], "ours") if worker == SIGNED else None
     queue = Queue(worker, connection=cluster.connection, serializer=serializer_for(keyring))
-    queue.enqueue("fanout.rqworker.run_batch", run_id, target, False, None, [0], [1], [])
+    # A run's record, as a client makes it: a job of a run that has none is not run.
+    cluster.connection.hset(RunKeys(run_id).meta, mapping={"state": "running", "result_ttl": 60})
+    queue.enqueue("fanout.rqworker.run_batch", run_id, target, False, None, 0, [0], [1], [],
+                  None)  # fmt: skip
     kind, message = _pushed_error(cluster, run_id, keyring)
     assert kind in ("TargetError", "TargetNotAllowed"), message
     assert not marker.exists()

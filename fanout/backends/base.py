@@ -13,6 +13,10 @@ is the identity of the process that ran the task (inside it, ``os.getpid() == pi
 ``os.getppid() == ppid``, ``socket.gethostname() == host``,
 ``multiprocessing.current_process().name == name``).
 
+**Halting.** With ``spec.max_failures`` set, the failed result that reaches it halts the
+run: no new input is taken, tasks not yet handed to a worker are cancelled, tasks a
+worker already holds finish and are reported.
+
 **Attempts.** ``attempts`` counts the times the target was started for the task: 1 for
 a task that ran once; 1 + n after n retries (``spec.retries`` bounds n; a retry follows
 a failed attempt: the task's own exception, ``WorkerLost``, ``TaskTimeout``); 0 for a
@@ -29,6 +33,8 @@ one of fanout's:
 - ``TargetError`` / ``TargetNotAllowed``: the worker could not load the target, or its
   allowlist refused it;
 - ``SignatureError``: a worker refused the job as unsigned or forged (rq);
+- ``Cancelled``: the run was cancelled, or halted by ``max_failures``, before the task
+  was handed to a worker (``attempts`` 0, worker ``(not run)``);
 - ``JobCanceled`` / ``JobStopped``: the RQ job was cancelled or stopped outside fanout;
 - on rq, a job that RQ itself failed around its tasks gives the name of RQ's exception.
 
@@ -59,7 +65,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,6 +84,11 @@ class MapSpec:
     ordered: bool = True
     timeout: float | None = None
     retries: int = 0
+    #: Stop after this many failed tasks: no new input is taken, and tasks not yet
+    #: handed to a worker are cancelled (each gets its result, ``Cancelled``).
+    max_failures: int | None = None
+    #: Attempts already made for each item, by position (None: none yet).
+    attempts: Sequence[int] | None = None
 
 
 class Backend(ABC):
@@ -94,6 +105,9 @@ class Backend(ABC):
     runs_in_caller: ClassVar[bool] = False
     #: Workers are child processes of the caller (``ppid == os.getpid()``).
     workers_are_children: ClassVar[bool] = False
+    #: Runs outlive their caller and are known by id: ``submit``, ``attach``,
+    #: ``run_status``, ``cancel_run`` and ``last_run_id`` work.
+    durable_runs: ClassVar[bool] = False
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:  # noqa: B027
         """Take the worker count (None: the backend's default) and backend options."""
@@ -132,3 +146,34 @@ class Backend(ABC):
     def stop_note(self) -> str:
         """What ``close(cancel=True)`` did, in a few words (said after a Ctrl-C)."""
         return "workers stopped"
+
+    # Durable runs (``durable_runs``): a backend without them says so.
+
+    def last_run_id(self) -> str | None:
+        """The id of the run the last ``map`` made, if runs have ids here."""
+        return None
+
+    def submit(self, spec: MapSpec) -> str:
+        """Enqueue every input of ``spec`` as a run that goes on without the caller."""
+        raise self._no_durable_runs()
+
+    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+        """The results of run ``run_id``, each index once (``wait``: until all are in)."""
+        raise self._no_durable_runs()
+
+    def run_status(self, run_id: str) -> dict[str, Any]:
+        """Run ``run_id``'s counts: total, ok, failed, cancelled, queued, running, workers."""
+        raise self._no_durable_runs()
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel run ``run_id``: queued tasks cancelled, running ones stopped."""
+        raise self._no_durable_runs()
+
+    def detach(self) -> None:  # noqa: B027 - optional hook
+        """Leave the runs in progress going when this backend closes (SIGHUP)."""
+
+    def _no_durable_runs(self) -> ValueError:
+        return ValueError(
+            f"the {self.name} backend has no runs that outlive their caller (detach, run"
+            " ids, results, status, cancel): use --backend rq"
+        )

@@ -34,6 +34,7 @@ from fanout.backends.base import MapSpec
 from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
 
+CANCELLED = "Cancelled"  # the error type of a task cancelled before a worker had it
 # How far past the oldest unyielded result an ordered run may take input, at least.
 ORDER_WINDOW = 10_000
 # A task requeued for free (its worker died outside any task) this often is charged.
@@ -66,6 +67,8 @@ class RunState:
         self.bytes_seen: dict[bool, float] = {}  # measured pickled bytes per task, in and out
         self.bytes_per_task: float | None = None
         self.not_run_info: WorkerInfo | None = None  # made once: it looks up the host
+        self.failures = 0  # failed results, counted when spec.max_failures is set
+        self.halted = False  # max_failures reached: no new input, nothing new dispatched
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready
@@ -140,6 +143,8 @@ class RunState:
         if self.broken is not None:
             self.fail_the_rest(self.broken)
             return None
+        if self.halted:
+            return None
         size = self.batch_size()
         retried = self.take_retries(size)
         start, fresh = self.take_fresh(size - len(retried))
@@ -154,7 +159,7 @@ class RunState:
             pickled += [len(indices) + pos for pos in batch.pickled]
             indices += batch.indices
             items += batch.items
-            attempts += [0] * len(batch)
+            attempts += [0] * len(batch) if batch.attempts is None else batch.attempts
         return TaskBatch(indices, items, pickled, attempts)
 
     def take_retries(self, size: int) -> list[Task]:
@@ -178,8 +183,10 @@ class RunState:
                 self.fail_in_caller(start + pos, _task.input_error(start + pos, exc))
                 fresh[pos] = _DROPPED
                 failed = True
+        prior = self.spec.attempts
         if not failed:
-            return TaskBatch(range(start, start + len(fresh)), fresh, pickled)
+            attempts = None if prior is None else list(prior[start : start + len(fresh)])
+            return TaskBatch(range(start, start + len(fresh)), fresh, pickled, attempts)
         keep = [pos for pos, item in enumerate(fresh) if item is not _DROPPED]
         if not keep:
             return None
@@ -188,6 +195,7 @@ class RunState:
             [start + pos for pos in keep],
             [fresh[pos] for pos in keep],
             [renumber[pos] for pos in pickled],
+            None if prior is None else [prior[start + pos] for pos in keep],
         )
 
     # -- outcomes ---------------------------------------------------------------------
@@ -238,6 +246,29 @@ class RunState:
             self.failed_attempt(task_of(i), result, retryable)
         self.finish_many(done)
 
+    def finish_records(
+        self, records: Sequence[Record], info: WorkerInfo, attempts: Sequence[int] | None
+    ) -> None:
+        """Records that are final already (the worker applied ``retries`` itself):
+        ``attempts[i]`` made for ``records[i]``'s task in all (None: one each)."""
+        if attempts is None and not any(record[STATUS] for record in records):
+            self.finish_many(_first_try_results(records, info))
+            return
+        done: list[TaskResult] = []
+        for i, (index, status, payload, started, finished, duration, output) in enumerate(records):
+            tries = 1 if attempts is None else attempts[i]
+            if status == NOT_RUN:
+                who = WorkerInfo.not_run(info.backend, info.host)
+                done.append(make_result(index, False, None, payload, who, tries,
+                                        started, finished, 0.0, ""))  # fmt: skip
+                if payload.type == TargetError.__name__:
+                    self.break_target(payload)
+                continue
+            ok, value = (True, payload) if status == OK_RAW else load_value(index, status, payload)
+            done.append(make_result(index, ok, value if ok else None, None if ok else value,
+                                    info, tries, started, finished, duration, output))  # fmt: skip
+        self.finish_many(done)
+
     def failed_attempt(self, task: Task, result: TaskResult, retryable: bool = True) -> None:
         """A task's attempt failed: send it again while ``retries`` allow, else report it."""
         if retryable and self.broken is None and task.attempts + 1 <= self.spec.retries:
@@ -278,12 +309,30 @@ class RunState:
         for offset in range(len(fresh)):
             self.fail_in_caller(start + offset, error)
 
+    def halt(self) -> None:
+        """Take no more input and cancel the tasks not yet handed to a worker; those a
+        worker holds finish. Backends with tasks queued elsewhere cancel those too."""
+        self.halted = True
+        self.exhausted = True
+        error = TaskError(
+            CANCELLED, f"the run stopped after {self.failures} failed tasks (max_failures)"
+        )
+        while self.retry:
+            task = self.retry.popleft()
+            self.fail_in_caller(task.index, error, task.attempts)
+
     def finish(self, result: TaskResult) -> None:
         self.finish_many([result])
 
     def finish_many(self, results: list[TaskResult]) -> None:
         """Final results: ready to yield now, or once the results before them are."""
         self.outstanding -= len(results)
+        if self.spec.max_failures is not None and not self.halted:
+            self.failures += sum(
+                1 for r in results if not r.ok and r.error is not None and r.error.type != CANCELLED
+            )
+            if self.failures >= self.spec.max_failures:
+                self.halt()
         if not self.spec.ordered:
             self.ready.extend(results)
             return

@@ -1,6 +1,7 @@
-"""The ``fanout`` command line, built with typer: ``commands`` (run, worker, status),
-``inputs`` (where a run's inputs come from), ``views`` (JSON lines, the human view, the
-progress bar), ``exitcodes``.
+"""The ``fanout`` command line, built with typer: ``commands`` (run, worker), ``runs``
+(results, cancel, status), ``running`` (what run does), ``inputs`` (where a run's inputs
+come from), ``views`` (JSON lines, the human view, the progress bar), ``options``,
+``exitcodes``.
 
 Exit codes: 0 every task ok, 1 some task failed, 2 usage error or bad target or input,
 3 backend unavailable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -10,6 +11,7 @@ import sys
 
 import typer
 
+from fanout.cli import runs as _runs  # noqa: F401 - registers results, cancel, status
 from fanout.cli.commands import app
 from fanout.cli.exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
 

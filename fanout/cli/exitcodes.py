@@ -11,7 +11,7 @@ import typer
 from fanout.errors import BackendUnavailable, FanoutError, UnknownOption
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_TERMINATED = 130, 141, 143
+EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_TERMINATED = 129, 130, 141, 143
 
 
 def fail(message: str, code: int) -> NoReturn:

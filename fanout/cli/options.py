@@ -176,3 +176,36 @@ StatusQueue = Annotated[
     str | None, typer.Option("--queue", metavar="NAME", help="Only this queue (default: all).")
 ]
 StatusJson = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+# Runs by id, failing fast, journals.
+RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (`run <ID>`).")]
+OptionalRunId = Annotated[
+    str | None,
+    typer.Argument(metavar="[RUN_ID]", help="A run's id: its counts instead.", show_default=False),
+]
+NoWait = Annotated[bool, typer.Option("--no-wait", help="Only the results finished now.")]
+Keep = Annotated[bool, typer.Option("--keep", help="Leave the run's data after collecting it.")]
+Detach = Annotated[
+    bool,
+    typer.Option("--detach", help="rq: enqueue every input, print the run's id and return."),
+]
+MaxFailures = Annotated[
+    int | None,
+    typer.Option(
+        "--max-failures",
+        metavar="N",
+        min=1,
+        help="Stop after N failed tasks: no new input, tasks not yet started cancelled.",
+    ),
+]
+JournalPath = Annotated[
+    str | None,
+    typer.Option("--journal", metavar="PATH", help="Append every result to PATH (JSON lines)."),
+]
+ResumeFlag = Annotated[
+    bool, typer.Option("--resume", help="With --journal: skip the indexes it already holds.")
+]
+ResumeFailed = Annotated[
+    bool,
+    typer.Option("--resume-failed", help="Like --resume, but run its failed ones again too."),
+]

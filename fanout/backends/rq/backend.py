@@ -11,16 +11,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from rq import Queue, Worker
 
 from fanout._proc import spawn_fanout_worker
 from fanout.backends.base import Backend, MapSpec
-from fanout.backends.rq.connection import connect, translate
+from fanout.backends.rq.connection import connect, mask_url, translate
 from fanout.backends.rq.connection import redis_url as resolve_url
+from fanout.backends.rq.protocol import RESULT_TTL, RunKeys
 from fanout.backends.rq.run import RQRun
 from fanout.backends.rq.signing import load_keyring, secret_env, serializer_for
-from fanout.errors import BackendUnavailable
+from fanout.errors import BackendUnavailable, UnknownRun
 from fanout.models import TaskResult
 
 DEFAULT_QUEUE = "fanout"
@@ -36,12 +38,16 @@ class RQBackend(Backend):
     before BackendUnavailable (None: wait). ``dead_after``: seconds of silence after
     which a fanout worker is taken for dead and its tasks run elsewhere.
     ``redis_wait``: how long to keep reconnecting to a lost Redis. ``detach``: leave the
-    run's jobs queued and running when the map ends early (Ctrl-C), instead of
-    cancelling them. ``secret`` or ``secret_file`` (default: ``$FANOUT_SECRET_FILE``,
-    ``$FANOUT_SECRET``): sign every job and accept only results signed with it."""
+    run going when the map ends early (instead of cancelling it), collectable by its id.
+    ``secret`` or ``secret_file`` (default: ``$FANOUT_SECRET_FILE``, ``$FANOUT_SECRET``):
+    sign every job and accept only results signed with it. ``enqueue_ahead``: tasks
+    enqueued ahead of the workers (a run of that many inputs survives its caller whole).
+    ``result_ttl``: seconds a run's results are kept after its last activity, when
+    nobody collects them. ``keep``: a completed collection leaves the run's data."""
 
     name = "rq"
     needs_importable_target = True
+    durable_runs = True
 
     def __init__(
         self,
@@ -55,6 +61,9 @@ class RQBackend(Backend):
         detach: bool = False,
         secret: str | None = None,
         secret_file: str | None = None,
+        enqueue_ahead: int = 10_000,
+        result_ttl: int = RESULT_TTL,
+        keep: bool = False,
     ) -> None:
         self.keyring = load_keyring(secret, secret_file)  # a bad secret fails before Redis
         self.secret_env = secret_env(secret, secret_file)
@@ -69,8 +78,12 @@ class RQBackend(Backend):
         self.give_up_after = give_up_after
         self.dead_after = dead_after
         self.redis_wait = redis_wait
-        self.detach = detach
+        self.detach_runs = detach
+        self.enqueue_ahead = enqueue_ahead
+        self.result_ttl = result_ttl
+        self.keep = keep
         self.runs: list[RQRun] = []  # runs in progress
+        self._last_run: str | None = None
         self._local: list[subprocess.Popen[bytes]] = []
         self._local_names: set[str] = set()
 
@@ -81,6 +94,7 @@ class RQBackend(Backend):
         with translate(self.url):
             run = RQRun(self, spec)
         self.runs.append(run)
+        self._last_run = run.run_id
 
         def end() -> None:
             self.runs.remove(run)
@@ -88,9 +102,65 @@ class RQBackend(Backend):
 
         return run.results(run.step, end)
 
+    def last_run_id(self) -> str | None:
+        return self._last_run
+
+    def submit(self, spec: MapSpec) -> str:
+        """Enqueue every input of ``spec`` as a run that goes on without its caller;
+        returns the run's id."""
+        if self.workers and not self._local_names:
+            self._start_local_workers(self.workers)
+        with translate(self.url):
+            run = RQRun(self, spec, ahead=float("inf"))
+            try:
+                while not run.all_enqueued():
+                    run.dispatch()
+                    run.read(block=run.per_task is None)  # first results size the jobs
+                    run.ready.clear()  # collected later, by whoever asks for them
+                    run.watch.after_round(True)
+            finally:
+                run.lease.release()
+        return run.run_id
+
+    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+        """The results of run ``run_id``, each index once: those finished at once, the
+        rest as they finish (``wait``); the collector drives the run while nobody else
+        does. A complete collection removes the run's data unless ``keep``."""
+        from fanout.backends.rq.collect import CollectRun
+
+        with translate(self.url):
+            run = CollectRun(self, run_id, wait)
+        return run.results(run.step, run.end)
+
+    def run_status(self, run_id: str) -> dict[str, Any]:
+        from fanout.backends.rq import control
+
+        with translate(self.url):
+            found = control.status(self, RunKeys(run_id))
+        if found is None:
+            raise UnknownRun(run_id, mask_url(self.url))
+        return found
+
+    def cancel_run(self, run_id: str) -> None:
+        from fanout.backends.rq import control
+
+        keys = RunKeys(run_id)
+        with translate(self.url):
+            if control.record_of(self.connection, keys) is None:
+                raise UnknownRun(run_id, mask_url(self.url))
+            control.cancel(self, keys)
+
     def stop_note(self) -> str:
-        note = "the run's queued jobs were removed and its running tasks stopped"
-        return note + ("; local workers stopped" if self.workers else "")
+        run_id = self.last_run_id()
+        if run_id is None:
+            return "nothing had started"
+        note = f"run {run_id} cancelled: its queued jobs were removed and its running tasks stopped"
+        if self.workers:
+            note += ", local workers stopped"
+        return f"{note}; collect what finished with: fanout results {run_id}"
+
+    def detach(self) -> None:
+        self.detach_runs = True
 
     def close(self, cancel: bool = False) -> None:
         self._stop_local_workers()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import re
-import socket
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from typing import Any
 
 from rq import get_current_job
@@ -33,32 +32,18 @@ from fanout.backends.rq.allowlist import (
     restricted_loads,
     target_module,
 )
-from fanout.backends.rq.connection import Outage, RedisFull, RedisLost, translate
-from fanout.backends.rq.protocol import (
-    PUSH_SCRIPT,
-    RUN_BATCH,
-    RUN_TTL,
-    Identity,
-    JobArgs,
-    RunKeys,
-    pack_results,
-)
-from fanout.backends.rq.signing import Keyring, keyring_of
-from fanout.errors import SerializationError, TargetError, TargetNotAllowed
+from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
+from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
+from fanout.backends.rq.signing import keyring_of
+from fanout.errors import TargetError, TargetNotAllowed
 from fanout.models import TaskError, TaskResult
 from fanout.targets import resolve_target
 
 log = logging.getLogger("fanout.worker")
 
-PUSH_SECONDS = 0.05  # a worker pushes finished results at least this often
-PUSH_RECORDS = 2000  # ... or once this many are waiting
 REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
 # fanout's own errors name the task by its index in the batch: renumbered for the run.
 _OWN_ERRORS = frozenset({"SerializationError", "WorkerLost", "TaskTimeout", "TargetError"})
-
-
-class JobStopped(Exception):
-    """The job was stopped by RQ's stop-job command (or a cold shutdown)."""
 
 
 class WorkerContext:
@@ -101,6 +86,12 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     """Run one batch of tasks and push their results; returns the number of tasks."""
     # Results are sealed with the keyring the job was opened with, if it was signed.
     pusher = Pusher(job, RunKeys(args.run_id), ctx, keyring_of(job.serializer))
+    state = pusher.run_state()
+    if state is None:
+        return 0  # the run is gone (collected, expired): nobody would read a result
+    if state != "running":  # cancelled, or halted by max_failures: none of these run
+        pusher.cancel(args.indices, f"the run was {state} before a worker took the task")
+        return len(args.indices)
     try:
         fn = _load_target(args.target, ctx.allow)
     except TargetError as exc:
@@ -112,17 +103,21 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
         pusher.flush()
         return len(args.indices)
     inputs, todo = _unpickle_inputs(args, ctx.allow, pusher)
+    prior = None if args.attempts is None else [args.attempts[args.indices.index(i)] for i in todo]
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
-                   timeout=args.timeout)  # fmt: skip
-    pusher.check_stop(job.id)  # the stop came while the inputs were being unpickled
+                   timeout=args.timeout, retries=args.retries, attempts=prior)  # fmt: skip
+    pusher.check_stop(todo)  # the stop came while the inputs were being unpickled
     if ctx.executor is not None:
         results: Iterator[TaskResult] = ctx.executor.stream(spec, pusher.idle, PUSH_SECONDS)
     else:
         results = _in_this_process(ctx.name, spec)
+    pusher.pending = set(todo)
     try:
         for result in results:
+            if ctx.stop_requested and result.error is not None:
+                result = _stopped(result)  # killed because its run was cancelled
             pusher.add(_record(result, todo[result.index]), result)
-            pusher.check_stop(job.id)
+            pusher.check_stop(todo)
             if pusher.gone:
                 break  # the caller's run is over: nobody reads what is left
         pusher.flush()
@@ -174,6 +169,12 @@ def _in_this_process(name: str, spec: MapSpec) -> Iterator[TaskResult]:
         me.name = previous
 
 
+def _stopped(result: TaskResult) -> TaskResult:
+    """The result of a task stopped mid-run at its caller's request: Cancelled."""
+    error = TaskError(CANCELLED, "the task was stopped: its run was cancelled while it ran")
+    return replace(result, error=error)
+
+
 def _record(result: TaskResult, index: int) -> Record:
     """The wire record of a result of the batch's inner run, under the run's ``index``."""
     if result.ok:
@@ -193,109 +194,6 @@ def _record(result: TaskResult, index: int) -> Record:
             payload = TaskError(error.type, message, error.traceback)
     return (index, status, payload, result.started_at, result.finished_at, result.duration,
             result.output)  # fmt: skip
-
-
-class Pusher:
-    """Collects result records and pushes them onto the run's list in bulk."""
-
-    def __init__(
-        self, job: Job, keys: RunKeys, ctx: WorkerContext, keyring: Keyring | None
-    ) -> None:
-        connection = job.connection
-        self.job_id = job.id
-        self.connection = connection
-        self.keys = keys
-        self.ctx = ctx
-        self.keyring = keyring
-        self.script = connection.register_script(PUSH_SCRIPT)
-        self.gone = False  # the run has ended: nobody reads its results any more
-        self.records: list[Record] = []
-        self.identity: Identity | None = None
-        self.last = time.monotonic()
-
-    def add(self, record: Record, result: TaskResult | None) -> None:
-        """One more record; ``result`` says who ran it (None: nobody, this worker decided)."""
-        if result is not None:
-            w = result.worker
-            identity = (w.name, w.pid, w.ppid, w.host)
-            if self.identity is not None and identity != self.identity:
-                self.flush()  # one identity per message (a replaced task process)
-            self.identity = identity
-        elif self.identity is None:
-            self.identity = (self.ctx.name, os.getpid(), os.getppid(), socket.gethostname())
-        self.records.append(record)
-        if len(self.records) >= PUSH_RECORDS or time.monotonic() - self.last >= PUSH_SECONDS:
-            self.flush()
-
-    def check_stop(self, job_id: str) -> None:
-        """Raise JobStopped if the job was asked to stop: by its caller, which ended the
-        run (Ctrl-C, cancel), or by someone's ``rq stop-job``."""
-        if not self.ctx.stop_requested:
-            return
-        try:
-            by_caller = bool(self.connection.exists(self.keys.ended))
-        except Exception:
-            by_caller = False
-        if by_caller:
-            raise JobStopped(f"job {job_id} was cancelled by the caller")
-        raise JobStopped(f"job {job_id} was stopped (rq stop-job)")
-
-    def idle(self) -> None:
-        """Before waiting for the task process: push what is done, keep RQ informed."""
-        self.check_stop(self.job_id)
-        # Called every PUSH_SECONDS at least while tasks run: one push per interval, not
-        # one per task (a round trip each), and none held back longer than that.
-        if time.monotonic() - self.last >= PUSH_SECONDS:
-            self.flush()
-        if self.ctx.heartbeat is not None:
-            self.ctx.heartbeat()
-
-    def flush(self) -> None:
-        self.last = time.monotonic()
-        if not self.records:
-            return
-        records, self.records = self.records, []
-        for data in self.messages(records):
-            if not self.push(data):
-                self.gone = True
-                return
-
-    def messages(self, records: list[Record]) -> Iterator[bytes]:
-        """The records as result messages, each within Redis's size limit for a value:
-        halved until they fit; a single result too big for it fails its task instead."""
-        assert self.identity is not None
-        data = pack_results(self.keys, self.identity, records, self.keyring)
-        limit = self.ctx.max_value_bytes
-        if len(data) <= limit:
-            yield data
-        elif len(records) > 1:
-            half = len(records) // 2
-            yield from self.messages(records[:half])
-            yield from self.messages(records[half:])
-        else:
-            index, _, _, started, finished, duration, output = records[0]
-            error = TaskError(
-                SerializationError.__name__,
-                f"the result of task {index} is {len(data) / 2**20:.0f} MiB, over the"
-                f" {limit / 2**20:.0f} MiB that Redis takes in one value (its"
-                " proto-max-bulk-len)",
-            )
-            small = (index, FAILED, error, started, finished, duration, output[:10_000])
-            yield pack_results(self.keys, self.identity, [small], self.keyring)
-
-    def push(self, data: bytes) -> bool:
-        """Push one message; False if the run has ended (nobody reads it). A lost or full
-        Redis is waited for (``ctx.redis_wait``), heartbeating all the while."""
-        outage = Outage(self.ctx.url, self.ctx.redis_wait, f"worker {self.ctx.name}: ")
-        keys = [self.keys.results, self.keys.ended]
-        while True:
-            try:
-                with translate(self.ctx.url):
-                    return bool(self.script(keys=keys, args=[data, RUN_TTL]))
-            except (RedisLost, RedisFull) as exc:
-                outage.hit(exc)  # keep the results, try again
-                if self.ctx.heartbeat is not None:
-                    self.ctx.heartbeat()
 
 
 class FanoutJob(Job):

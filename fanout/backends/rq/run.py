@@ -1,46 +1,49 @@
-"""One map() on RQ, the caller's side: jobs enqueued ahead of the workers, results
-taken from the run's list with a blocking pop, and the run's keys cleaned up however
-it ends. What to run and what counts is the shared RunState; what RQ did with the
-jobs is watched in ``watch.py``."""
+"""One run on RQ, the side that drives it: jobs enqueued ahead of the workers, results
+read from the run's stream, and the run completed, cancelled or left going however its
+caller ends. What to run and what counts is the shared RunState; what RQ did with the
+jobs is watched in ``watch.py``; what lives in Redis is in ``protocol.py``.
+
+Every result, also one the caller decides (an input that cannot be sent, a task lost
+with its worker, a cancelled one), goes through the run's stream, so that whoever
+collects the run later — the caller again, or ``fanout results`` on another machine —
+sees exactly what the caller saw.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import redis
 from rq import Queue
-from rq.command import send_stop_job_command
 from rq.job import Job
-from rq.registry import StartedJobRegistry
 
+from fanout._proc import signals_deferred
 from fanout._wire import INDEX, TaskBatch
 from fanout.backends.base import MapSpec
+from fanout.backends.rq import control
 from fanout.backends.rq.connection import Outage, RedisLost, translate
-from fanout.backends.rq.protocol import (
-    FAILURE_TTL,
-    RUN_BATCH,
-    RUN_TTL,
-    Identity,
-    JobArgs,
-    RunKeys,
-    unpack_results,
-)
+from fanout.backends.rq.protocol import FAILURE_TTL, RUN_BATCH, JobArgs, RunKeys, unpack_results
 from fanout.backends.rq.watch import JobWatch
 from fanout.backends.runstate import ORDER_WINDOW, RunState
-from fanout.models import WorkerInfo
+from fanout.errors import BackendUnavailable
+from fanout.models import TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
     from fanout.backends.rq.backend import RQBackend
+    from fanout.backends.rq.protocol import Identity
 
 log = logging.getLogger("fanout")
 
 TARGET_JOB_SECONDS = 0.1
 MAX_JOB_TASKS = 5000
 MAX_JOB_BYTES = 1 << 20
-WAIT_SECONDS = 1.0  # longest single blocking pop; checks run between pops
-POP_MESSAGES = 1000  # result messages taken in one round trip after a pop
+WAIT_SECONDS = 1.0  # longest single blocking read; checks run between reads
+READ_MESSAGES = 1000  # result messages taken in one round trip
+MEASURING_SECONDS = 1.0  # how long a run waits for a measurement before it enqueues ahead
+ENQUEUE_ROUND = 500  # jobs enqueued in one round at most (rounds stay short)
 
 
 class RQJob:
@@ -48,10 +51,12 @@ class RQJob:
 
     __slots__ = ("id", "identity", "remaining", "tasks")
 
-    def __init__(self, job_id: str, tasks: TaskBatch) -> None:
+    def __init__(self, job_id: str, tasks: TaskBatch, done: Any = None) -> None:
         self.id = job_id
         self.tasks = tasks
-        self.remaining = {index: pos for pos, index in enumerate(tasks.indices)}
+        self.remaining = {
+            index: pos for pos, index in enumerate(tasks.indices) if done is None or not done(index)
+        }
         self.identity: Identity | None = None  # the last process seen running its tasks
 
     def unreported(self) -> list[int]:
@@ -60,23 +65,40 @@ class RQJob:
 
 
 class RQRun(RunState):
-    """One map() call on RQ: jobs in flight, the run's keys, what the workers sent."""
+    """One run on RQ: its jobs in flight, its keys, what the workers sent."""
 
-    def __init__(self, backend: RQBackend, spec: MapSpec) -> None:
+    def __init__(
+        self, backend: RQBackend, spec: MapSpec, run_id: str | None = None, ahead: float = 0
+    ) -> None:
         super().__init__(spec, backend.name)
         assert spec.target is not None
         self.rq = backend
         self.connection = backend.connection
         self.queue = backend.queue
-        self.keys = RunKeys(uuid.uuid4().hex)
+        self.keys = RunKeys(run_id or uuid.uuid4().hex)
+        self.ahead = ahead or backend.enqueue_ahead  # tasks enqueued ahead of the workers
         self.jobs: dict[str, RQJob] = {}
         self.owner: dict[int, str] = {}  # index -> id of the job that carries it
-        self.job_count = 0
+        self.seen = bytearray()  # bitmap of the indexes with a result
+        self.cursor = "0-0"  # the last stream entry read
         self.refused = 0  # result messages whose signature did not hold
         self.given_up = False  # a job was taken for lost: its worker may yet push
+        self.enqueued_all = False  # every input taken is in Redis
+        self.jobs_made = 0  # the highest job number this run has used
+        self.unsent: list[TaskBatch] = []  # batches taken from the input, not yet enqueued
+        self.started = time.monotonic()
         self.outage = Outage(backend.url, backend.redis_wait)
+        self.lease = control.Lease(self.connection, self.keys)
+        self.seen_count = 0
         self.watch = JobWatch(self)
-        self.watch.check()
+        if run_id is None:
+            control.create(self.connection, self.keys, spec, backend)
+            self.lease.take()
+            self.watch.check()
+
+    @property
+    def run_id(self) -> str:
+        return self.keys.run_id
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -84,47 +106,80 @@ class RQRun(RunState):
         return self.sized(TARGET_JOB_SECONDS, MAX_JOB_TASKS, MAX_JOB_BYTES)
 
     def window(self) -> int:
-        return max(ORDER_WINDOW, 4 * max(1, self.watch.workers_seen) * self.batch_size())
+        return max(ORDER_WINDOW, int(min(self.ahead, 1e9)))
 
     def dispatch(self) -> None:
-        """Keep about two jobs per serving worker queued or running."""
-        room = max(2, 2 * self.watch.workers_seen) - len(self.jobs)
-        batches: list[TaskBatch] = []
-        while room > 0:
-            batch = self.take_batch()
-            if batch is None:
-                break
-            batches.append(batch)
-            room -= 1
+        """Until tasks are measured (at most ``MEASURING_SECONDS``), about two one-task
+        jobs per serving worker; then jobs of measured size, up to ``ahead`` tasks
+        enqueued and not yet reported, so that a run of that many inputs is wholly in
+        Redis soon after it starts."""
+        measuring = self.per_task is None and time.monotonic() - self.started < MEASURING_SECONDS
+        # Taken but not yet in Redis: kept on the run, so that a signal between taking and
+        # enqueueing loses no task (the end sends or cancels them).
+        batches = self.unsent
+        if measuring:
+            for _ in range(max(2, 2 * self.watch.workers_seen) - len(self.jobs) - len(batches)):
+                if (batch := self.take_batch()) is None:
+                    break
+                batches.append(batch)
+        else:
+            room = self.ahead - len(self.owner) - sum(len(b) for b in batches)
+            while room > 0 and len(batches) < ENQUEUE_ROUND:
+                if (batch := self.take_batch()) is None:
+                    break
+                batches.append(batch)
+                room -= len(batch)
         if batches:
             self.enqueue(batches)
+            self.unsent = []
+        elif self.exhausted and not self.retry and not self.enqueued_all:
+            self.enqueued_all = True
+            self.connection.hset(self.keys.meta, "enqueued_all", 1)
 
     def enqueue(self, batches: list[TaskBatch]) -> None:
+        # Whole or not at all: jobs in Redis that this run does not know of (or the
+        # other way round) would be cancelled, or waited for, by nobody.
+        with signals_deferred():
+            self._enqueue(batches)
+
+    def _enqueue(self, batches: list[TaskBatch]) -> None:
         spec = self.spec
         assert spec.target is not None
-        datas = []
-        for tasks in batches:
-            self.job_count += 1
-            job_id = self.keys.job_id(self.job_count)
-            args = JobArgs.of(self.keys.run_id, spec.target, spec.star, spec.timeout, tasks)
+        last = int(self.connection.hincrby(self.keys.meta, "jobs", len(batches)))
+        self.jobs_made = max(self.jobs_made, last)
+        datas: list[Any] = []
+        sizes: dict[Any, Any] = {}  # job number -> task count
+        for number, tasks in enumerate(batches, last - len(batches) + 1):
+            job_id = self.keys.job_id(number)
+            args = JobArgs.of(self.run_id, spec.target, spec.star, spec.timeout, spec.retries,
+                              tasks)  # fmt: skip
             datas.append(
                 Queue.prepare_data(
                     RUN_BATCH,
                     args=tuple(args),
                     job_id=job_id,
                     timeout=-1,  # per-task timeouts are fanout's, not RQ's job timeout
-                    ttl=RUN_TTL,  # a job nobody took within that is not run any more
-                    result_ttl=0,  # results travel on the run's list; keep nothing
+                    ttl=self.rq.result_ttl,  # a job nobody took by then is not run
+                    result_ttl=0,  # results travel on the run's stream; keep nothing
                     failure_ttl=FAILURE_TTL,
-                    description=f"fanout {spec.target} tasks {args.indices[0]}..{args.indices[-1]}",
+                    description=f"fanout run {self.run_id} job {number} ({len(tasks)} tasks)",
                 )
             )
+            sizes[str(number)] = len(tasks)
             self.jobs[job_id] = RQJob(job_id, tasks)
             for index in tasks.indices:
                 self.owner[index] = job_id
         pipe = self.connection.pipeline()
         self.queue.enqueue_many(datas, pipeline=pipe)
+        pipe.hset(self.keys.jobs, mapping=sizes)
+        pipe.hset(self.keys.meta, "total", self.next_index)
+        for key in (self.keys.jobs, self.keys.meta):  # the run lives result_ttl from now
+            pipe.expire(key, self.rq.result_ttl)
         pipe.execute()
+
+    def all_enqueued(self) -> bool:
+        """Every input taken is in Redis (the run survives its caller whole)."""
+        return self.exhausted and not self.retry and not self.unsent and self.enqueued_all
 
     # -- results ----------------------------------------------------------------------
 
@@ -143,28 +198,54 @@ class RQRun(RunState):
         self.dispatch()
         if self.ready or self.done():
             return
-        popped: Any = self.connection.blpop([self.keys.results], timeout=WAIT_SECONDS)
-        messages: list[bytes] = [popped[1]] if popped else []
-        if popped:
-            messages += self.lpop()
-        for data in messages:
-            self.handle(data)
-        self.watch.after_round(bool(messages))
+        read = self.read(block=True)
+        self.watch.after_round(read)
+
+    def read(self, block: bool) -> bool:
+        """Take the result messages pushed since the last read (waiting up to
+        ``WAIT_SECONDS`` for one if ``block``); True if there were any."""
+        reply: Any = self.connection.xread(
+            {self.keys.results: self.cursor},
+            count=READ_MESSAGES,
+            block=int(WAIT_SECONDS * 1000) if block else None,
+        )
+        if not reply:
+            return False
+        for entry_id, fields in reply[0][1]:
+            self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            self.handle(fields[b"m"])
+        return True
 
     def drain(self) -> None:
         """Take every result already pushed (before judging a failed or lost job)."""
-        while messages := self.lpop():
-            for data in messages:
-                self.handle(data)
+        while self.read(block=False):
+            pass
 
-    def lpop(self) -> list[bytes]:
-        messages: Any = self.connection.lpop(self.keys.results, POP_MESSAGES)
-        return list(messages or [])
+    def is_seen(self, index: int) -> bool:
+        byte = index >> 3
+        return byte < len(self.seen) and bool(self.seen[byte] & (1 << (index & 7)))
+
+    def mark_seen(self, index: int) -> None:
+        byte = index >> 3
+        if byte >= len(self.seen):
+            self.seen.extend(bytes(byte - len(self.seen) + 1024))
+        self.seen[byte] |= 1 << (index & 7)
+        self.seen_count += 1
+
+    def refresh(self) -> None:
+        """Before each check of the run's jobs: a run record that Redis lost (a restart
+        without persistence) is made again, or no worker could push a result."""
+        if not self.connection.exists(self.keys.meta):
+            control.create(self.connection, self.keys, self.spec, self.rq)
+            record: dict[Any, Any] = {"total": self.next_index, "jobs": self.jobs_made,
+                                      "enqueued_all": int(self.enqueued_all)}  # fmt: skip
+            self.connection.hset(self.keys.meta, mapping=record)
+            log.warning("run %s: Redis had lost the run's record; made again", self.run_id)
 
     def handle(self, data: bytes) -> None:
         keyring = self.rq.keyring
         try:
-            identity, records = unpack_results(data, self.keys, keyring)
+            identity, records, attempts = unpack_results(data, self.keys, keyring)
         except Exception as exc:
             if keyring is None:
                 raise
@@ -174,27 +255,27 @@ class RQRun(RunState):
             if self.refused == 1:
                 log.warning("refused a result on %s: %s", self.keys.results, exc)
             return
-        info = WorkerInfo(*identity, self.rq.name)
-        mine, where, retried = [], [], False
-        for record in records:
-            job_id = self.owner.pop(record[INDEX], None)
-            if job_id is None:
-                continue  # a late duplicate of a task already settled
-            job = self.jobs[job_id]
-            job.identity = identity
-            where.append((job.tasks, job.remaining.pop(record[INDEX])))
-            if not job.remaining:
-                del self.jobs[job_id]
-            retried |= job.tasks.attempts is not None
-            mine.append(record)
-        if not mine:
+        fresh, tries = [], []
+        for i, record in enumerate(records):
+            index = record[INDEX]
+            if self.is_seen(index):
+                continue  # each index once: a late duplicate of a settled task
+            self.mark_seen(index)
+            job_id = self.owner.pop(index, None)
+            if job_id is not None:
+                job = self.jobs[job_id]
+                job.identity = identity
+                job.remaining.pop(index, None)
+                if not job.remaining:
+                    del self.jobs[job_id]
+            fresh.append(record)
+            tries.append(1 if attempts is None else attempts[i])
+        if not fresh:
             return
-        attempts = None
-        if retried:
-            attempts = [0 if t.attempts is None else t.attempts[p] for t, p in where]
-        self.measure_records(mine)
+        self.measure_records(fresh)
         self.measure_bytes(len(data), len(records), inputs=False)
-        self.settle(mine, info, attempts, lambda i: where[i][0].task(where[i][1]))
+        info = WorkerInfo(*identity, self.rq.name)
+        self.finish_records(fresh, info, None if attempts is None else tries)
 
     def forget_job(self, job: RQJob) -> list[int]:
         """Stop waiting for ``job``; the positions of its tasks that had no result."""
@@ -204,31 +285,65 @@ class RQRun(RunState):
                 del self.owner[index]
         return job.unreported()
 
+    def halt(self) -> None:
+        """max_failures reached: as RunState halts, and the jobs still queued are
+        cancelled; workers cancel a job of the run they take after this."""
+        super().halt()
+        control.cancel_queued(self.rq, self.keys, self, state="halted")
+
+    # -- results the caller decides: through the stream like any other ----------------
+
+    def finish(self, result: TaskResult) -> None:
+        """A result decided here (a task lost with its worker, a cancelled one): pushed
+        onto the run's stream, where every collector reads it, this one included."""
+        self.publish([result])
+
+    def fail_in_caller(self, index: int, error: Any, attempts: int = 0) -> None:
+        now = time.time()
+        info = self.not_run_info or WorkerInfo.not_run(self.backend)
+        self.not_run_info = info
+        self.publish([TaskResult(index, False, None, error, info, attempts, now, now, 0.0)])
+
+    def publish(self, results: list[TaskResult]) -> None:
+        control.publish(self.connection, self.keys, self.rq.keyring, results)
+
     # -- the end ----------------------------------------------------------------------
 
-    def end(self) -> None:
-        """However the run ends: cancel its jobs still queued, stop those running, and
-        remove its keys (a worker finishing late then pushes nothing)."""
-        if self.rq.detach and self.jobs:
-            return  # the jobs run on; their results expire with the run's keys
-        with contextlib.suppress(Exception):
+    def enqueue_the_rest(self) -> None:
+        """Leaving the run to go on without us (SIGHUP, detach): enqueue the inputs still
+        to come, up to ``ahead``, so that what goes on is as much of the run as can."""
+        self.started -= MEASURING_SECONDS  # no more waiting for a measurement
+        while not self.all_enqueued() and len(self.owner) < self.ahead:
+            jobs = len(self.jobs)
+            self.dispatch()
+            if len(self.jobs) == jobs:
+                break
+
+    def expire_jobs(self) -> None:
+        """Jobs a worker took have no expiry in RQ while they run: give them the run's,
+        so that one whose worker dies (or cannot finish it: Redis full) does not stay."""
+        if self.jobs:
             pipe = self.connection.pipeline(transaction=False)
             for job_id in self.jobs:
-                pipe.lrem(self.queue.key, 0, job_id)
-            removed = pipe.execute()
-            pipe = self.connection.pipeline(transaction=False)
-            taken = [job_id for job_id, count in zip(self.jobs, removed, strict=True) if not count]
-            for job_id, count in zip(self.jobs, removed, strict=True):
-                if count:  # never reached a worker: delete it outright
-                    pipe.delete(Job.key_for(job_id))
-            # A worker that still holds a job of the run (one taken, one given up for lost
-            # whose worker may thaw) must not push once we are gone: the marker outlives
-            # any late push. A run with neither leaves nothing behind.
-            if taken or self.given_up:
-                pipe.set(self.keys.ended, 1, ex=RUN_TTL)
-            pipe.delete(self.keys.results, self.keys.caller)
+                pipe.expire(Job.key_for(job_id), self.rq.result_ttl)
             pipe.execute()
-            running = set(StartedJobRegistry(queue=self.queue).get_job_ids()) & set(taken)
-            for job_id in running:  # the worker ends it (RQ's stop-job command)
-                with contextlib.suppress(Exception):
-                    send_stop_job_command(self.connection, job_id)
+
+    def end(self) -> None:
+        """However the map ends: a complete run's data is removed (a completed
+        collection), an unfinished one is cancelled (Ctrl-C) or, with ``detach``, left
+        going, collectable by its id."""
+        try:
+            self.expire_jobs()
+            if self.done():
+                if not self.rq.keep:
+                    control.remove(self.connection, self.keys)
+            elif self.rq.detach_runs:
+                self.enqueue_the_rest()
+            else:
+                control.cancel(self.rq, self.keys, self)
+        except (BackendUnavailable, redis.RedisError, OSError):
+            pass  # Redis lost or full: the error that ended the run says so already
+        except Exception as exc:  # the run's end must not hide why it ended
+            log.warning("run %s: could not finish it in Redis: %s", self.run_id, exc)
+        finally:
+            self.lease.release()

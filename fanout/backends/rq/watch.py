@@ -24,7 +24,12 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegist
 from rq.utils import utcparse
 
 from fanout.backends.rq.connection import mask_url
-from fanout.backends.rq.protocol import FORGET_JOB_SCRIPT, REQUEUE_VANISHED_SCRIPT, RUN_TTL
+from fanout.backends.rq.protocol import (
+    FORGET_JOB_SCRIPT,
+    REQUEUE_VANISHED_SCRIPT,
+    UNSTICK_SCRIPT,
+    text,
+)
 from fanout.errors import BackendUnavailable, FanoutError, SignatureError, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fanout")
 
 CHECK_SECONDS = 2.0  # how often the caller looks at RQ's registries and workers
+STUCK_SECONDS = 5.0  # a job taken from the queue but not started this long is put back
 
 
 class JobWatch:
@@ -44,6 +50,7 @@ class JobWatch:
         self.scripts = _Scripts(run.connection)
         self.evicted = _evicted_keys(run.connection)  # before this run: evictions are fatal
         self.workers_seen = 0
+        self.held: dict[str, float] = {}  # job id -> since when a worker holds it unstarted
         self.last_check = 0.0
         self.last_progress = time.monotonic()
         self.warned = False
@@ -59,6 +66,9 @@ class JobWatch:
         run = self.run
         self.last_check = time.monotonic()
         self.check_memory()
+        if not run.lease.take():
+            return  # another process drives the run: this one only reads
+        run.refresh()
         # Worker.all, not Worker.count: it skips workers whose key has expired.
         self.workers_seen = len(Worker.all(connection=run.connection, queue=run.queue))
         failed = self.mine(FailedJobRegistry(queue=run.queue))
@@ -125,11 +135,19 @@ class JobWatch:
         return vanished, queued, running
 
     def requeue_vanished(self, queued: list[str]) -> None:
-        """Put back at the head of the queue the jobs it lost (see protocol.py)."""
+        """Put back at the head of the queue the jobs it lost, and those a worker took
+        into RQ's intermediate list but has not started for ``STUCK_SECONDS``."""
         run = self.run
-        keys = [run.queue.key, run.queue.intermediate_queue_key]
-        keys += [Job.key_for(job_id) for job_id in queued]
-        requeued = self.scripts.requeue(keys=keys, args=queued)
+        lists = [run.queue.key, run.queue.intermediate_queue_key]
+        keys = lists + [Job.key_for(job_id) for job_id in queued]
+        requeued, held = self.scripts.requeue(keys=keys, args=queued)
+        now = time.monotonic()
+        held = [text(job_id) for job_id in held]
+        self.held = {job_id: self.held.get(job_id, now) for job_id in held}
+        stuck = [job_id for job_id, since in self.held.items() if now - since >= STUCK_SECONDS]
+        if stuck:
+            keys = lists + [Job.key_for(job_id) for job_id in stuck]
+            requeued += self.scripts.unstick(keys=keys, args=stuck)
         if requeued:
             log.warning("%d job(s) of run %s were missing from queue %r; enqueued again",
                         len(requeued), run.keys.run_id, run.queue.name)  # fmt: skip
@@ -208,7 +226,7 @@ class JobWatch:
         run = self.run
         run.given_up = True
         registry = StartedJobRegistry(queue=run.queue).key
-        self.scripts.forget(keys=[registry, Job.key_for(job.id)], args=[job.id, RUN_TTL])
+        self.scripts.forget(keys=[registry, Job.key_for(job.id)], args=[job.id, run.rq.result_ttl])
         positions = run.forget_job(job)
         if not positions:
             return
@@ -226,7 +244,7 @@ class JobWatch:
         key) fails when Redis is full (noeviction): translate() says so. A Redis that
         evicts keys to stay under its maxmemory may drop jobs and results: say so too."""
         run = self.run
-        run.connection.set(run.keys.caller, 1, ex=RUN_TTL)
+        run.connection.set(run.keys.caller, 1, ex=60)
         evicted = _evicted_keys(run.connection)
         if self.evicted is not None and evicted is not None and evicted > self.evicted:
             raise BackendUnavailable(
@@ -275,6 +293,7 @@ class _Scripts:
 
     def __init__(self, connection: Any) -> None:
         self.requeue = connection.register_script(REQUEUE_VANISHED_SCRIPT)
+        self.unstick = connection.register_script(UNSTICK_SCRIPT)
         self.forget = connection.register_script(FORGET_JOB_SCRIPT)
 
 

@@ -26,13 +26,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from rq import Worker, worker_registration
+from rq import Worker
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
 from fanout.backends.local import LocalBackend
 from fanout.backends.rq.connection import connect, mask_url, redis_url, scrub, url_passwords
-from fanout.backends.rq.job import REDIS_WAIT, FanoutJob, JobStopped, WorkerContext
+from fanout.backends.rq.job import REDIS_WAIT, FanoutJob, WorkerContext
+from fanout.backends.rq.pusher import JobStopped
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
 from fanout.errors import SignatureError, TargetNotAllowed
 
@@ -215,9 +216,9 @@ def _born_again(old: FanoutWorker) -> FanoutWorker:
     its death. Its old job, if one was cut short, callers see as lost (its birth is
     after the job started) and run again."""
     with contextlib.suppress(redis.RedisError, OSError):
-        # Its own registration, dropped outright: a full Redis refuses RQ's record of
-        # a death (a write) but not a delete, and RQ refuses a name still registered.
-        worker_registration.unregister(old)
+        # Its own registration, dropped outright: a full Redis refuses RQ's record of a
+        # death (a write) but not a delete, and RQ refuses a name still registered. (Its
+        # entry in RQ's set of workers RQ drops by itself once the key is gone.)
         old.connection.delete(old.key)
     worker = FanoutWorker(
         [q.name for q in old.queues],

@@ -1,0 +1,111 @@
+"""Collecting a run by its id (``fanout results RUN_ID``, ``fanout.attach``): read every
+result from the run's stream, each index once, and — while no other process drives the
+run — drive it: rebuild its jobs from Redis, watch them, run lost tasks again."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fanout.backends.base import MapSpec
+from fanout.backends.rq import control
+from fanout.backends.rq.connection import mask_url
+from fanout.backends.rq.protocol import RunKeys
+from fanout.backends.rq.run import RQJob, RQRun
+from fanout.errors import UnknownRun, WorkerLost
+from fanout.models import TaskError, TaskResult, WorkerInfo
+
+if TYPE_CHECKING:
+    from fanout.backends.rq.backend import RQBackend
+
+
+def _never(*args: Any) -> None:
+    raise AssertionError("a collector runs no task itself")
+
+
+class CollectRun(RQRun):
+    """A run collected by id: its inputs are in Redis already (or were lost with the
+    caller that had them); its results come from the stream."""
+
+    def __init__(self, backend: RQBackend, run_id: str, wait: bool) -> None:
+        keys = RunKeys(run_id)
+        record = control.record_of(backend.connection, keys)
+        if record is None:
+            raise UnknownRun(run_id, mask_url(backend.url))
+        spec = MapSpec(
+            _never, record["target"], iter(()), star=record.get("star") == "1", ordered=False,
+            timeout=float(record["timeout"]) if record.get("timeout") else None,
+            retries=int(record.get("retries") or 0),
+        )  # fmt: skip
+        super().__init__(backend, spec, run_id=run_id)
+        self.exhausted = True  # no inputs of its own: only tasks run again
+        self.wait = wait
+        self.total = self.next_index = int(record["total"])  # its inputs: taken already
+        self.enqueued_all = record["enqueued_all"] == "1"
+        self.known_jobs = 0  # jobs of the run loaded so far
+        self.missing: set[int] = set()  # indexes with neither a job nor a result, last check
+        self.caught_up = False  # the stream has been read to its end once
+        self.gone = False  # the run's data went while collecting it
+        self.drain()
+        self.caught_up = True
+        if wait:
+            self.watch.check()
+
+    def done(self) -> bool:
+        if self.ready:
+            return False
+        if not self.wait or self.gone:
+            return self.caught_up
+        # Holding the lease means the caller that enqueued the run is gone: no more of
+        # its inputs will come, what is in Redis is the whole run.
+        inputs_done = self.enqueued_all or self.lease.held
+        return inputs_done and self.seen_count >= self.total and not self.retry
+
+    def refresh(self) -> None:
+        """The run's record again (its caller may still be enqueueing), and its jobs
+        made since the last check, with their tasks that have no result yet."""
+        record = control.record_of(self.connection, self.keys)
+        if record is None:  # collected by another, or expired: what was read is all
+            self.gone = True
+            return
+        self.total = self.next_index = int(record["total"])
+        self.enqueued_all = record["enqueued_all"] == "1"
+        ids = control.job_ids(self.connection, self.keys)[self.known_jobs :]
+        for job_id, status in zip(ids, control.job_statuses(self.connection, ids), strict=True):
+            if status is None or job_id in self.jobs:
+                continue
+            args = control.job_args(self.connection, job_id, self.rq.serializer)
+            if args is None:
+                continue
+            from fanout._wire import TaskBatch
+
+            tasks = TaskBatch(args.indices, args.items, args.pickled, args.attempts)
+            job = RQJob(job_id, tasks, self.is_seen)
+            if job.remaining:
+                self.jobs[job_id] = job
+                self.owner.update((index, job_id) for index in job.remaining)
+        self.known_jobs += len(ids)
+        self.settle_missing()
+
+    def settle_missing(self) -> None:
+        """Tasks with neither a job nor a result on two checks in a row: their job went
+        (its input with it): each gets its result, WorkerLost."""
+        if not self.enqueued_all:
+            return
+        missing = {
+            index for index in range(self.total)
+            if index not in self.owner and not self.is_seen(index)
+        }  # fmt: skip
+        lost, self.missing = missing & self.missing, missing - (missing & self.missing)
+        if lost:
+            error = TaskError(WorkerLost.__name__, "the job that carried the task is gone"
+                              " from Redis, with its input")  # fmt: skip
+            info = WorkerInfo.not_run(self.rq.name)
+            self.publish([TaskResult(i, False, None, error, info, 0, 0.0, 0.0, 0.0)
+                          for i in sorted(lost)])  # fmt: skip
+
+    def end(self) -> None:
+        try:
+            if self.wait and self.done() and not self.rq.keep:
+                control.remove(self.connection, self.keys)
+        finally:
+            self.lease.release()

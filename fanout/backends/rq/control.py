@@ -1,0 +1,221 @@
+"""A run by its id, from any process: its record, the lease of whoever drives it, and
+status, cancel and removal (what ``fanout status|cancel|results RUN_ID`` and
+:class:`fanout.Run` do). Everything here reads and writes the keys of ``protocol.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from rq import Worker
+from rq.command import send_stop_job_command
+from rq.job import Job
+
+from fanout._wire import FAILED, NOT_RUN
+from fanout.backends.base import MapSpec
+from fanout.backends.rq.protocol import (
+    CANCELLED,
+    PUSH_SCRIPT,
+    JobArgs,
+    RunKeys,
+    pack_results,
+    push_args,
+    push_keys,
+    text,
+)
+from fanout.models import NOT_RUN as NOT_RUN_NAME
+from fanout.models import TaskError, TaskResult, WorkerInfo
+
+if TYPE_CHECKING:
+    from fanout.backends.rq.backend import RQBackend
+    from fanout.backends.rq.run import RQRun
+
+LEASE_MS = 15_000  # a driver that stops renewing its lease this long is taken for gone
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not holder then return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0 end
+return 0
+"""
+
+
+def create(connection: Any, keys: RunKeys, spec: MapSpec, backend: RQBackend) -> None:
+    """The run's record: what it runs, where, and its counts (all zero yet)."""
+    record = {
+        "target": spec.target or "",
+        "queue": backend.queue.name,
+        "state": "running",
+        "total": 0,
+        "enqueued_all": 0,
+        "jobs": 0,
+        "ok": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "created": time.time(),
+        "result_ttl": backend.result_ttl,
+        "star": int(spec.star),
+        "timeout": "" if spec.timeout is None else spec.timeout,
+        "retries": spec.retries,
+    }
+    pipe = connection.pipeline()
+    pipe.hset(keys.meta, mapping=record)
+    pipe.expire(keys.meta, backend.result_ttl)
+    pipe.execute()
+
+
+def record_of(connection: Any, keys: RunKeys) -> dict[str, str] | None:
+    """The run's record, None if there is no such run (never was, or expired)."""
+    raw = connection.hgetall(keys.meta)
+    return {text(k): text(v) for k, v in raw.items()} if raw else None
+
+
+class Lease:
+    """Who drives a run (watches its jobs, runs lost tasks again): one process at a time.
+    The caller that started it holds it; a collector takes it once it lapses."""
+
+    def __init__(self, connection: Any, keys: RunKeys) -> None:
+        self.connection = connection
+        self.key = keys.driver
+        self.token = uuid.uuid4().hex
+        self.held = False
+        self._renew = connection.register_script(_RENEW)
+        self._release = connection.register_script(_RELEASE)
+
+    def take(self) -> bool:
+        """Take or keep the lease if nobody else holds it; True while it is ours."""
+        self.held = bool(self._renew(keys=[self.key], args=[self.token, LEASE_MS]))
+        return self.held
+
+    def release(self) -> None:
+        """Let the lease go now (if Redis cannot be told, it lapses by itself)."""
+        if self.held:
+            self.held = False
+            with contextlib.suppress(Exception):
+                self._release(keys=[self.key], args=[self.token])
+
+
+def publish(connection: Any, keys: RunKeys, keyring: Any, results: list[TaskResult]) -> None:
+    """Push results decided outside any worker onto the run's stream."""
+    w = results[0].worker
+    identity = (w.name, w.pid, w.ppid, w.host)
+    records = [
+        (r.index, NOT_RUN if r.worker.name == NOT_RUN_NAME else FAILED, r.error,
+         r.started_at, r.finished_at, r.duration, r.output)
+        for r in results
+    ]  # fmt: skip
+    data = pack_results(keys, identity, records, [r.attempts for r in results], keyring)
+    connection.register_script(PUSH_SCRIPT)(keys=push_keys(keys), args=push_args(data, records))
+
+
+def job_ids(connection: Any, keys: RunKeys) -> list[str]:
+    count = int(connection.hget(keys.meta, "jobs") or 0)
+    return [keys.job_id(number) for number in range(1, count + 1)]
+
+
+def job_statuses(connection: Any, ids: list[str]) -> list[str | None]:
+    pipe = connection.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(Job.key_for(job_id), "status")
+    return [text(s) if s else None for s in pipe.execute()]
+
+
+def job_args(connection: Any, job_id: str, serializer: Any) -> JobArgs | None:
+    """A job's arguments (its tasks), None if the job is gone."""
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=serializer)
+        return JobArgs(*job.args)
+    except Exception:
+        return None
+
+
+def cancel(backend: RQBackend, keys: RunKeys, run: RQRun | None = None) -> None:
+    """Cancel a run: its queued tasks get their result (Cancelled, run by no one), its
+    running jobs are stopped (their workers cancel what they had not run), and nothing
+    of it stays queued. ``run``: the caller's own RQRun, if it is the one cancelling."""
+    cancel_queued(backend, keys, run, state="cancelled")
+    connection = backend.connection
+    for job_id, status in zip(ids := job_ids(connection, keys), job_statuses(connection, ids),
+                              strict=True):  # fmt: skip
+        if status == "started":
+            send_stop_job_command(connection, job_id)
+
+
+def cancel_queued(backend: RQBackend, keys: RunKeys, run: RQRun | None, state: str) -> None:
+    """Set the run's state, take its jobs out of the queue, and cancel their tasks (and
+    the tasks the caller had yet to send again)."""
+    connection = backend.connection
+    connection.hset(keys.meta, "state", state)
+    ids = list(run.jobs) if run is not None else job_ids(connection, keys)
+    pipe = connection.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.lrem(backend.queue.key, 0, job_id)
+    removed = [job_id for job_id, count in zip(ids, pipe.execute(), strict=True) if count]
+    why = "the run was cancelled" if state == "cancelled" else "the run stopped (max_failures)"
+    error = TaskError(CANCELLED, f"{why} before a worker took the task")
+    indices: list[int] = []
+    for job_id in removed:
+        if run is not None and job_id in run.jobs:
+            job = run.jobs[job_id]
+            indices += [job.tasks.indices[pos] for pos in run.forget_job(job)]
+        elif (args := job_args(connection, job_id, backend.serializer)) is not None:
+            indices += args.indices
+        connection.delete(Job.key_for(job_id))
+    if run is not None:
+        indices += [task.index for task in run.retry]
+        indices += [index for batch in run.unsent for index in batch.indices]
+        run.retry.clear()
+        run.unsent = []
+    now = time.time()
+    info = WorkerInfo.not_run(backend.name)
+    for start in range(0, len(indices), 1000):
+        part = indices[start : start + 1000]
+        results = [TaskResult(i, False, None, error, info, 0, now, now, 0.0) for i in part]
+        publish(connection, keys, backend.keyring, results)
+
+
+def remove(connection: Any, keys: RunKeys) -> None:
+    """A completed collection: the run's data goes. Late pushes are then dropped (the
+    push script wants the run's record)."""
+    connection.delete(*keys.data())
+
+
+def status(backend: RQBackend, keys: RunKeys) -> dict[str, Any] | None:
+    """The run's counts (total, ok, failed, cancelled, queued, running) and the workers
+    running its tasks now; None if there is no such run."""
+    connection = backend.connection
+    record = record_of(connection, keys)
+    if record is None:
+        return None
+    ids = job_ids(connection, keys)
+    statuses = job_statuses(connection, ids)
+    sizes = {int(k): int(v) for k, v in connection.hgetall(keys.jobs).items()}
+    queued = sum(sizes.get(n, 0) for n, s in enumerate(statuses, 1) if s == "queued")
+    total = int(record["total"])
+    done = sum(int(record[k]) for k in ("ok", "failed", "cancelled"))
+    workers = []
+    for job_id, s in zip(ids, statuses, strict=True):
+        if s == "started" and (name := connection.hget(Job.key_for(job_id), "worker_name")):
+            host = connection.hget(Worker.redis_worker_namespace_prefix + text(name), "hostname")
+            workers.append({"name": text(name), "host": text(host) if host else ""})
+    return {
+        "run": keys.run_id,
+        "state": record["state"],
+        "target": record["target"],
+        "queue": record["queue"],
+        "total": total,
+        "enqueued_all": record["enqueued_all"] == "1",
+        "ok": int(record["ok"]),
+        "failed": int(record["failed"]),
+        "cancelled": int(record["cancelled"]),
+        "queued": queued,
+        "running": max(0, total - done - queued),
+        "workers": sorted(workers, key=lambda w: w["name"]),
+    }

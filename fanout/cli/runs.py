@@ -1,0 +1,122 @@
+"""``fanout results``, ``fanout cancel`` and ``fanout status``: runs by their id, and the
+queues and workers of a Redis, from any machine that reaches it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+
+from fanout.api import Fanout
+from fanout.cli import options as opt
+from fanout.cli.commands import app
+from fanout.cli.exitcodes import EXIT_INTERRUPTED, errors_as_exit_codes
+from fanout.cli.views import HumanView, JsonView, StdoutClosed, View, consume
+
+
+def _rq(redis_url: str | None) -> Fanout:
+    """The rq backend at ``redis_url`` (else $FANOUT_REDIS_URL), starting no worker."""
+    return Fanout("rq", 0, **({"redis_url": redis_url} if redis_url else {}))
+
+
+@app.command("results")
+def results_command(
+    run_id: opt.RunId,
+    redis_url: opt.RedisUrl = None,
+    json_out: opt.Json = False,
+    tracebacks: opt.Tracebacks = False,
+    no_wait: opt.NoWait = False,
+    keep: opt.Keep = False,
+) -> NoReturn:
+    """Every result of run RUN_ID, each index once: those finished at once, the rest as
+    they finish. A complete collection removes the run's data (unless --keep)."""
+    view: View | None = None
+    try:
+        with errors_as_exit_codes():
+            options: dict[str, Any] = {"keep": keep}
+            if redis_url:
+                options["redis_url"] = redis_url
+            with Fanout("rq", 0, **options) as fo:
+                view = JsonView() if json_out else HumanView("rq", tracebacks)
+                results = fo.attach(run_id, wait=not no_wait)
+                code = consume(results, view, lambda index: "-", None, False)
+            view.finish(complete=True)
+    except KeyboardInterrupt:
+        if view is not None:
+            view.finish(interrupted=True)
+        typer.echo(f"fanout: interrupted; run {run_id} goes on: collect it again with"
+                   f" fanout results {run_id}", err=True)  # fmt: skip
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except StdoutClosed:
+        raise typer.Exit(141) from None
+    raise typer.Exit(code)
+
+
+@app.command("cancel")
+def cancel_command(run_id: opt.RunId, redis_url: opt.RedisUrl = None) -> None:
+    """Cancel run RUN_ID: its queued tasks are cancelled, its running tasks stopped."""
+    with errors_as_exit_codes(), _rq(redis_url) as fo:
+        fo.backend.cancel_run(run_id)
+        status = fo.backend.run_status(run_id)
+    typer.echo(f"run {run_id} cancelled: {status['ok']} ok, {status['failed']} failed,"
+               f" {status['cancelled']} cancelled so far; collect them with: fanout results"
+               f" {run_id}", err=True)  # fmt: skip
+
+
+@app.command("status")
+def status_command(
+    run_id: opt.OptionalRunId = None,
+    redis_url: opt.RedisUrl = None,
+    queue: opt.StatusQueue = None,
+    json_out: opt.StatusJson = False,
+) -> None:
+    """Run RUN_ID's counts and workers; without RUN_ID, the queues with their lengths
+    and the workers with name, pid, host, state, current job."""
+    with errors_as_exit_codes():
+        if run_id is not None:
+            with _rq(redis_url) as fo:
+                status = fo.backend.run_status(run_id)
+        else:
+            from fanout.backends.rq.status import queue_status
+
+            status = queue_status(redis_url, queue)
+    if json_out:
+        typer.echo(json.dumps(status))
+    elif run_id is not None:
+        _print_run(status)
+    else:
+        _print_status(status)
+
+
+def _print_run(status: dict[str, Any]) -> None:
+    counts = ", ".join(f"{status[k]} {k}" for k in ("ok", "failed", "cancelled", "queued",
+                                                    "running"))  # fmt: skip
+    whole = "" if status["enqueued_all"] else " (so far: its caller is still enqueueing)"
+    sys.stdout.write(f"run {status['run']} ({status['state']}): {status['target']} on queue"
+                     f" {status['queue']}\n{status['total']} tasks{whole}: {counts}\n")  # fmt: skip
+    for worker in status["workers"]:
+        sys.stdout.write(f"  running on {worker['name']} ({worker['host']})\n")
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False, markup=False)  # names are shown as given
+    console.print(f"Redis {status['redis']}")
+    queues = Table("queue", "length", box=None, header_style="bold")
+    for q in status["queues"]:
+        queues.add_row(Text(q["name"]), Text(str(q["length"])))
+    console.print(queues)
+    workers = Table(
+        "worker", "pid", "host", "state", "current job", "queues", box=None, header_style="bold"
+    )
+    for w in status["workers"]:
+        cells = (w["name"], str(w["pid"]), w["host"] or "", w["state"], w["current_job"] or "-",
+                 ", ".join(w["queues"]))  # fmt: skip
+        workers.add_row(*map(Text, cells))
+    console.print(workers)
+    console.print(f"{len(status['queues'])} queue(s), {len(status['workers'])} worker(s)")

@@ -1,0 +1,221 @@
+"""Journal and resume, on every backend: each result appended to a file as it arrives,
+and a later run that skips what the journal already holds.
+
+The journal is JSON lines. The first line names it and the target::
+
+    {"fanout_journal": 1, "target": "app.tasks:resize"}
+
+then one line per result: the ``--json`` shape plus ``"fingerprint"``, a hash of the
+task's input, so that a resumed run can tell that input ``i`` is still the input the
+journal's line ``i`` was made from. A line cut short by a crash is dropped.
+
+Resuming (``resume=True``) skips every index the journal holds and runs the rest;
+``resume="failed"`` skips only the ``ok`` ones. The inputs up to the journal's last index
+are read and checked first, so a changed input stops the run before anything runs.
+The results cover every index: the journal's and the new run's together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from fanout.errors import InputError
+from fanout.models import TaskError, TaskResult, WorkerInfo
+
+FORMAT = 1
+Resume = bool | Literal["failed"]
+
+
+def fingerprint(item: Any) -> str:
+    """A short hash of an input (its pickle; its repr if it has none)."""
+    try:
+        data = pickle.dumps(item, 4)
+    except Exception:
+        data = repr(item).encode()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def json_record(result: TaskResult) -> dict[str, Any]:
+    """The ``--json`` shape of a result; a value JSON cannot hold is given as its repr."""
+    record = result.to_dict()
+    try:
+        json.dumps(record["value"], allow_nan=False)
+    except (TypeError, ValueError):
+        record["value"] = repr(result.value)
+    return record
+
+
+def result_of(record: dict[str, Any]) -> TaskResult:
+    """A journal line back as a TaskResult."""
+    error = record.get("error")
+    return TaskResult(
+        record["index"],
+        record["ok"],
+        record["value"],
+        None if error is None else TaskError(error["type"], error["message"], error["traceback"]),
+        WorkerInfo(**record["worker"]),
+        record["attempts"],
+        record["started_at"],
+        record["finished_at"],
+        record["duration"],
+        record.get("output", ""),
+    )
+
+
+class Journal:
+    """An open journal: what it held when opened, and the file to append to."""
+
+    def __init__(self, path: str | Path, target: str, resume: Resume = False) -> None:
+        self.path = Path(path)
+        self.target = target
+        self.done: dict[int, dict[str, Any]] = {}  # index -> line, for the indexes to skip
+        if resume:
+            self.done = self._read(resume)
+        self.file: BinaryIO = self._open_for_append()
+
+    def _read(self, resume: Resume) -> dict[int, dict[str, Any]]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}  # nothing done yet: resuming runs everything
+        except OSError as exc:
+            raise InputError(f"cannot read the journal {self.path}: {exc.strerror}") from None
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the last piece has no newline: cut short, or empty
+        if not complete:
+            return {}
+        self._check_header(complete[0])
+        done: dict[int, dict[str, Any]] = {}
+        for number, line in enumerate(complete[1:], 2):
+            try:
+                record = json.loads(line)
+                index = record["index"]
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"line {number} of the journal {self.path} is not a result"
+                                 " fanout wrote") from None  # fmt: skip
+            if record["ok"] or resume is True:
+                done[index] = record
+            else:
+                done.pop(index, None)  # a failed one is run again
+        return done
+
+    def _check_header(self, line: bytes) -> None:
+        try:
+            header = json.loads(line)
+            version, target = header["fanout_journal"], header["target"]
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{self.path} is not a fanout journal (its first line says"
+                             " nothing of one)") from None  # fmt: skip
+        if version != FORMAT:
+            raise InputError(f"{self.path} is a fanout journal of format {version}, not {FORMAT}")
+        if target != self.target:
+            raise InputError(
+                f"{self.path} is the journal of {target}, not of {self.target}; give"
+                " another --journal for this target"
+            )
+
+    def _open_for_append(self) -> BinaryIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = self.path.open("a+b")
+        file.seek(0, 2)
+        size = file.tell()
+        if size == 0:
+            header = {"fanout_journal": FORMAT, "target": self.target}
+            file.write(json.dumps(header).encode() + b"\n")
+        else:
+            file.seek(0)
+            data = file.read()
+            cut = data.rfind(b"\n") + 1
+            if cut < size:  # a line cut short by a crash: drop it
+                file.truncate(cut)
+            file.seek(0, 2)
+        file.flush()
+        return file
+
+    def write(self, result: TaskResult, print_: str) -> None:
+        record = json_record(result)
+        record["fingerprint"] = print_
+        self.file.write(json.dumps(record).encode() + b"\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def journaled(
+    journal: Journal,
+    items: Iterator[Any],
+    ordered: bool,
+    run: Callable[[Iterator[Any]], Iterator[TaskResult]],
+) -> Iterator[TaskResult]:
+    """``run`` on the inputs the journal does not hold, every result appended to it; the
+    journal's own results for the others. The inputs up to the journal's last index are
+    checked against its fingerprints before anything runs."""
+    prints: dict[int, str] = {}  # index -> fingerprint, until its result is written
+    positions: list[int] = []  # the original index of each input given to ``run``
+    head, skipped = _check(journal, items, prints, positions)
+    remapped = bool(skipped)
+
+    def to_run() -> Iterator[Any]:
+        yield from head
+        index = len(positions) + len(skipped)
+        for item in items:
+            prints[index] = fingerprint(item)
+            if remapped:
+                positions.append(index)
+            index += 1
+            yield item
+
+    def written(results: Iterator[TaskResult]) -> Iterator[TaskResult]:
+        for result in results:
+            if remapped:
+                result = replace(result, index=positions[result.index])
+            journal.write(result, prints.pop(result.index, ""))
+            yield result
+
+    try:
+        fresh = written(run(to_run()))
+        if not ordered:
+            yield from skipped
+            yield from fresh
+        else:
+            yield from heapq.merge(skipped, fresh, key=lambda r: r.index)
+    finally:
+        journal.close()
+
+
+def _check(
+    journal: Journal, items: Iterator[Any], prints: dict[int, str], positions: list[int]
+) -> tuple[list[Any], list[TaskResult]]:
+    """Read the inputs up to the journal's last index: those to run again (with their
+    fingerprints noted), and the journal's results for the rest. A changed input is an
+    InputError naming its index."""
+    head: list[Any] = []
+    skipped: list[TaskResult] = []
+    last = max(journal.done, default=-1)
+    for index in range(last + 1):
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        print_ = fingerprint(item)
+        record = journal.done.get(index)
+        if record is None:
+            prints[index] = print_
+            positions.append(index)
+            head.append(item)
+        elif record.get("fingerprint") != print_:
+            raise InputError(
+                f"input {index} differs from the one the journal {journal.path} ran; resume"
+                " with the same inputs, or give another --journal"
+            )
+        else:
+            skipped.append(result_of(record))
+    return head, skipped

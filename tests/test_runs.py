@@ -1,0 +1,349 @@
+"""Runs that outlive their caller (issue 13): run ids, detach, collect from anywhere,
+status, cancel; and, on every backend, fail fast, journal and resume. Real redis-servers
+and real ``fanout worker`` processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+import fanout
+from tests import tasks
+from tests.helpers import (
+    RedisServer,
+    finish,
+    run_fanout,
+    start_cli,
+    start_worker,
+    stop_workers,
+    wait_for_workers,
+    wait_until,
+)
+
+RUN_LINE = re.compile(r"^run ([0-9a-f]{32})$", re.M)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(server: RedisServer) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    stop_workers(started)
+
+
+def serve(server: RedisServer, workers: list[subprocess.Popen[bytes]], *names: str) -> None:
+    workers.extend(start_worker(server.url, name) for name in names)
+    wait_for_workers(server.url, list(names))
+
+
+def run_keys(connection: Redis, run_id: str) -> list[bytes]:
+    return [*connection.scan_iter(f"fanout:run:{run_id}*"),
+            *connection.scan_iter(f"rq:job:fanout-{run_id}-*")]  # fmt: skip
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def executions(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+# --------------------------------------------------------------------------- run ids, detach
+
+
+def test_detach_enqueues_every_input_then_results_collects_each_index_once(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    detached = run_fanout("run", "tests.tasks:square", "--range", "300", "--backend", "rq",
+                          "--redis-url", server.url, "--detach")  # fmt: skip
+    assert detached.returncode == 0, detached.stderr
+    assert detached.stdout == ""
+    run_id = RUN_LINE.search(detached.stderr).group(1)  # type: ignore[union-attr]
+    connection = Redis.from_url(server.url)
+    status = fanout.attach(run_id, redis_url=server.url).status()
+    assert (status["total"], status["enqueued_all"], status["queued"]) == (300, True, 300)
+    assert all(connection.ttl(key) > 0 for key in run_keys(connection, run_id))
+    serve(server, workers, "d-1", "d-2")
+    collected = run_fanout("results", run_id, "--json", "--redis-url", server.url)
+    assert collected.returncode == 0, collected.stderr
+    got = records(collected.stdout)
+    assert sorted(r["index"] for r in got) == list(range(300))
+    assert all(r["value"] == r["index"] ** 2 for r in got)
+    assert {r["worker"]["name"] for r in got} <= {"d-1", "d-2"}
+    assert run_keys(connection, run_id) == []  # a complete collection removes them
+    again = run_fanout("results", run_id, "--redis-url", server.url)
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"fanout: error: no run '{run_id}'")
+
+
+def test_submit_attach_status_and_results_in_the_library(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    run = fanout.submit(tasks.sleep_for, [0.2] * 12, redis_url=server.url)
+    assert run.status()["queued"] == 12
+    serve(server, workers, "l-1", "l-2")
+    wait_until(lambda: run.status()["ok"] >= 2, 20, "some tasks finish")
+    running = run.status()
+    assert running["total"] == 12
+    assert running["ok"] + running["queued"] + running["running"] == 12
+    assert {w["name"] for w in running["workers"]} <= {"l-1", "l-2"}
+    early = list(fanout.attach(run.id, redis_url=server.url).results(wait=False))
+    assert 2 <= len(early) < 12
+    results = list(run.results())
+    assert sorted(r.index for r in results) == list(range(12))
+    with pytest.raises(fanout.UnknownRun):
+        run.status()  # collected in full: gone
+    run.close()
+
+
+CALLER = """
+import sys
+import fanout
+from tests import tasks
+for r in fanout.Fanout("rq", redis_url=sys.argv[1]).map(tasks.sleep_for, [0.1] * 60):
+    print(r.index, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_callers_run_is_collected_whole(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    serve(server, workers, "k-1", "k-2")
+    caller = subprocess.Popen([sys.executable, "-c", CALLER, server.url], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert caller.stdout is not None
+    for _ in range(5):  # a few results in: the run is under way
+        caller.stdout.readline()
+    connection = Redis.from_url(server.url)
+    (meta,) = [k for k in connection.scan_iter("fanout:run:*") if k.count(b":") == 2]
+    run_id = meta.decode().rsplit(":", 1)[1]
+    wait_until(lambda: fanout.attach(run_id, redis_url=server.url).status()["enqueued_all"],
+               10, "every input is in Redis")  # fmt: skip
+    caller.kill()
+    caller.wait()
+    results = list(fanout.attach(run_id, redis_url=server.url).results())
+    assert sorted(r.index for r in results) == list(range(60))
+    assert all(r.ok for r in results)
+
+
+@pytest.mark.slow
+def test_a_collector_killed_halfway_can_collect_again(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    run = fanout.submit(tasks.sleep_for, [0.1] * 40, redis_url=server.url)
+    serve(server, workers, "c-1", "c-2")
+    collector = start_cli("results", run.id, "--json", "--redis-url", server.url)
+    assert collector.stdout is not None
+    for _ in range(5):
+        collector.stdout.readline()
+    collector.kill()
+    finish(collector)
+    results = list(run.results())
+    assert sorted(r.index for r in results) == list(range(40))
+    run.close()
+
+
+def test_cancel_leaves_nothing_queued_and_gives_each_task_its_result(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    run = fanout.submit(tasks.sleep_for, [0.3] * 20, redis_url=server.url)
+    serve(server, workers, "x-1")
+    wait_until(lambda: run.status()["ok"] >= 1, 20, "a task finishes")
+    cancelled = run_fanout("cancel", run.id, "--redis-url", server.url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"run {run.id} cancelled" in cancelled.stderr
+    connection = Redis.from_url(server.url)
+    assert connection.llen("rq:queue:fanout") == 0
+    results = list(run.results())
+    assert sorted(r.index for r in results) == list(range(20))
+    dropped = [r for r in results if not r.ok]
+    assert dropped
+    assert {r.error.type for r in dropped if r.error} == {"Cancelled"}
+    never_started = [r for r in dropped if r.attempts == 0]
+    assert never_started
+    for r in never_started:
+        assert (r.worker.name, r.worker.pid) == ("(not run)", 0)
+    run.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_collect_and_sighup_leaves_the_run_going(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    serve(server, workers, "h-1")
+    proc = start_cli("run", "tests.tasks:sleep_for", *["0.2"] * 20, "--backend", "rq",
+                     "--json", "--redis-url", server.url)  # fmt: skip
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    run_id = RUN_LINE.match(line.strip()).group(1)  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = finish(proc, 30)
+    assert proc.returncode == 129, stderr
+    assert f"fanout results {run_id}" in stderr
+    results = list(fanout.attach(run_id, redis_url=server.url).results())
+    assert sorted(r.index for r in results) == list(range(20))
+    assert all(r.ok for r in results), "SIGHUP cancelled the run"
+
+
+def test_a_command_that_cannot_reach_redis_prints_no_run_id() -> None:
+    result = run_fanout("run", "tests.tasks:square", "1", "--backend", "rq", "--json",
+                        "--redis-url", "redis://127.0.0.1:9/0")  # fmt: skip
+    assert result.returncode == 3
+    assert len(result.stderr.splitlines()) == 1
+    assert not RUN_LINE.search(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "tests.tasks:square", "1", "--detach"], "--backend rq"),
+        (["run", "tests.tasks:square", "1", "--detach", "--backend", "inline"], "inline"),
+        (["run", "tests.tasks:square", "1", "--resume"], "journal"),
+    ],
+    ids=["detach-local", "detach-inline", "resume-without-journal"],
+)
+def test_durable_options_where_they_cannot_work_are_one_line_and_exit_2(
+    args: list[str], fragment: str
+) -> None:
+    result = run_fanout(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+
+
+def test_an_unknown_run_id_is_one_line_and_exit_2(server: RedisServer) -> None:
+    for command in ("results", "status", "cancel"):
+        result = run_fanout(command, "0" * 32, "--redis-url", server.url)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("fanout: error: no run '000")
+        assert len(result.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- fail fast
+
+
+@pytest.mark.parametrize("backend", ["local", "rq"])
+def test_max_failures_stops_the_run_and_cancels_what_had_not_started(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran"
+    options: dict[str, Any] = {"backend": backend, "workers": 1}
+    if backend == "rq":
+        options = {"backend": "rq", "redis_url": request.getfixturevalue("redis_server").url}
+        request.getfixturevalue("rq_workers")
+    items = [(str(log), "fail")] + [(str(log), 0.0)] * 30
+    results = fanout.run(tasks.record_run, items, star=True, max_failures=1, **options)
+    # Only the inputs taken before the stop are tasks of the run: each has its result.
+    assert sorted(r.index for r in results) == list(range(len(results)))
+    assert len(results) < 31, "the run did not stop"
+    assert results[0].error is not None
+    assert results[0].error.type == "ValueError"
+    cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+    assert all((r.attempts, r.worker.name) == (0, "(not run)") for r in cancelled)
+    assert len(executions(log)) == len(results) - len(cancelled)  # cancelled: never ran
+
+
+def test_max_failures_on_the_command_line_exits_1(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    items = [json.dumps([str(log), "fail"])] + [json.dumps([str(log), 0])] * 20
+    result = run_fanout("run", "tests.tasks:record_run", *items, "--star", "--workers", "1",
+                        "--max-failures", "1", "--json")  # fmt: skip
+    assert result.returncode == 1
+    shown = records(result.stdout)
+    assert 1 <= len(shown) < 21
+    assert sorted(r["index"] for r in shown) == list(range(len(shown)))
+
+
+# --------------------------------------------------------------------------- journal, resume
+
+
+@pytest.mark.parametrize("backend", ["local", "inline", "rq"])
+def test_journal_then_resume_runs_only_what_the_journal_lacks(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    log, journal = tmp_path / "ran", tmp_path / "journal.jsonl"
+    options: dict[str, Any] = {"backend": backend}
+    if backend == "rq":
+        options["redis_url"] = request.getfixturevalue("redis_server").url
+        request.getfixturevalue("rq_workers")
+    first = [(str(log), x) for x in ("a", "fail", "c")]
+    fanout.run(tasks.record_run, first, star=True, journal=journal, **options)
+    assert sorted(executions(log)) == ["a", "c", "fail"]
+    log.unlink()
+    items = [*first, (str(log), "d")]
+    resumed = fanout.run(tasks.record_run, items, star=True, journal=journal, resume=True,
+                         **options)  # fmt: skip
+    assert executions(log) == ["d"]  # 0-2 came from the journal
+    assert [(r.index, r.ok) for r in resumed] == [(0, True), (1, False), (2, True), (3, True)]
+    log.unlink()
+    again = fanout.run(tasks.record_run, items, star=True, journal=journal, resume="failed",
+                       **options)  # fmt: skip
+    assert executions(log) == ["fail"]  # only the failed one ran again
+    assert [r.index for r in again] == [0, 1, 2, 3]
+
+
+def test_a_journal_cut_mid_line_is_read_to_its_last_whole_line(tmp_path: Path) -> None:
+    log, journal = tmp_path / "ran", tmp_path / "journal.jsonl"
+    items = [(str(log), x) for x in ("a", "b")]
+    fanout.run(tasks.record_run, items, star=True, journal=journal, workers=1)
+    with journal.open("ab") as fh:
+        fh.write(b'{"index": 2, "ok": tr')  # a crash mid-write
+    log.unlink()
+    resumed = fanout.run(tasks.record_run, [*items, (str(log), "c")], star=True,
+                         journal=journal, resume=True, workers=1)  # fmt: skip
+    assert executions(log) == ["c"]
+    assert [r.index for r in resumed] == [0, 1, 2]
+    assert all(json.loads(line) for line in journal.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    ("journal_text", "fragment"),
+    [
+        ('{"not": "a journal"}\n', "not a fanout journal"),
+        ('{"fanout_journal": 1, "target": "other.module:f"}\n', "other.module:f"),
+    ],
+    ids=["not-fanout", "other-target"],
+)
+def test_a_journal_that_is_not_this_runs_is_one_line_and_exit_2(
+    tmp_path: Path, journal_text: str, fragment: str
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text(journal_text)
+    log = tmp_path / "ran"
+    result = run_fanout("run", "tests.tasks:record_run", json.dumps([str(log), 1]), "--star",
+                        "--journal", str(journal), "--resume")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not log.exists()
+
+
+def test_a_changed_input_stops_the_resumed_run_before_anything_runs(tmp_path: Path) -> None:
+    log, journal = tmp_path / "ran", tmp_path / "journal.jsonl"
+    items = [json.dumps([str(log), x]) for x in ("a", "b", "c")]
+    run_fanout("run", "tests.tasks:record_run", *items, "--star", "--journal", str(journal))
+    log.unlink()
+    changed = [items[0], json.dumps([str(log), "B"]), items[2], json.dumps([str(log), "d"])]
+    result = run_fanout("run", "tests.tasks:record_run", *changed, "--star",
+                        "--journal", str(journal), "--resume")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "input 1" in result.stderr
+    assert not log.exists()
