@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import redis
 from rq import Worker
+from rq.exceptions import StopRequested
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
@@ -192,9 +193,12 @@ def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
             say(f"fanout worker {ctx.name}: {scrub(quits.reason, ctx.url)}; serving again"
                 f" once Redis at {mask_url(ctx.url)} answers")  # fmt: skip
         pause = 0.0 if time.monotonic() - began > 30 else min(5.0, max(0.5, pause * 2))
-        if not _wait_for_redis(worker, pause):
+        try:
+            if not _wait_for_redis(worker, pause):
+                return
+            worker = _born_again(worker)
+        except StopRequested:  # RQ's SIGTERM handler, while no job runs: stop
             return
-        worker = _born_again(worker)
 
 
 def _wait_for_redis(worker: FanoutWorker, pause: float) -> bool:
