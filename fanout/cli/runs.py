@@ -13,7 +13,7 @@ from fanout.api import Fanout
 from fanout.cli import options as opt
 from fanout.cli.commands import app
 from fanout.cli.exitcodes import EXIT_INTERRUPTED, errors_as_exit_codes
-from fanout.cli.views import HumanView, JsonView, StdoutClosed, View, consume
+from fanout.cli.views import NOT_SHOWN, HumanView, JsonView, StdoutClosed, View, consume
 
 
 def _rq(redis_url: str | None) -> Fanout:
@@ -41,7 +41,7 @@ def results_command(
             with Fanout("rq", 0, **options) as fo:
                 view = JsonView() if json_out else HumanView("rq", tracebacks)
                 results = fo.attach(run_id, wait=not no_wait)
-                code = consume(results, view, lambda index: "-", None, False)
+                code = consume(results, view, lambda index: NOT_SHOWN, None, False)
             view.finish(complete=True)
     except KeyboardInterrupt:
         if view is not None:
