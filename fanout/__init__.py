@@ -31,17 +31,28 @@ from fanout.errors import (
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
+    from fanout.dropin import Executor, Pool, TaskFuture
     from fanout.runs import Run, attach, submit
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # The durable-runs API loads on first use: `import fanout` stays light.
-    if name in ("Run", "submit", "attach"):
-        from fanout import runs
+_LAZY = {
+    "Run": "fanout.runs",
+    "submit": "fanout.runs",
+    "attach": "fanout.runs",
+    "Executor": "fanout.dropin",
+    "Pool": "fanout.dropin",
+    "TaskFuture": "fanout.dropin",
+}
 
-        return getattr(runs, name)
+
+def __getattr__(name: str) -> object:
+    # Durable runs and the drop-ins load on first use: `import fanout` stays light.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fanout' has no attribute {name!r}")
 
 
@@ -49,6 +60,10 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     # running
     "Fanout",
     "run",
+    # drop-ins for concurrent.futures and multiprocessing
+    "Executor",
+    "Pool",
+    "TaskFuture",
     # runs that outlive their caller
     "Run",
     "attach",

@@ -51,6 +51,14 @@ def dumps(obj: Any) -> bytes:
         raise first from None
 
 
+def pickled_exception(exc: BaseException) -> bytes | None:
+    """The exception's pickle without its traceback (None if it will not pickle)."""
+    try:
+        return pickle.dumps(exc.with_traceback(None), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+
+
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message_of(exc)}"
 
@@ -137,7 +145,7 @@ def run_one(
         return (
             index,
             FAILED,
-            TaskError(type(exc).__name__, message_of(exc), tb),
+            TaskError(type(exc).__name__, message_of(exc), tb, pickled=pickled_exception(exc)),
             started_at,
             started_at + duration,
             duration,

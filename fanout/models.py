@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 from typing import Any
 
 from fanout.errors import TaskFailed
@@ -53,11 +54,26 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class TaskError:
-    """Why a task failed: exception class name, message and the remote traceback text."""
+    """Why a task failed: exception class name, message and the remote traceback text.
+
+    ``pickled`` holds the exception itself, pickled where it was raised (None when it
+    could not be): the drop-in executors raise it again as its own type.
+    """
 
     type: str
     message: str
     traceback: str = ""
+    pickled: bytes | None = field(default=None, repr=False, compare=False, kw_only=True)
+
+    def exception(self) -> BaseException | None:
+        """The exception itself, if it travelled and can be unpickled here."""
+        if self.pickled is None:
+            return None
+        try:
+            exc: BaseException = pickle.loads(self.pickled)
+        except Exception:
+            return None
+        return exc
 
     @classmethod
     def from_exception(cls, exc: BaseException, traceback: str = "") -> TaskError:

@@ -67,10 +67,13 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fanout.errors import UnknownOption
 from fanout.models import TaskResult
+
+if TYPE_CHECKING:
+    from fanout.backends.runstate import RunState
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,23 @@ class Backend(ABC):
     def stop_note(self) -> str:
         """What ``close(cancel=True)`` did, in a few words (said after a Ctrl-C)."""
         return "workers stopped"
+
+    # Driving runs from one thread (the drop-in Executor and Pool): ``start_run`` makes
+    # a run without driving it; ``pump`` makes one round of progress on every run started
+    # (waiting at most ``max_wait`` s, or until ``wake``, for something to happen); the
+    # driver hands each run's ready results on and calls ``end_run`` when it is done.
+
+    def start_run(self, spec: MapSpec) -> RunState:
+        raise NotImplementedError(f"the {self.name} backend cannot serve fanout.Executor/Pool")
+
+    def pump(self, max_wait: float | None) -> None:
+        raise NotImplementedError
+
+    def end_run(self, run: RunState) -> None:
+        raise NotImplementedError
+
+    def wake(self) -> None:  # noqa: B027 - optional hook
+        """From any thread: make a ``pump`` that waits return now."""
 
     # Durable runs (``durable_runs``): a backend without them says so.
 

@@ -36,22 +36,49 @@ class InlineBackend(Backend):
                 f" no worker count (got {workers})"
             )
         self.workers = 1
+        self._runs: list[RunState] = []  # runs a driver thread drives (the drop-ins)
+        self._woken = threading.Event()
 
     def stop_note(self) -> str:
         return "the task running in this process was stopped"
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
         run = RunState(spec, self.name)
-        info = WorkerInfo.current(self.name)
+        return run.results(lambda: self._run_one_batch(run), lambda: None)
+
+    def _run_one_batch(self, run: RunState) -> bool:
+        """Run the next batch of ``run`` here; False if it had none to give now."""
+        batch = run.take_batch()
+        if batch is None:
+            return False
         capture = _task.Capture()
+        records = [_attempt(run.spec, batch, pos, capture) for pos in range(len(batch))]
+        run.settle(records, WorkerInfo.current(self.name), batch.attempts, batch.task)
+        return True
 
-        def step() -> None:
-            batch = run.take_batch()
-            if batch is not None:
-                records = [_attempt(spec, batch, pos, capture) for pos in range(len(batch))]
-                run.settle(records, info, batch.attempts, batch.task)
+    # The driving interface of the drop-ins (backends/base.py): the driver's thread
+    # is the one that runs the tasks.
 
-        return run.results(step, lambda: None)
+    def start_run(self, spec: MapSpec) -> RunState:
+        run = RunState(spec, self.name)
+        self._runs.append(run)
+        return run
+
+    def pump(self, max_wait: float | None) -> None:
+        for run in list(self._runs):
+            if self._run_one_batch(run):
+                return
+        if any(run.ready or run.done() for run in self._runs):
+            return  # results to hand on first
+        self._woken.wait(max_wait)
+        self._woken.clear()
+
+    def end_run(self, run: RunState) -> None:
+        if run in self._runs:
+            self._runs.remove(run)
+
+    def wake(self) -> None:
+        self._woken.set()
 
 
 def _attempt(spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture) -> Record:

@@ -21,6 +21,7 @@ of workers (each batch knows its run), which the drop-in executors rely on.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,8 +42,63 @@ ORDER_WINDOW = 10_000
 MAX_FREE_REQUEUES = 3
 
 _DROPPED = object()  # marks an input that failed to pickle in the caller
+_CANCELLED = object()  # marks an item of a Feed cancelled before the run took it
 # Failures that would only repeat: a value that cannot be pickled, a target that cannot load.
 _NOT_RETRIED = frozenset({SerializationError.__name__, TargetError.__name__})
+
+
+class Feed(Iterator[Any]):
+    """A live input: other threads put items in, the run takes them without waiting; it
+    ends once closed and empty. An item cancelled before the run took it is never sent:
+    its index gets a ``Cancelled`` result instead."""
+
+    def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
+        self.lock = threading.Lock()
+        self.items: deque[Any] = deque()
+        self.first = 0  # the index of items[0]
+        self.closed = False
+        self.wake = wake  # tells whoever drives the run that there is something to take
+
+    def put(self, item: Any) -> int:
+        """Add an item; its index."""
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("this feed is closed")
+            self.items.append(item)
+            index = self.first + len(self.items) - 1
+        self.wake()
+        return index
+
+    def cancel(self, index: int) -> bool:
+        """Keep item ``index`` from ever being sent; False if the run took it already."""
+        with self.lock:
+            pos = index - self.first
+            if 0 <= pos < len(self.items) and self.items[pos] is not _CANCELLED:
+                self.items[pos] = _CANCELLED
+                return True
+            return False
+
+    def take(self, room: int) -> list[Any]:
+        with self.lock:
+            taken = [self.items.popleft() for _ in range(min(room, len(self.items)))]
+            self.first += len(taken)
+            return taken
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+        self.wake()
+
+    def drained(self) -> bool:
+        with self.lock:
+            return self.closed and not self.items
+
+    def __next__(self) -> Any:
+        """One item if there is one now (a run takes them with :meth:`take`)."""
+        taken = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
 
 
 class RunState:
@@ -69,6 +125,7 @@ class RunState:
         self.not_run_info: WorkerInfo | None = None  # made once: it looks up the host
         self.failures = 0  # failed results, counted when spec.max_failures is set
         self.halted = False  # max_failures reached: no new input, nothing new dispatched
+        self.exceptions: dict[int, BaseException] = {}  # index -> why its input could not go
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready
@@ -122,6 +179,12 @@ class RunState:
             room = min(room, self.window() - (self.next_index - self.next_yield))
             if room <= 0:
                 return start, []
+        if isinstance(self.source, Feed):
+            taken = self.source.take(room)
+            self.exhausted = self.source.drained()
+            self.next_index += len(taken)
+            self.outstanding += len(taken)
+            return start, taken
         fresh: list[Any] = []
         append = fresh.append
         try:
@@ -138,14 +201,15 @@ class RunState:
         self.outstanding += len(fresh)
         return start, fresh
 
-    def take_batch(self) -> TaskBatch | None:
-        """The next batch to send: retries first, then fresh items; None if nothing now."""
+    def take_batch(self, limit: int | None = None) -> TaskBatch | None:
+        """The next batch to send (at most ``limit`` tasks): retries first, then fresh
+        items; None if nothing now."""
         if self.broken is not None:
             self.fail_the_rest(self.broken)
             return None
         if self.halted:
             return None
-        size = self.batch_size()
+        size = self.batch_size() if limit is None else min(limit, self.batch_size())
         retried = self.take_retries(size)
         start, fresh = self.take_fresh(size - len(retried))
         batch = self.pickle_fresh(start, fresh)
@@ -176,10 +240,16 @@ class RunState:
         for pos, item in enumerate(fresh):
             if type(item) in RAW_TYPES or _task.is_raw(item):
                 continue
+            if item is _CANCELLED:  # cancelled in the feed before it was taken
+                self.fail_in_caller(start + pos, TaskError(CANCELLED, "cancelled before it ran"))
+                fresh[pos] = _DROPPED
+                failed = True
+                continue
             try:
                 fresh[pos] = _task.dumps(item)
                 pickled.append(pos)
             except Exception as exc:
+                self.exceptions[start + pos] = exc  # the drop-ins raise it as it is
                 self.fail_in_caller(start + pos, _task.input_error(start + pos, exc))
                 fresh[pos] = _DROPPED
                 failed = True
@@ -349,7 +419,7 @@ class RunState:
 
     # -- the results generator --------------------------------------------------------
 
-    def results(self, step: Callable[[], None], end: Callable[[], None]) -> Iterator[TaskResult]:
+    def results(self, step: Callable[[], object], end: Callable[[], None]) -> Iterator[TaskResult]:
         """Yield results, calling ``step`` to make progress; ``end`` runs however it ends."""
         try:
             while True:

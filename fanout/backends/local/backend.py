@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.local.pool import Pool
 from fanout.backends.local.run import LocalRun
+from fanout.backends.runstate import RunState
 from fanout.errors import TargetError
 from fanout.models import TaskResult
 
@@ -20,6 +21,8 @@ class LocalBackend(Backend):
 
     ``daemon=True`` (default): workers never outlive the caller. ``daemon=False``:
     ordinary processes, whose tasks may start processes of their own.
+    ``max_tasks_per_worker``: a worker exits after that many tasks and a fresh one takes
+    its place (``multiprocessing.Pool``'s ``maxtasksperchild``).
     """
 
     name = "local"
@@ -30,6 +33,7 @@ class LocalBackend(Backend):
         workers: int | None = None,
         daemon: bool = True,
         *,
+        max_tasks_per_worker: int | None = None,
         process_name: str | None = None,
     ) -> None:
         """``process_name`` names every worker process alike (``fanout worker`` names
@@ -38,9 +42,15 @@ class LocalBackend(Backend):
             workers = os.cpu_count() or 1
         if workers < 1:
             raise ValueError(f"the local backend needs at least one worker, got {workers}")
+        if max_tasks_per_worker is not None and (
+            not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_tasks_per_worker must be a positive integer, got {max_tasks_per_worker!r}"
+            )
         self.workers = workers
         self.daemon = daemon
-        self._pool = Pool(workers, daemon, process_name, self.name)
+        self._pool = Pool(workers, daemon, process_name, self.name, max_tasks_per_worker)
         # Workers are stopped when the backend is garbage-collected or at interpreter exit
         # (non-daemon workers would otherwise keep the interpreter waiting for them).
         self._finalizer = weakref.finalize(self, self._pool.shutdown, True)
@@ -54,6 +64,13 @@ class LocalBackend(Backend):
         """``map`` with a hook: ``idle()`` runs before each wait for workers, at least
         every ``max_wait`` seconds while tasks run (``fanout worker`` pushes results and
         heartbeats there)."""
+        run = self.start_run(spec)
+        pool = self._pool
+        return run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
+
+    # The driving interface of the drop-ins (backends/base.py): one thread drives runs.
+
+    def start_run(self, spec: MapSpec) -> LocalRun:
         import cloudpickle
 
         try:
@@ -61,9 +78,18 @@ class LocalBackend(Backend):
         except Exception as exc:
             raise TargetError(f"cannot send the target to worker processes: {exc}") from exc
         run = LocalRun(spec, fn_bytes, self.workers, self.name)
-        pool = self._pool
-        pool.runs.append(run)
-        return run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
+        self._pool.runs.append(run)
+        return run
+
+    def pump(self, max_wait: float | None) -> None:
+        self._pool.pump(max_wait)
+
+    def end_run(self, run: RunState) -> None:
+        assert isinstance(run, LocalRun)
+        self._pool.abandon(run)
+
+    def wake(self) -> None:
+        self._pool.wake()
 
     def kill_running(self) -> None:
         """SIGKILL every worker that holds tasks (safe from another thread)."""

@@ -44,6 +44,7 @@ class WorkerHandle:
         "result_r",
         "task_started",
         "task_w",
+        "tasks_given",
         "timeout_index",
         "writing",
     )
@@ -64,9 +65,10 @@ class WorkerHandle:
         self.inflight: deque[Batch] = deque()
         self.fn_id = 0  # the run whose target this worker has loaded
         self.info: WorkerInfo | None = None  # from its hello
-        self.kill_reason: str | None = None  # "timeout", "abandoned": why we killed it
+        self.kill_reason: str | None = None  # "timeout", "abandoned", "retired": why it ends
         self.timeout_index = -1  # the task the pool killed this worker for over-running
         self.task_started = 0.0  # when the task now running (head batch) began
+        self.tasks_given = 0  # for max_tasks_per_worker
 
     def describe(self) -> str:
         name = self.info.name if self.info else self.process.name
@@ -115,7 +117,9 @@ class WorkerHandle:
         self.marker_map.close()
 
 
-def start_worker(ctx: BaseContext, name: str, daemon: bool, selector_fd: int) -> WorkerHandle:
+def start_worker(
+    ctx: BaseContext, name: str, daemon: bool, pool_fds: tuple[int, ...]
+) -> WorkerHandle:
     """Fork a worker with its own pipe pair and marker; it runs ``worker.main``."""
     task_r, task_w = os.pipe()
     result_r, result_w = os.pipe()
@@ -125,8 +129,7 @@ def start_worker(ctx: BaseContext, name: str, daemon: bool, selector_fd: int) ->
 
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     _caller_fds.update((task_w, result_r))
-    if selector_fd >= 0:
-        _caller_fds.add(selector_fd)
+    _caller_fds.update(fd for fd in pool_fds if fd >= 0)
     marker = mmap.mmap(-1, MARKER_SIZE)  # shared with the worker across fork
     memoryview(marker).cast("q")[:] = array("q", [IDLE, IDLE, RUNNING])
     process = ctx.Process(  # type: ignore[attr-defined]
@@ -151,5 +154,5 @@ def start_worker(ctx: BaseContext, name: str, daemon: bool, selector_fd: int) ->
     return handle
 
 
-def forget_selector(selector_fd: int) -> None:
-    _caller_fds.discard(selector_fd)
+def forget_selector(*fds: int) -> None:
+    _caller_fds.difference_update(fds)

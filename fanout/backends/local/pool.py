@@ -33,8 +33,16 @@ STOP_GRACE_SECONDS = 2.0
 class Pool:
     """Worker processes and the loop that feeds them; owned by one LocalBackend."""
 
-    def __init__(self, size: int, daemon: bool, process_name: str | None, backend: str) -> None:
+    def __init__(
+        self,
+        size: int,
+        daemon: bool,
+        process_name: str | None,
+        backend: str,
+        max_tasks: int | None = None,
+    ) -> None:
         self.process_name = process_name
+        self.max_tasks = max_tasks  # a worker retires after that many tasks
         self.backend = backend
         self.size = size
         self.daemon = daemon
@@ -42,6 +50,11 @@ class Pool:
         self.workers: list[WorkerHandle] = []
         self.runs: list[LocalRun] = []  # runs with tasks to dispatch or results to come
         self.selector = selectors.DefaultSelector()
+        # A pipe that wakes the loop from another thread (a drop-in's new input).
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, (None, "wake"))
         self.counter = itertools.count(1)
         self.closed = False
 
@@ -64,14 +77,37 @@ class Pool:
         self.dispatch()
         if waiting.ready or waiting.done():
             return
+        if idle is not None:
+            idle()
+        self.wait(max_wait)
+
+    def pump(self, max_wait: float | None) -> None:
+        """One round for every run (a driver thread's loop): dispatch, then wait for
+        events at most ``max_wait`` seconds, or until :meth:`wake`."""
+        if self.closed:
+            return
+        self.dispatch()
+        if any(run.ready or run.done() for run in self.runs):
+            max_wait = 0.0  # results to hand on first
+        self.wait(max_wait)
+
+    def wake(self) -> None:
+        """From any thread: end the wait of :meth:`pump` now (there is input to take)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"!")
+
+    def wait(self, max_wait: float | None) -> None:
+        """Wait for one round of events and handle them."""
         timeout = deaths.next_deadline(self)
         if max_wait is not None:
             timeout = max_wait if timeout is None else min(timeout, max_wait)
-        if idle is not None:
-            idle()
         events = self.selector.select(None if timeout is None else max(timeout, 0.0))
         for key, mask in events:
             worker, kind = key.data
+            if kind == "wake":
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.read(self.wake_r, 4096)
+                continue
             if worker not in self.workers:
                 continue  # already buried in this round
             if kind == "result":
@@ -97,7 +133,11 @@ class Pool:
         grow = (worker is None or bool(worker.inflight)) and len(self.workers) < self.size
         if worker is None and not grow:
             return False
-        batch = run.next_batch()
+        allowance = self.max_tasks
+        if allowance is not None and not grow:
+            assert worker is not None
+            allowance -= worker.tasks_given
+        batch = run.next_batch(allowance)
         if batch is None:
             return False
         if grow:
@@ -108,8 +148,11 @@ class Pool:
 
     def free_worker(self, depth: int) -> WorkerHandle | None:
         best = None
+        limit = self.max_tasks
         for worker in self.workers:
             if worker.kill_reason is not None or len(worker.inflight) >= depth:
+                continue
+            if limit is not None and worker.tasks_given >= limit:
                 continue
             if best is None or len(worker.inflight) < len(best.inflight):
                 best = worker
@@ -130,6 +173,7 @@ class Pool:
         if not worker.inflight:
             worker.task_started = batch.sent_at
         worker.inflight.append(batch)
+        worker.tasks_given += len(batch)
         tasks = batch.tasks
         size = self.send(worker, (BATCH, batch.id, tasks.indices, tasks.items, tasks.pickled))
         run.measure_bytes(size, len(tasks), inputs=True)
@@ -216,12 +260,23 @@ class Pool:
         worker.task_started = records[-1][FINISHED]
         if batch.done == len(batch):
             worker.inflight.popleft()
+            if self.max_tasks is not None and worker.tasks_given >= self.max_tasks:
+                self.retire(worker)
+
+    def retire(self, worker: WorkerHandle) -> None:
+        """``max_tasks`` reached: once its last result is in, the worker exits as an idle
+        one does (end-of-file); a new one starts when there is work."""
+        if not worker.inflight and not worker.writing and worker.kill_reason is None:
+            worker.kill_reason = "retired"
+            worker.close_task_pipe()
 
     # -- worker lifecycle ---------------------------------------------------------------
 
     def start_worker(self) -> WorkerHandle:
         name = self.process_name or f"worker-{next(self.counter)}"
-        worker = start_worker(self.ctx, name, self.daemon, self.selector_fd())
+        worker = start_worker(
+            self.ctx, name, self.daemon, (self.selector_fd(), self.wake_r, self.wake_w)
+        )
         self.selector.register(worker.result_r, selectors.EVENT_READ, (worker, "result"))
         self.selector.register(worker.death_fd(), selectors.EVENT_READ, (worker, "death"))
         self.workers.append(worker)
@@ -278,5 +333,8 @@ class Pool:
         for worker in workers:
             worker.writing = False
             self.forget(worker)
-        forget_selector(self.selector_fd())
+        forget_selector(self.selector_fd(), self.wake_r, self.wake_w)
         self.selector.close()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

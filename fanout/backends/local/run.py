@@ -46,8 +46,8 @@ class LocalRun(RunState):
             return 1
         return 2
 
-    def next_batch(self) -> Batch | None:
-        tasks = self.take_batch()
+    def next_batch(self, limit: int | None = None) -> Batch | None:
+        tasks = self.take_batch(limit)
         return None if tasks is None else Batch(self, tasks)
 
 

@@ -22,6 +22,7 @@ from fanout.backends.rq.connection import redis_url as resolve_url
 from fanout.backends.rq.protocol import RESULT_TTL, RunKeys
 from fanout.backends.rq.run import RQRun
 from fanout.backends.rq.signing import load_keyring, secret_env, serializer_for
+from fanout.backends.runstate import RunState
 from fanout.errors import BackendUnavailable, UnknownRun
 from fanout.models import TaskResult
 
@@ -104,6 +105,32 @@ class RQBackend(Backend):
 
     def last_run_id(self) -> str | None:
         return self._last_run
+
+    # The driving interface of the drop-ins (backends/base.py).
+
+    def start_run(self, spec: MapSpec) -> RunState:
+        if self.workers and not self._local_names:
+            self._start_local_workers(self.workers)
+        with translate(self.url):
+            run = RQRun(self, spec)
+        self.runs.append(run)
+        return run
+
+    def pump(self, max_wait: float | None) -> None:
+        """One round of every run; only the first waits on Redis, and briefly: a new
+        input may come any moment and cannot wake a blocking read."""
+        block = min(max_wait if max_wait is not None else 1.0, 0.05)
+        for run in list(self.runs):
+            run.pump(block)
+            block = 0.0
+        if not self.runs and max_wait:
+            time.sleep(min(max_wait, 0.05))
+
+    def end_run(self, run: RunState) -> None:
+        assert isinstance(run, RQRun)
+        if run in self.runs:
+            self.runs.remove(run)
+        run.end()
 
     def submit(self, spec: MapSpec) -> str:
         """Enqueue every input of ``spec`` as a run that goes on without its caller;

@@ -191,7 +191,7 @@ def _record(result: TaskResult, index: int) -> Record:
         status, payload = FAILED, error
         if error.type in _OWN_ERRORS:
             message = re.sub(rf"\btask {result.index}\b", f"task {index}", error.message)
-            payload = TaskError(error.type, message, error.traceback)
+            payload = replace(error, message=message)
     return (index, status, payload, result.started_at, result.finished_at, result.duration,
             result.output)  # fmt: skip
 

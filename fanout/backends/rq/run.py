@@ -194,20 +194,32 @@ class RQRun(RunState):
         if self.outage.over():
             self.watch.check()  # jobs a restarted Redis forgot are enqueued again
 
-    def round(self) -> None:
+    def round(self, block: float = WAIT_SECONDS) -> None:
         self.dispatch()
         if self.ready or self.done():
             return
-        read = self.read(block=True)
+        read = self.read(block=block)
         self.watch.after_round(read)
 
-    def read(self, block: bool) -> bool:
-        """Take the result messages pushed since the last read (waiting up to
-        ``WAIT_SECONDS`` for one if ``block``); True if there were any."""
+    def pump(self, block: float) -> None:
+        """``step`` for a driver thread, waiting at most ``block`` s for results."""
+        try:
+            with translate(self.rq.url):
+                self.round(block)
+        except RedisLost as exc:
+            self.outage.hit(exc)
+            return
+        if self.outage.over():
+            self.watch.check()
+
+    def read(self, block: float | bool) -> bool:
+        """Take the result messages pushed since the last read (waiting up to ``block``
+        seconds for one; True: ``WAIT_SECONDS``); True if there were any."""
+        seconds = WAIT_SECONDS if block is True else float(block)
         reply: Any = self.connection.xread(
             {self.keys.results: self.cursor},
             count=READ_MESSAGES,
-            block=int(WAIT_SECONDS * 1000) if block else None,
+            block=max(1, int(seconds * 1000)) if seconds > 0 else None,
         )
         if not reply:
             return False

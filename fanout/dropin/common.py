@@ -1,0 +1,107 @@
+"""What the Executor and the Pool share: their Fanout, and how a failed task's outcome
+becomes the exception the stdlib would raise."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import types
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from fanout.api import Fanout
+from fanout.backends import get_backend
+from fanout.backends.base import Backend, MapSpec
+from fanout.backends.runstate import RunState
+from fanout.dropin.calls import TARGET, Call, Init, call
+from fanout.errors import RemoteTraceback, SerializationError, TaskFailed, TaskTimeout, WorkerLost
+from fanout.models import TaskResult
+from fanout.targets import importable_name, why_not_importable
+
+DEFAULT_BACKEND = "local"
+_OWN = {"WorkerLost": WorkerLost, "TaskTimeout": TaskTimeout}
+
+
+def backend_class(backend: str | None) -> tuple[str, type[Backend]]:
+    """The backend's name (``$FANOUT_BACKEND``, else local) and its class."""
+    name = backend or os.environ.get("FANOUT_BACKEND") or DEFAULT_BACKEND
+    return name, get_backend(name)
+
+
+def open_fanout(backend: str | None, workers: int | None, options: dict[str, Any]) -> Fanout:
+    """A Fanout for a drop-in: a worker count means nothing to a backend that runs tasks
+    in the caller, so the stdlib's ``max_workers``/``processes`` are not an error there."""
+    name, cls = backend_class(backend)
+    return Fanout(name, None if cls.runs_in_caller else workers, **options)
+
+
+def exception_of(
+    result: TaskResult, run: RunState, remote: Callable[[str], BaseException] = RemoteTraceback
+) -> BaseException:
+    """What a failed task raises in the caller: its own exception when it travelled, with
+    ``remote(traceback text)`` as ``__cause__`` (the stdlib pool's own class for it);
+    fanout's for fanout's failures."""
+    error = result.error
+    assert error is not None
+    local = run.exceptions.pop(result.index, None)
+    if local is not None:  # its input could not be pickled: what the stdlib raises
+        local.__cause__ = SerializationError(error.message)
+        return local
+    exc = error.exception()
+    if exc is None:
+        own = _OWN.get(error.type)
+        return own(error.message) if own is not None else TaskFailed(result.index, error)
+    if error.traceback:
+        exc.__cause__ = remote(error.traceback)
+    return exc
+
+
+def futures_traceback(tb: str) -> BaseException:
+    """The ``__cause__`` ``ProcessPoolExecutor`` gives a task's exception."""
+    from concurrent.futures import process
+
+    made: BaseException = process._RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[arg-type]
+    return made
+
+
+def pool_traceback(tb: str) -> BaseException:
+    """The ``__cause__`` ``multiprocessing.Pool`` gives a task's exception."""
+    from multiprocessing import pool
+
+    made: BaseException = pool.RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[attr-defined]
+    return made
+
+
+def check_picklable(backend: Backend, fn: Callable[..., Any]) -> None:
+    """On a backend whose workers import functions by name (rq), raise what pickling
+    one that cannot be imported raises (``pickle.PicklingError``), with the reason.
+    Other callables (a bound method, a ``functools.partial``) go if pickle takes them."""
+    if not backend.needs_importable_target or importable_name(fn) is not None:
+        return
+    if isinstance(fn, types.FunctionType):
+        raise pickle.PicklingError(
+            f"Can't pickle {fn!r}: workers import functions by name, and {why_not_importable(fn)}"
+        )
+    pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)  # the stdlib's own error if it will not
+
+
+def map_spec(
+    backend: Backend,
+    fn: Callable[..., Any],
+    inputs: Iterable[Any],
+    *,
+    star: bool,
+    ordered: bool,
+    init: Init | None = None,
+) -> MapSpec:
+    """A map of ``fn`` over ``inputs``. ``fn`` itself is the run's target when the
+    backend can take it (by name on rq); otherwise, or with a Pool's initializer, each
+    item travels as a Call that carries it."""
+    name = importable_name(fn)
+    if init is None and (name is not None or not backend.needs_importable_target):
+        return MapSpec(fn, name, iter(inputs), star=star, ordered=ordered)
+    check_picklable(backend, fn)
+    items: Iterator[Call] = (
+        Call(fn, tuple(item) if star else (item,), {}, init) for item in inputs
+    )
+    return MapSpec(call, TARGET, items, ordered=ordered)

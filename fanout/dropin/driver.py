@@ -1,0 +1,243 @@
+"""The thread behind an Executor or a Pool: it drives every run of theirs on one backend
+(``start_run``, ``pump``, ``end_run``: backends/base.py) and hands each run's results to
+whoever waits for them (a future, a map's queue).
+
+Callers never touch the backend: what they ask for (a run to start) is done in this
+thread, between two pumps; a new input in a run's Feed only wakes the pump. ``Calls`` is
+the one run that serves every ``submit`` of an Executor (``apply_async`` of a Pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from fanout.backends.base import Backend, MapSpec
+from fanout.backends.runstate import Feed, RunState
+from fanout.dropin import calls
+from fanout.dropin.calls import Call
+from fanout.errors import WorkerLost
+from fanout.models import TaskResult
+
+W = TypeVar("W", bound="Waiter")
+
+PUMP_SECONDS = 0.5  # the longest a pump waits while nothing happens
+
+
+class Sink(Protocol):
+    """Who gets a run's results."""
+
+    def deliver(self, run: RunState, results: list[TaskResult]) -> None: ...
+
+    def finished(self, run: RunState, error: BaseException | None) -> None: ...
+
+
+class Driver:
+    """One thread driving the runs of one backend."""
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.runs: dict[RunState, Sink] = {}  # the driver thread's alone
+        self.requests: deque[_Request] = deque()
+        self.lock = threading.Lock()
+        self.idle = threading.Event()  # set to wake the thread while no run is open
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+        self.ended = False  # the thread is gone: requests run in the caller's thread
+
+    def start(self, spec: MapSpec, sink: Sink) -> RunState:
+        """A new run of ``spec``, whose results go to ``sink``."""
+
+        def begin() -> RunState:
+            run = self.backend.start_run(spec)
+            self.runs[run] = sink
+            return run
+
+        run: RunState = self.ask(begin)
+        return run
+
+    def end(self, run: RunState) -> None:
+        """End ``run`` now (its remaining tasks are dropped, running ones stopped)."""
+
+        def stop() -> None:
+            if self.runs.pop(run, None) is not None:
+                self.backend.end_run(run)
+
+        self.ask(stop)
+
+    def dispatch_now(self) -> None:
+        """Hand what workers can take now over to them (one pump, without waiting)."""
+        if self.thread is not None and self.failure is None:
+            self.ask(lambda: self.backend.pump(0.0))
+
+    def ask(self, request: Callable[[], Any]) -> Any:
+        """Do ``request`` in the driver's thread; its value, or its exception raised here."""
+        if self.thread is not None and threading.current_thread() is self.thread:
+            return request()
+        asked = _Request(request)
+        with self.lock:
+            if self.failure is not None:
+                raise self.failure
+            ended = self.ended
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self.thread.start()
+            if not ended:
+                self.requests.append(asked)
+        if ended:  # nothing else runs in its place any more
+            return request()
+        self.wake()
+        asked.done.wait()
+        if asked.error is not None:
+            raise asked.error
+        return asked.value
+
+    def wake(self) -> None:
+        self.idle.set()
+        self.backend.wake()
+
+    def stop(self, abandon: BaseException | None = None) -> None:
+        """End the thread once every run has handed on its last result; with
+        ``abandon``, end every run now and tell its waiters that."""
+        if abandon is not None and self.thread is not None:
+            with contextlib.suppress(BaseException):  # a driver that failed told them
+                self.ask(lambda: self._abandon(abandon))
+        with self.lock:
+            self.stopping = True
+            thread = self.thread
+        self.wake()
+        if thread is not None and threading.current_thread() is not thread:
+            thread.join()
+
+    def _abandon(self, error: BaseException) -> None:
+        runs, self.runs = self.runs, {}
+        for run, sink in runs.items():
+            self.backend.end_run(run)
+            sink.finished(run, error)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self._serve_requests()
+                if self.stopping and not self.runs:
+                    with self.lock:
+                        if not self.requests:
+                            self.ended = True
+                            return
+                if not self.runs:
+                    self.idle.wait(PUMP_SECONDS)
+                    self.idle.clear()
+                    continue
+                self.backend.pump(PUMP_SECONDS)
+                self._hand_on()
+        except BaseException as exc:  # a backend gone (Redis lost): every waiter hears it
+            with self.lock:
+                self.failure = exc
+            for run, sink in list(self.runs.items()):
+                sink.finished(run, exc)
+            self.runs.clear()
+            self._serve_requests()
+
+    def _serve_requests(self) -> None:
+        while True:
+            with self.lock:
+                if not self.requests:
+                    return
+                asked = self.requests.popleft()
+            try:
+                asked.value = asked.request()
+            except BaseException as exc:
+                asked.error = exc
+            asked.done.set()
+
+    def _hand_on(self) -> None:
+        for run, sink in list(self.runs.items()):
+            if run.ready:
+                results = list(run.ready)
+                run.ready.clear()
+                echo(results)
+                sink.deliver(run, results)
+            if run.done():
+                del self.runs[run]
+                self.backend.end_run(run)
+                sink.finished(run, run.input_error)
+
+
+def echo(results: list[TaskResult]) -> None:
+    """What the tasks printed, on the caller's stdout: code written for the stdlib's pools
+    expects its workers' prints to show (they are also in each ``task_result.output``)."""
+    for result in results:
+        if result.output:
+            sys.stdout.write(result.output)
+            sys.stdout.flush()
+
+
+class _Request:
+    """Something a caller asks the driver's thread to do, and its outcome."""
+
+    __slots__ = ("done", "error", "request", "value")
+
+    def __init__(self, request: Callable[[], Any]) -> None:
+        self.request = request
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class Waiter(Protocol):
+    """A future or async result waiting for one call's result."""
+
+    def settle(self, result: TaskResult, run: RunState) -> None: ...
+
+    def abandon(self, error: BaseException) -> None: ...
+
+
+class Calls:
+    """The long-lived run that serves every ``submit`` (or ``apply_async``) of one
+    Executor (or Pool): each call goes into its Feed, each result to its waiter."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.lock = threading.Lock()
+        self.feed: Feed | None = None
+        self.waiting: dict[int, Waiter] = {}
+
+    def put(self, call: Call, waiter: Callable[[Feed, int], W]) -> W:
+        """Send ``call``; the waiter ``waiter(feed, index)`` makes hears its outcome."""
+        with self.lock:  # held until the waiter is known: its result cannot overtake it
+            if self.feed is None:
+                self.feed = Feed(self.driver.wake)
+                self.driver.start(MapSpec(calls.call, calls.TARGET, self.feed), self)
+            index = self.feed.put(call)
+            made = waiter(self.feed, index)
+            self.waiting[index] = made
+            return made
+
+    def close(self) -> None:
+        """No more calls: the run ends once those sent have their results."""
+        with self.lock:
+            if self.feed is not None:
+                self.feed.close()
+
+    def pending(self) -> list[Waiter]:
+        with self.lock:
+            return list(self.waiting.values())
+
+    def deliver(self, run: RunState, results: list[TaskResult]) -> None:
+        with self.lock:
+            waiters = [self.waiting.pop(r.index, None) for r in results]
+        for waiter, result in zip(waiters, results, strict=True):
+            if waiter is not None:
+                waiter.settle(result, run)
+
+    def finished(self, run: RunState, error: BaseException | None) -> None:
+        with self.lock:
+            left, self.waiting = list(self.waiting.values()), {}
+        for waiter in left:
+            waiter.abandon(error or WorkerLost("the run serving these calls ended"))

@@ -1,0 +1,223 @@
+"""``fanout.Executor``: a ``concurrent.futures.Executor`` on any fanout backend.
+
+Every ``submit`` goes into one long-lived run whose target is ``calls.call`` (each item
+carries its own function): its Feed takes new calls at any time and the driver thread
+hands each result to its future. ``map`` is a run of its own, ordered, its inputs read
+lazily. Futures are ``TaskFuture``s: a ``concurrent.futures.Future`` with the task's
+``TaskResult`` (who ran it, when, what it printed) once done.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor as _Executor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from fanout.backends.runstate import Feed, RunState
+from fanout.dropin.calls import Call
+from fanout.dropin.common import (
+    check_picklable,
+    exception_of,
+    futures_traceback,
+    map_spec,
+    open_fanout,
+)
+from fanout.dropin.driver import Calls, Driver
+from fanout.models import TaskResult
+
+# Executors still open, for the interpreter's exit (see _at_exit).
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False
+
+
+class TaskFuture(Future[Any]):
+    """A Future whose ``task_result`` is the task's full ``TaskResult`` once done."""
+
+    def __init__(self, feed: Feed | None = None, index: int = -1) -> None:
+        super().__init__()
+        self.task_result: TaskResult | None = None
+        self._feed = feed
+        self._index = index
+
+    def cancel(self) -> bool:
+        """Cancel the task if no worker has it yet (one that has counts as running)."""
+        if self.done():
+            return self.cancelled()
+        if self._feed is None or not self._feed.cancel(self._index):
+            return False
+        super().cancel()
+        self.set_running_or_notify_cancel()  # tells wait() and as_completed()
+        return True
+
+    def settle(self, result: TaskResult, run: RunState) -> None:
+        """(The driver's thread.) The task's outcome."""
+        if self.done():
+            return  # cancelled meanwhile
+        self.task_result = result
+        if result.ok:
+            self.set_result(result.value)
+        else:
+            self.set_exception(exception_of(result, run, futures_traceback))
+
+    def abandon(self, error: BaseException) -> None:
+        if not self.done():
+            self.set_exception(error)
+
+
+class Executor(_Executor):
+    """``concurrent.futures.ProcessPoolExecutor``'s interface on a fanout backend.
+
+    ``max_workers`` means what ``workers`` means for ``fanout.run`` (on rq: local
+    workers to start, default 0: the queue's own); ``backend`` and ``backend_options`` as
+    for ``fanout.Fanout``.
+    """
+
+    def __init__(
+        self, max_workers: int | None = None, *, backend: str | None = None, **options: Any
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._fanout = open_fanout(backend, max_workers, options)
+        self._driver = Driver(self._fanout.backend, "fanout-executor")
+        self._calls = Calls(self._driver)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._closed = threading.Event()
+        _live.add(self)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            try:
+                check_picklable(self._fanout.backend, fn)
+            except Exception as exc:  # the stdlib's future fails the same way
+                future = TaskFuture()
+                future.set_exception(exc)
+                return future
+            return self._calls.put(Call(fn, args, kwargs), TaskFuture)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """``fn`` over the iterables, results in order, the inputs read lazily (batched as
+        ``fanout.Fanout.map`` batches: ``chunksize`` is accepted and need not be tuned)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0.")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        spec = map_spec(
+            self._fanout.backend, fn, zip(*iterables, strict=False), star=True, ordered=True
+        )
+        sink = MapSink()
+        run = self._driver.start(spec, sink)
+        return self._values(run, sink, deadline)
+
+    def _values(self, run: RunState, sink: MapSink, deadline: float | None) -> Iterator[Any]:
+        try:
+            for batch in sink.batches(deadline):
+                while batch:
+                    # No local names the value: once the caller drops it, it is gone.
+                    yield _value(batch.popleft(), run)
+        finally:
+            if not sink.ended:
+                self._driver.end(run)  # left early: stop its tasks
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            already = self._shutdown
+            self._shutdown = True
+        if cancel_futures:
+            # Tasks a worker would take now go first, as the stdlib's call queue has
+            # handed its first ones over by the time shutdown() is called.
+            self._driver.dispatch_now()
+            for waiter in self._calls.pending():
+                assert isinstance(waiter, TaskFuture)
+                waiter.cancel()
+        if not already:
+            self._calls.close()
+            if wait:
+                self._close()
+            else:
+                threading.Thread(target=self._close, name="fanout-executor-close").start()
+        elif wait:
+            self._closed.wait()
+
+    def _close(self) -> None:
+        self._driver.stop()  # after the last results are handed on
+        self._fanout.close()
+        self._closed.set()
+
+    def __repr__(self) -> str:
+        return f"<fanout.Executor backend={self._fanout.backend_name!r} pid={os.getpid()}>"
+
+
+def _at_exit() -> None:
+    """As ``ProcessPoolExecutor`` does: an executor still open when the interpreter
+    exits finishes what was submitted to it first; nothing new is accepted."""
+    global _exiting
+    _exiting = True
+    for executor in list(_live):
+        executor.shutdown(wait=True)
+
+
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # before atexit hooks
+
+
+class MapSink:
+    """A map's results, queued for the thread that iterates it."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[list[TaskResult] | None, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self.ended = False
+
+    def deliver(self, run: RunState, results: list[TaskResult]) -> None:
+        self.queue.put((results, None))
+
+    def finished(self, run: RunState, error: BaseException | None) -> None:
+        self.queue.put((None, error))
+
+    def batches(self, deadline: float | None) -> Iterator[deque[TaskResult]]:
+        """Every result in order, as they come; the input's own error after them;
+        TimeoutError once ``deadline`` passes before the next one is in."""
+        while True:
+            try:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                results, error = self.queue.get(timeout=wait)
+            except queue.Empty:
+                raise FutureTimeout() from None
+            if results is None:
+                self.ended = True
+                if error is not None:
+                    raise error
+                return
+            batch = deque(results)
+            del results  # the deque alone holds them: each is gone once handed out
+            yield batch
+
+
+def _value(result: TaskResult, run: RunState) -> Any:
+    if result.ok:
+        return result.value
+    raise exception_of(result, run, futures_traceback)
