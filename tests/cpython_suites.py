@@ -41,12 +41,6 @@ EXCLUDED = {
     " (fanout starts workers on demand and keeps no such list); the ValueError checks of"
     " processes=0 and -1 run in test_dropin.py",
 }
-if BACKEND == "rq":
-    EXCLUDED |= {
-        # RQ workers serve the queue for many callers: a pool cannot kill them.
-        "test_terminate": "terminate() cannot stop a task an RQ worker runs (rq has no way"
-        " to kill a job's process from the caller); cancel stops queued ones",
-    }
 
 
 def _executor(max_workers: int | None = None, **kwargs: Any) -> fanout.Executor:

@@ -168,11 +168,13 @@ class RedisServer:
         self.process.wait(10)
 
 
-def start_worker(url: str, name: str, *args: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    url: str, name: str, *args: str, python: str = sys.executable
+) -> subprocess.Popen[bytes]:
     """A real ``fanout worker`` process, run from the repo root so tests.tasks imports."""
     env = dict(os.environ, FANOUT_REDIS_URL=url)
     return subprocess.Popen(
-        [sys.executable, "-m", "fanout", "worker", "--name", name, *args], cwd=ROOT, env=env
+        [python, "-m", "fanout", "worker", "--name", name, *args], cwd=ROOT, env=env
     )
 
 

@@ -208,3 +208,32 @@ def record_run(log: str, x: Any) -> Any:
     if x == "fail":
         raise ValueError("asked to fail")
     return x
+
+
+# The drop-ins' Pool initializer: the value it set, and the file each run appends to.
+_initialized_with: Any = None
+
+
+def remember(path: str, value: Any) -> None:
+    """A Pool initializer: note this process in ``path``, keep ``value`` for its tasks."""
+    global _initialized_with
+    _initialized_with = value
+    with open(path, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+
+
+def initialized_with(_: Any = None) -> tuple[int, Any]:
+    """(this process's pid, what the Pool's initializer set in it)."""
+    return os.getpid(), _initialized_with
+
+
+def pid_of(_: Any = None) -> int:
+    return os.getpid()
+
+
+def wait_for_file(path: str, seconds: float = 30.0) -> str:
+    """Return once ``path`` exists (a test lets the task finish by creating it)."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path

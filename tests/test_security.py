@@ -520,6 +520,25 @@ def test_target_outside_the_allowlist_is_refused_and_never_imported(
     assert not cluster.evil_marker(worker).exists()
 
 
+def test_the_drop_ins_calls_pass_the_allowlist_one_function_at_a_time(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Executor.submit and Pool.apply_async send every call through one trampoline
+    target; the worker's allowlist checks the function inside each call instead."""
+    options = {"backend": "rq", "redis_url": cluster.url, "queue": PLAIN}
+    with fanout.Executor(**options) as ex:
+        assert ex.submit(tasks.square, 6).result(timeout=30) == 36
+        refused = ex.submit(evil_tasks.touch, str(tmp_path / "ran"))
+        with pytest.raises(TargetNotAllowed, match=r"tests\.evil_tasks\.touch, which is not in"):
+            refused.result(timeout=30)
+    with fanout.Pool(**options) as pool:
+        assert pool.apply(tasks.square, (5,)) == 25
+        with pytest.raises(TargetNotAllowed):
+            pool.apply(evil_tasks.anything, (1,))
+    assert not (tmp_path / "ran").exists()
+    assert not cluster.evil_marker(PLAIN).exists()
+
+
 def test_raw_rq_job_outside_the_allowlist_is_refused_and_never_imported(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -9,17 +9,17 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from fanout import errors
 from fanout.api import Fanout
 from fanout.backends import get_backend
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.runstate import RunState
 from fanout.dropin.calls import TARGET, Call, Init, call
-from fanout.errors import RemoteTraceback, SerializationError, TaskFailed, TaskTimeout, WorkerLost
+from fanout.errors import RemoteTraceback, SerializationError, TaskFailed
 from fanout.models import TaskResult
 from fanout.targets import importable_name, why_not_importable
 
 DEFAULT_BACKEND = "local"
-_OWN = {"WorkerLost": WorkerLost, "TaskTimeout": TaskTimeout}
 
 
 def backend_class(backend: str | None) -> tuple[str, type[Backend]]:
@@ -49,8 +49,14 @@ def exception_of(
         return local
     exc = error.exception()
     if exc is None:
-        own = _OWN.get(error.type)
-        return own(error.message) if own is not None else TaskFailed(result.index, error)
+        own = getattr(errors, error.type, None)  # fanout's own: WorkerLost, TaskTimeout, ...
+        if (
+            isinstance(own, type)
+            and issubclass(own, errors.FanoutError)
+            and own.__init__ is Exception.__init__  # made from a message alone
+        ):
+            return own(error.message)
+        return TaskFailed(result.index, error)
     if error.traceback:
         exc.__cause__ = remote(error.traceback)
     return exc

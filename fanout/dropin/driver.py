@@ -163,6 +163,7 @@ class Driver:
                 run.ready.clear()
                 echo(results)
                 sink.deliver(run, results)
+                del results  # the caller may drop them now: this thread holds none
             if run.done():
                 del self.runs[run]
                 self.backend.end_run(run)

@@ -83,6 +83,20 @@ def main(
     # End-of-file: the pool is closing (or the caller is gone). Nothing a task started
     # outlives us.
     kill_tree(os.getpid(), include_self=False)
+    _exit()
+
+
+def _exit() -> None:
+    """Exit now, as multiprocessing's children do, minus ``threading._shutdown()``: a
+    worker forked from a thread of the caller (a drop-in's driver) inherits the caller's
+    other non-daemon threads as stopped-but-unjoined and would wait for them forever."""
+    from multiprocessing import util
+
+    util._exit_function()  # type: ignore[attr-defined]
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 class WorkerLoop:

@@ -28,6 +28,9 @@ SAFE_GLOBALS = frozenset(
     + [("decimal", "Decimal"), ("fractions", "Fraction"), ("uuid", "UUID")]
     + [("pathlib", name) for name in ("Path", "PosixPath", "PurePath", "PurePosixPath")]
     + [("copyreg", "_reconstructor")]  # rebuilds plain instances of vetted classes
+    # The drop-ins' calls (fanout/dropin/calls.py): plain holders of a function, its
+    # arguments and a Pool's initializer, each unpickled through this same check.
+    + [("fanout.dropin.calls", "Call"), ("fanout.dropin.calls", "Init")]
 )
 
 
