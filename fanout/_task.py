@@ -139,34 +139,33 @@ def run_one(
         if in_caller and isinstance(exc, KeyboardInterrupt):
             raise
         duration = time.perf_counter() - t0
-        # Skip this frame: the traceback starts in the user's code.
-        frames = exc.__traceback__.tb_next if exc.__traceback__ else None
-        tb = "".join(traceback.format_exception(type(exc), exc, frames))
-        return (
-            index,
-            FAILED,
-            TaskError(type(exc).__name__, message_of(exc), tb, pickled=pickled_exception(exc)),
-            started_at,
-            started_at + duration,
-            duration,
-            capture.take(),
-        )
+        return failure_record(index, exc, started_at, duration, capture.take())
     duration = time.perf_counter() - t0
+    return ok_record(index, value, started_at, duration, capture.take())
+
+
+def failure_record(
+    index: int, exc: BaseException, started_at: float, duration: float, output: str
+) -> Record:
+    """The record of a task that raised ``exc``."""
+    # Skip the caller's frame: the traceback starts in the user's code.
+    frames = exc.__traceback__.tb_next if exc.__traceback__ else None
+    tb = "".join(traceback.format_exception(type(exc), exc, frames))
+    error = TaskError(type(exc).__name__, message_of(exc), tb, pickled=pickled_exception(exc))
+    return (index, FAILED, error, started_at, started_at + duration, duration, output)
+
+
+def ok_record(index: int, value: Any, started_at: float, duration: float, output: str) -> Record:
+    """The record of a task that returned ``value`` (a failure if it cannot be pickled)."""
+    finished = started_at + duration
     if type(value) in RAW_TYPES:
-        return (index, OK_RAW, value, started_at, started_at + duration, duration, capture.take())
+        return (index, OK_RAW, value, started_at, finished, duration, output)
     try:
         payload = dumps(value)
     except Exception as exc:
-        return (
-            index,
-            FAILED,
-            value_error(index, value, exc),
-            started_at,
-            started_at + duration,
-            duration,
-            capture.take(),
-        )
-    return (index, OK_PICKLED, payload, started_at, started_at + duration, duration, capture.take())
+        error = value_error(index, value, exc)
+        return (index, FAILED, error, started_at, finished, duration, output)
+    return (index, OK_PICKLED, payload, started_at, finished, duration, output)
 
 
 def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:

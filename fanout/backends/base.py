@@ -92,6 +92,12 @@ class MapSpec:
     max_failures: int | None = None
     #: Attempts already made for each item, by position (None: none yet).
     attempts: Sequence[int] | None = None
+    #: Values alone will do (the drop-ins' maps): a backend may hand successes on as
+    #: chunks of values (``RunState.ready_values``) instead of a TaskResult each.
+    bare: bool = False
+    #: How many more items may be read now, given how many were read (None: no limit
+    #: beyond the backend's own): a consumer's backpressure.
+    room: Callable[[int], int] | None = None
 
 
 class Backend(ABC):

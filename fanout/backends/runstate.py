@@ -115,6 +115,8 @@ class RunState:
         self.next_index = 0  # index of the next item to take
         self.next_yield = 0  # ordered runs: index of the next result to yield
         self.ready: deque[TaskResult] = deque()
+        # Bare runs (MapSpec.bare): successes as (indices, values, output) chunks.
+        self.ready_values: deque[tuple[Sequence[int], list[Any], str]] = deque()
         self.reorder: dict[int, TaskResult] = {}
         self.retry: deque[Task] = deque()  # tasks to send again, first in line first
         self.broken: TaskError | None = None  # set when no task can run any more
@@ -126,9 +128,11 @@ class RunState:
         self.failures = 0  # failed results, counted when spec.max_failures is set
         self.halted = False  # max_failures reached: no new input, nothing new dispatched
         self.exceptions: dict[int, BaseException] = {}  # index -> why its input could not go
+        if spec.bare and spec.ordered:
+            raise ValueError("a bare run hands its values on as they come: ordered=False")
 
     def done(self) -> bool:
-        return self.exhausted and self.outstanding == 0 and not self.ready
+        return self.exhausted and self.outstanding == 0 and not self.ready and not self.ready_values
 
     # -- measuring and sizing ---------------------------------------------------------
 
@@ -173,6 +177,8 @@ class RunState:
     def take_fresh(self, room: int) -> tuple[int, list[Any]]:
         """Up to ``room`` new items and the index of the first; fewer when far ahead."""
         start = self.next_index
+        if self.spec.room is not None:
+            room = min(room, self.spec.room(start))
         if self.exhausted or room <= 0:
             return start, []
         if self.spec.ordered:
@@ -390,6 +396,11 @@ class RunState:
         while self.retry:
             task = self.retry.popleft()
             self.fail_in_caller(task.index, error, task.attempts)
+
+    def settle_values(self, indices: Sequence[int], values: list[Any], output: str) -> None:
+        """Successes of a bare run, as they came: no TaskResult each (see MapSpec.bare)."""
+        self.outstanding -= len(values)
+        self.ready_values.append((indices, values, output))
 
     def finish(self, result: TaskResult) -> None:
         self.finish_many([result])

@@ -97,17 +97,18 @@ def map_spec(
     inputs: Iterable[Any],
     *,
     star: bool,
-    ordered: bool,
     init: Init | None = None,
+    room: Callable[[int], int] | None = None,
 ) -> MapSpec:
-    """A map of ``fn`` over ``inputs``. ``fn`` itself is the run's target when the
-    backend can take it (by name on rq); otherwise, or with a Pool's initializer, each
-    item travels as a Call that carries it."""
+    """A drop-in's map of ``fn`` over ``inputs``: a bare run (values as they come, put in
+    order by the caller's side), reading no further ahead than ``room`` allows. ``fn``
+    itself is the run's target when the backend can take it (by name on rq); otherwise,
+    or with a Pool's initializer, each item travels as a Call that carries it."""
     name = importable_name(fn)
     if init is None and (name is not None or not backend.needs_importable_target):
-        return MapSpec(fn, name, iter(inputs), star=star, ordered=ordered)
+        return MapSpec(fn, name, iter(inputs), star=star, ordered=False, bare=True, room=room)
     check_picklable(backend, fn)
     items: Iterator[Call] = (
         Call(fn, tuple(item) if star else (item,), {}, init) for item in inputs
     )
-    return MapSpec(call, TARGET, items, ordered=ordered)
+    return MapSpec(call, TARGET, items, ordered=False, bare=True, room=room)

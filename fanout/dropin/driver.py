@@ -13,7 +13,7 @@ import contextlib
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from fanout.backends.base import Backend, MapSpec
@@ -24,6 +24,7 @@ from fanout.errors import WorkerLost
 from fanout.models import TaskResult
 
 W = TypeVar("W", bound="Waiter")
+Values = list[tuple[Sequence[int], list[Any], str]]  # RunState.ready_values
 
 PUMP_SECONDS = 0.5  # the longest a pump waits while nothing happens
 
@@ -32,6 +33,8 @@ class Sink(Protocol):
     """Who gets a run's results."""
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None: ...
+
+    def deliver_values(self, run: RunState, chunks: Values) -> None: ...
 
     def finished(self, run: RunState, error: BaseException | None) -> None: ...
 
@@ -158,6 +161,13 @@ class Driver:
 
     def _hand_on(self) -> None:
         for run, sink in list(self.runs.items()):
+            if run.ready_values:
+                chunks = list(run.ready_values)
+                run.ready_values.clear()
+                for _, _, output in chunks:
+                    write(output)
+                sink.deliver_values(run, chunks)
+                del chunks
             if run.ready:
                 results = list(run.ready)
                 run.ready.clear()
@@ -174,9 +184,13 @@ def echo(results: list[TaskResult]) -> None:
     """What the tasks printed, on the caller's stdout: code written for the stdlib's pools
     expects its workers' prints to show (they are also in each ``task_result.output``)."""
     for result in results:
-        if result.output:
-            sys.stdout.write(result.output)
-            sys.stdout.flush()
+        write(result.output)
+
+
+def write(output: str) -> None:
+    if output:
+        sys.stdout.write(output)
+        sys.stdout.flush()
 
 
 class _Request:
@@ -229,6 +243,9 @@ class Calls:
     def pending(self) -> list[Waiter]:
         with self.lock:
             return list(self.waiting.values())
+
+    def deliver_values(self, run: RunState, chunks: Values) -> None:
+        raise AssertionError("the calls' run is not bare")
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None:
         with self.lock:

@@ -14,7 +14,6 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _Executor
 from concurrent.futures import Future
@@ -30,7 +29,8 @@ from fanout.dropin.common import (
     map_spec,
     open_fanout,
 )
-from fanout.dropin.driver import Calls, Driver
+from fanout.dropin.driver import Calls, Driver, Values
+from fanout.dropin.outcomes import DEFAULT_BUFFER, Budget, Chunk, InOrder, chunks_of, value_chunks
 from fanout.models import TaskResult
 
 # Executors still open, for the interpreter's exit (see _at_exit).
@@ -125,19 +125,25 @@ class Executor(_Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        spec = map_spec(
-            self._fanout.backend, fn, zip(*iterables, strict=False), star=True, ordered=True
-        )
+        budget = Budget(buffersize or DEFAULT_BUFFER, self._driver.wake)
+        inputs = zip(*iterables, strict=False)
+        spec = map_spec(self._fanout.backend, fn, inputs, star=True, room=budget.room)
         sink = MapSink()
         run = self._driver.start(spec, sink)
-        return self._values(run, sink, deadline)
+        return self._values(run, sink, budget, deadline)
 
-    def _values(self, run: RunState, sink: MapSink, deadline: float | None) -> Iterator[Any]:
+    def _values(
+        self, run: RunState, sink: MapSink, budget: Budget, deadline: float | None
+    ) -> Iterator[Any]:
         try:
-            for batch in sink.batches(deadline):
-                while batch:
+            for ok, values in sink.chunks(deadline):
+                if not ok:
+                    raise values[0]
+                budget.took(len(values))
+                values.reverse()
+                while values:
                     # No local names the value: once the caller drops it, it is gone.
-                    yield _value(batch.popleft(), run)
+                    yield values.pop()
         finally:
             if not sink.ended:
                 self._driver.end(run)  # left early: stop its tasks
@@ -184,40 +190,40 @@ threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # before ate
 
 
 class MapSink:
-    """A map's results, queued for the thread that iterates it."""
+    """A map's outcomes, in input order, queued for the thread that iterates it."""
 
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[tuple[list[TaskResult] | None, BaseException | None]] = (
-            queue.SimpleQueue()
-        )
+        self.queue: queue.SimpleQueue[list[Chunk] | BaseException | None] = queue.SimpleQueue()
+        self.order = InOrder()
         self.ended = False
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None:
-        self.queue.put((results, None))
+        self._add(chunks_of(run, results, futures_traceback))
+
+    def deliver_values(self, run: RunState, chunks: Values) -> None:
+        self._add(value_chunks(chunks))
+
+    def _add(self, pieces: list[tuple[int, Chunk]]) -> None:
+        released = [chunk for first, chunk in pieces for chunk in self.order.add(first, chunk)]
+        if released:
+            self.queue.put(released)
 
     def finished(self, run: RunState, error: BaseException | None) -> None:
-        self.queue.put((None, error))
+        self.queue.put(error)
 
-    def batches(self, deadline: float | None) -> Iterator[deque[TaskResult]]:
-        """Every result in order, as they come; the input's own error after them;
+    def chunks(self, deadline: float | None) -> Iterator[Chunk]:
+        """Every chunk in order, as they come; the input's own error after them;
         TimeoutError once ``deadline`` passes before the next one is in."""
         while True:
             try:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                results, error = self.queue.get(timeout=wait)
+                got = self.queue.get(timeout=wait)
             except queue.Empty:
                 raise FutureTimeout() from None
-            if results is None:
+            if not isinstance(got, list):
                 self.ended = True
-                if error is not None:
-                    raise error
+                if got is not None:
+                    raise got
                 return
-            batch = deque(results)
-            del results  # the deque alone holds them: each is gone once handed out
-            yield batch
-
-
-def _value(result: TaskResult, run: RunState) -> Any:
-    if result.ok:
-        return result.value
-    raise exception_of(result, run, futures_traceback)
+            while got:
+                yield got.pop(0)

@@ -12,6 +12,7 @@ import itertools
 import threading
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import TimeoutError as PoolTimeout
 from typing import Any
@@ -26,7 +27,16 @@ from fanout.dropin.common import (
     open_fanout,
     pool_traceback,
 )
-from fanout.dropin.driver import Calls, Driver
+from fanout.dropin.driver import Calls, Driver, Values
+from fanout.dropin.outcomes import (
+    DEFAULT_BUFFER,
+    Budget,
+    Chunk,
+    InOrder,
+    chunks_of,
+    spans,
+    value_chunks,
+)
 from fanout.errors import WorkerLost
 from fanout.models import TaskResult
 
@@ -98,7 +108,6 @@ class MapResult(ApplyResult):
         super().__init__(callback, error_callback)
         self._values: list[Any] = [None] * size
         self._error: BaseException | None = None
-        self.task_results: list[TaskResult] = []
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None:
         for result in results:
@@ -106,6 +115,11 @@ class MapResult(ApplyResult):
                 self._values[result.index] = result.value
             elif self._error is None:
                 self._error = exception_of(result, run, pool_traceback)
+
+    def deliver_values(self, run: RunState, chunks: Values) -> None:
+        for indices, values, _ in chunks:
+            for first, part in spans(indices, values):
+                self._values[first : first + len(part)] = part
 
     def finished(self, run: RunState, error: BaseException | None) -> None:
         error = self._error or error
@@ -117,12 +131,15 @@ class MapResult(ApplyResult):
 
 
 class IMapIterator(Iterator[Any]):
-    """What ``imap`` and ``imap_unordered`` return: values as they come, ``next(timeout)``."""
+    """What ``imap`` and ``imap_unordered`` return: values as they come (in input order
+    for ``imap``), ``next(timeout)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, ordered: bool, budget: Budget | None = None) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._items: list[tuple[bool, Any]] = []
-        self._taken = 0
+        self._chunks: deque[Chunk] = deque()
+        self._taken = 0  # of the first chunk
+        self._order = InOrder() if ordered else None
+        self._budget = budget
         self._ended = False
         self._error: BaseException | None = None
 
@@ -131,38 +148,48 @@ class IMapIterator(Iterator[Any]):
 
     def next(self, timeout: float | None = None) -> Any:
         with self._cond:
-            if not self._wait_for_item(timeout):
-                if self._ended:
-                    if self._error is not None:
-                        error, self._error = self._error, None
-                        raise error
-                    raise StopIteration from None
+            if not self._chunks and not self._cond.wait_for(self._has_next, timeout):
                 raise PoolTimeout
-            ok, value = self._items[self._taken]
-            self._items[self._taken] = (True, None)  # held nowhere once handed out
-            self._taken += 1
-            if self._taken > 1024:  # drop what was handed out, now and then
-                del self._items[: self._taken]
+            if not self._chunks:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopIteration
+            ok, values = self._chunks[0]
+            pos = self._taken
+            value = values[pos]
+            values[pos] = None  # held nowhere once handed out
+            pos += 1
+            if pos < len(values):
+                self._taken = pos
+            else:
+                self._chunks.popleft()
                 self._taken = 0
+                if self._budget is not None:
+                    self._budget.took(pos)
         if ok:
             return value
         raise value
 
     __next__ = next
 
-    def _wait_for_item(self, timeout: float | None) -> bool:
-        return self._cond.wait_for(
-            lambda: self._taken < len(self._items) or self._ended, timeout
-        ) and self._taken < len(self._items)
+    def _has_next(self) -> bool:
+        return bool(self._chunks) or self._ended
+
+    def _add(self, pieces: list[tuple[int, Chunk]]) -> None:
+        with self._cond:
+            for first, chunk in pieces:
+                if self._order is None:
+                    self._chunks.append(chunk)
+                else:
+                    self._chunks.extend(self._order.add(first, chunk))
+            self._cond.notify_all()
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None:
-        items = [
-            (True, r.value) if r.ok else (False, exception_of(r, run, pool_traceback))
-            for r in results
-        ]
-        with self._cond:
-            self._items.extend(items)
-            self._cond.notify_all()
+        self._add(chunks_of(run, results, pool_traceback))
+
+    def deliver_values(self, run: RunState, chunks: Values) -> None:
+        self._add(value_chunks(chunks))
 
     def finished(self, run: RunState, error: BaseException | None) -> None:
         with self._cond:
@@ -300,9 +327,7 @@ class Pool:
             iterable = list(iterable)  # as the stdlib does: its errors are raised here
         size = len(iterable)  # type: ignore[arg-type]
         result = MapResult(size, callback, error_callback)
-        spec = map_spec(
-            self._fanout.backend, func, iterable, star=star, ordered=False, init=self._init
-        )
+        spec = map_spec(self._fanout.backend, func, iterable, star=star, init=self._init)
         self._driver.start(spec, result)
         return result
 
@@ -324,9 +349,10 @@ class Pool:
         self._check_running()
         _check_chunksize(chunksize)
         inputs = whole_chunks(iterable, chunksize)
-        it = IMapIterator()
+        budget = Budget(DEFAULT_BUFFER, self._driver.wake)
+        it = IMapIterator(ordered, budget)
         spec = map_spec(
-            self._fanout.backend, func, inputs, star=False, ordered=ordered, init=self._init
+            self._fanout.backend, func, inputs, star=False, init=self._init, room=budget.room
         )
         self._driver.start(spec, it)
         return it

@@ -22,7 +22,15 @@ from typing import Any
 from fanout._wire import FINISHED
 from fanout.backends.local import deaths
 from fanout.backends.local.handles import WorkerHandle, forget_selector, start_worker
-from fanout.backends.local.protocol import BATCH, FN, HELLO, PIPE_SIZE, frame, split_frames
+from fanout.backends.local.protocol import (
+    BATCH,
+    FN,
+    HELLO,
+    PIPE_SIZE,
+    VALUES,
+    frame,
+    split_frames,
+)
 from fanout.backends.local.run import Batch, LocalRun
 from fanout.models import WorkerInfo
 from fanout.targets import file_modules
@@ -166,7 +174,16 @@ class Pool:
         run = batch.run
         if worker.fn_id != run.fn_id:
             flush_each = run.spec.timeout is not None
-            message = (FN, run.fn_id, run.fn_bytes, run.spec.star, flush_each, file_modules())
+            spec = run.spec
+            message = (
+                FN,
+                run.fn_id,
+                run.fn_bytes,
+                spec.star,
+                flush_each,
+                file_modules(),
+                spec.bare,
+            )
             self.send(worker, message)
             worker.fn_id = run.fn_id
         batch.sent_at = time.time()
@@ -241,13 +258,23 @@ class Pool:
             _, name, pid, ppid, host = message
             worker.info = WorkerInfo(name, pid, ppid, host, self.backend)
             return
-        _, batch_id, records = message
+        batch_id = message[1]
         if not worker.inflight or worker.inflight[0].id != batch_id:
             self.distrust(worker)  # results come in the order batches were sent, or not at all
             return
         batch = worker.inflight[0]
         run = batch.run
         assert worker.info is not None
+        if message[0] == VALUES:
+            _, _, values, started, finished, output = message
+            if not run.finished:
+                base = batch.done
+                run.settle_values(batch.tasks.indices[base : base + len(values)], values, output)
+                run.measure(finished - started, len(values))
+                run.measure_bytes(size, len(values), inputs=False)
+            self.progress(worker, batch, len(values), finished)
+            return
+        records = message[2]
         if not run.finished:
             run.measure_records(records)
             run.measure_bytes(size, len(records), inputs=False)
@@ -256,8 +283,12 @@ class Pool:
             if tasks.attempts is not None:
                 attempts = tasks.attempts[base : base + len(records)]
             run.settle(records, worker.info, attempts, lambda i: tasks.task(base + i))
-        batch.done += len(records)
-        worker.task_started = records[-1][FINISHED]
+        self.progress(worker, batch, len(records), records[-1][FINISHED])
+
+    def progress(self, worker: WorkerHandle, batch: Batch, done: int, finished: float) -> None:
+        """``done`` more results of ``batch`` are in, the last one finished at ``finished``."""
+        batch.done += done
+        worker.task_started = finished
         if batch.done == len(batch):
             worker.inflight.popleft()
             if self.max_tasks is not None and worker.tasks_given >= self.max_tasks:

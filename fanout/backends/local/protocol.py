@@ -4,10 +4,16 @@ a small shared marker of what the worker is doing.
 Each message is a pickled tuple behind an 8-byte little-endian length. The first
 element names the message:
 
-    caller -> worker   (FN, fn id, target pickle, star, flush each result, file modules)
+    caller -> worker   (FN, fn id, target pickle, star, flush each result, file modules,
+                        bare)
                        (BATCH, batch id, indices, items, pickled positions)
     worker -> caller   (HELLO, name, pid, ppid, host)
                        (RESULTS, batch id, [result record, ...])   (records: fanout._wire)
+                       (VALUES, batch id, [value, ...], started, finished, output)
+
+A run whose results need no record each (``MapSpec.bare``: the drop-ins' maps) gets its
+batch's leading successes as one VALUES message: the values alone, the batch's timing
+and what it printed; a failure and everything after it in that batch come as RESULTS.
 
 The marker is three int64 in memory shared across the fork: the batch id (or
 ``LOADING_TARGET``), the position in that batch of the task running now (-1: none),
@@ -29,7 +35,7 @@ PIPE_SIZE = 1 << 20
 # Message kinds, caller -> worker.
 FN, BATCH = 0, 1
 # Message kinds, worker -> caller.
-HELLO, RESULTS = 0, 1
+HELLO, RESULTS, VALUES = 0, 1, 2
 
 # The marker: [batch id or LOADING_TARGET, position in the batch, phase].
 MARK_BATCH, MARK_POS, MARK_PHASE = 0, 1, 2

@@ -31,6 +31,7 @@ from fanout.backends.local.protocol import (
     RESULTS,
     RUNNING,
     UNPICKLING,
+    VALUES,
     Reader,
     Writer,
 )
@@ -109,10 +110,12 @@ class WorkerLoop:
         self.capture = _task.install_capture()
         self.fn: Callable[..., Any] | None = None
         self.fn_error = TaskError(TargetError.__name__, "no target was sent")
-        self.star = self.flush_each = False
+        self.star = self.flush_each = self.bare = False
 
-    def load(self, fn_bytes: bytes, star: bool, flush_each: bool, modules: dict[str, str]) -> None:
-        self.star, self.flush_each = star, flush_each
+    def load(
+        self, fn_bytes: bytes, star: bool, flush_each: bool, modules: dict[str, str], bare: bool
+    ) -> None:
+        self.star, self.flush_each, self.bare = star, flush_each, bare
         self.marker[MARK_BATCH] = LOADING_TARGET
         try:
             load_file_modules(modules)
@@ -148,7 +151,11 @@ class WorkerLoop:
         unsent_work = 0.0
         marker[MARK_BATCH] = batch_id
         self.unpickle_inputs(indices, items, pickled)
-        for pos, (index, item) in enumerate(zip(indices, items, strict=True)):
+        start = 0
+        if self.bare and fn is not None:
+            start = self.run_bare(batch_id, indices, items)
+        for pos in range(start, len(indices)):
+            index, item = indices[pos], items[pos]
             if fn is None or type(item) is _Unloadable:
                 error = item.error if type(item) is _Unloadable else self.fn_error
                 record = not_run_record(index, error, time.time())
@@ -175,6 +182,54 @@ class WorkerLoop:
                 last_flush = time.monotonic()
         if records:
             self.send_results(batch_id, records)
+
+    def run_bare(self, batch_id: int, indices: list[int], items: list[Any]) -> int:
+        """Run the batch's tasks in a tight loop and send their values alone, up to the
+        first that fails (its record is sent; the rest of the batch takes the usual
+        path). How many tasks it handled."""
+        fn, marker, star = self.fn, self.marker, self.star
+        assert fn is not None
+        values: list[Any] = []
+        append = values.append
+        started = time.time()
+        t0 = time.perf_counter()
+        pos = 0
+        failure: Record | None = None
+        try:
+            for pos, item in enumerate(items):
+                if type(item) is _Unloadable:
+                    break  # its error goes as a record
+                marker[MARK_POS] = pos
+                append((fn(**item) if type(item) is dict else fn(*item)) if star else fn(item))
+                if _forked:
+                    os._exit(0)  # the task forked and returned in the child: see run_batch
+            else:
+                pos = len(items)
+        except BaseException as exc:
+            if _forked:
+                os._exit(0)
+            duration = time.perf_counter() - t0
+            failure = _task.failure_record(indices[pos], exc, started, duration, "")
+        marker[MARK_POS] = IDLE
+        finished = started + (time.perf_counter() - t0)
+        output = self.capture.take()
+        if values:
+            try:
+                self.out.send((VALUES, batch_id, values, started, finished, output))
+                output = ""
+            except Exception:  # a value that will not pickle fails its own task alone
+                span = (finished - started) / len(values)
+                records = [
+                    _task.ok_record(indices[n], value, started + n * span, span, "")
+                    for n, value in enumerate(values)
+                ]
+                self.send_one_by_one(batch_id, records)
+        if failure is not None:
+            self.send_results(batch_id, [(*failure[:-1], output)])
+            return pos + 1
+        if output:  # printed by tasks whose values could not go together
+            self.out.send((VALUES, batch_id, [], finished, finished, output))
+        return pos
 
     def send_results(self, batch_id: int, records: list[Record]) -> None:
         try:
@@ -204,5 +259,10 @@ class _Unloadable:
         self.error = error
 
 
+_forked = False  # set in a process a task forked from a worker
+
+
 def _restore_streams() -> None:
+    global _forked
+    _forked = True
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

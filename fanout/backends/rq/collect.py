@@ -97,6 +97,14 @@ class CollectRun(RQRun):
         }  # fmt: skip
         lost, self.missing = missing & self.missing, missing - (missing & self.missing)
         if lost:
+            # A result pushed since the stream was last read is no loss: the done bitmap
+            # has its bit (the job that carried it may be deleted already).
+            order = sorted(lost)
+            pipe = self.connection.pipeline(transaction=False)
+            for index in order:
+                pipe.getbit(self.keys.done, index)
+            lost = {index for index, bit in zip(order, pipe.execute(), strict=True) if not bit}
+        if lost:
             error = TaskError(WorkerLost.__name__, "the job that carried the task is gone"
                               " from Redis, with its input")  # fmt: skip
             info = WorkerInfo.not_run(self.rq.name)
