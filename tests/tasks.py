@@ -237,3 +237,10 @@ def wait_for_file(path: str, seconds: float = 30.0) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return path
+
+
+def start_then_wait(started: str, release: str) -> str:
+    """Create ``started``, then return once ``release`` exists."""
+    with open(started, "w"):
+        pass
+    return wait_for_file(release)

@@ -21,6 +21,7 @@ import pytest
 import fanout
 from fanout.errors import SerializationError
 from tests import tasks
+from tests.helpers import wait_until
 
 
 def split(options: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
@@ -157,18 +158,21 @@ def test_cancel_stops_tasks_no_worker_has_yet(
 
 
 def test_shutdown_cancel_futures_cancels_the_queued_and_finishes_the_running(
-    options: dict[str, Any], tmp_path: Path
+    options: dict[str, Any], tmp_path: Path, backend: str
 ) -> None:
     workers, rest = split(options)
     release = tmp_path / "release"
     ex = fanout.Executor(workers, **rest)
-    # Every worker busy (two on each backend, one at a time inline): none takes more.
-    running = [ex.submit(tasks.wait_for_file, str(release)) for _ in range(2)]
+    # Every worker busy (two here, one inline): none takes more.
+    busy = 1 if backend == "inline" else 2
+    started = [tmp_path / f"started-{n}" for n in range(busy)]
+    running = [ex.submit(tasks.start_then_wait, str(s), str(release)) for s in started]
+    wait_until(lambda: all(s.exists() for s in started), 30, "every worker is busy")
     queued = [ex.submit(tasks.square, i) for i in range(100)]
     threading.Timer(0.5, release.touch).start()
     ex.shutdown(wait=True, cancel_futures=True)
-    assert [f.result(timeout=0) for f in running] == [str(release)] * 2
-    assert sum(f.cancelled() for f in queued) > 50
+    assert [f.result(timeout=0) for f in running] == [str(release)] * busy
+    assert [i for i, f in enumerate(queued) if not f.cancelled()] == []
     assert all(f.done() for f in queued)
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         ex.submit(tasks.square, 1)

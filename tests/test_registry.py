@@ -114,5 +114,7 @@ def test_an_option_a_backend_does_not_take_is_a_value_error_naming_it() -> None:
     with pytest.raises(ValueError, match="inline backend takes no option 'daemon'") as info:
         fanout.Fanout("inline", daemon=True)
     assert isinstance(info.value, fanout.FanoutError)
-    with pytest.raises(ValueError, match=r"its options: daemon, max_tasks_per_worker, process_name"):
+    with pytest.raises(
+        ValueError, match=r"its options: daemon, max_tasks_per_worker, process_name"
+    ):
         fanout.Fanout("local", queue="q")

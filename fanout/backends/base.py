@@ -173,6 +173,12 @@ class Backend(ABC):
     def wake(self) -> None:  # noqa: B027 - optional hook
         """From any thread: make a ``pump`` that waits return now."""
 
+    def cancel_tasks(self, run: RunState, indices: list[int]) -> set[int]:
+        """Cancel the tasks of ``run`` among ``indices`` that have left the run's input
+        but that no worker has yet (queued on the backend); the ones cancelled. Where
+        handing a task over means a worker has it, nothing is left to cancel."""
+        return set()
+
     # Durable runs (``durable_runs``): a backend without them says so.
 
     def last_run_id(self) -> str | None:

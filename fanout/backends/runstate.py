@@ -192,10 +192,8 @@ class RunState:
             self.outstanding += len(taken)
             return start, taken
         fresh: list[Any] = []
-        append = fresh.append
         try:
-            for item in itertools.islice(self.source, room):
-                append(item)
+            fresh.extend(itertools.islice(self.source, room))  # keeps what came before an error
         except Exception as exc:
             # Stop reading input; tasks already taken still finish and are yielded.
             self.exhausted = True
@@ -241,6 +239,10 @@ class RunState:
         input that cannot be pickled fails its own task and is left out)."""
         if not fresh:
             return None
+        if set(map(type, fresh)) <= RAW_TYPES:  # the common case, at C speed
+            prior = self.spec.attempts
+            attempts = None if prior is None else list(prior[start : start + len(fresh)])
+            return TaskBatch(range(start, start + len(fresh)), fresh, [], attempts)
         pickled: list[int] = []
         failed = False
         for pos, item in enumerate(fresh):

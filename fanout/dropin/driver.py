@@ -75,9 +75,25 @@ class Driver:
         self.ask(stop)
 
     def dispatch_now(self) -> None:
-        """Hand what workers can take now over to them (one pump, without waiting)."""
+        """Hand what workers can take now over to them (one pump, without waiting).
+        Not where this thread is the worker: its pump runs tasks."""
+        if self.backend.runs_in_caller:
+            return
         if self.thread is not None and self.failure is None:
             self.ask(lambda: self.backend.pump(0.0))
+
+    def cancel_tasks(self, run: RunState | None, indices: list[int]) -> set[int]:
+        """Cancel those tasks its run has handed to the backend but no worker has yet."""
+        if run is None or not indices or self.failure is not None:
+            return set()
+        if type(self.backend).cancel_tasks is Backend.cancel_tasks:
+            return set()  # nothing is queued between the run and a worker there
+
+        def cancel() -> set[int]:
+            return self.backend.cancel_tasks(run, indices) if run in self.runs else set()
+
+        cancelled: set[int] = self.ask(cancel)
+        return cancelled
 
     def ask(self, request: Callable[[], Any]) -> Any:
         """Do ``request`` in the driver's thread; its value, or its exception raised here."""
@@ -221,16 +237,23 @@ class Calls:
         self.driver = driver
         self.lock = threading.Lock()
         self.feed: Feed | None = None
+        self.run: RunState | None = None
         self.waiting: dict[int, Waiter] = {}
 
-    def put(self, call: Call, waiter: Callable[[Feed, int], W]) -> W:
-        """Send ``call``; the waiter ``waiter(feed, index)`` makes hears its outcome."""
+    def put(self, call: Call, waiter: Callable[[Callable[[], bool]], W]) -> W:
+        """Send ``call``; ``waiter(cancel)`` makes what hears its outcome, and ``cancel()``
+        cancels it if no worker has it yet."""
         with self.lock:  # held until the waiter is known: its result cannot overtake it
             if self.feed is None:
                 self.feed = Feed(self.driver.wake)
-                self.driver.start(MapSpec(calls.call, calls.TARGET, self.feed), self)
-            index = self.feed.put(call)
-            made = waiter(self.feed, index)
+                self.run = self.driver.start(MapSpec(calls.call, calls.TARGET, self.feed), self)
+            feed, run, index = self.feed, self.run, self.feed.put(call)
+
+            def cancel() -> bool:
+                # Still in the feed; else queued on the backend (rq) and no worker has it.
+                return feed.cancel(index) or bool(self.driver.cancel_tasks(run, [index]))
+
+            made = waiter(cancel)
             self.waiting[index] = made
             return made
 
@@ -240,9 +263,16 @@ class Calls:
             if self.feed is not None:
                 self.feed.close()
 
-    def pending(self) -> list[Waiter]:
+    def cancel_pending(self) -> list[Waiter]:
+        """Cancel every call no worker has yet, at once; their waiters."""
         with self.lock:
-            return list(self.waiting.values())
+            waiting, feed, run = dict(self.waiting), self.feed, self.run
+        if feed is None:
+            return []
+        queued = [index for index in waiting if not feed.cancel(index)]
+        cancelled = set(waiting) - set(queued)
+        cancelled |= self.driver.cancel_tasks(run, queued)
+        return [waiting[index] for index in sorted(cancelled)]
 
     def deliver_values(self, run: RunState, chunks: Values) -> None:
         raise AssertionError("the calls' run is not bare")

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from fanout.backends.runstate import Feed, RunState
+from fanout.backends.runstate import CANCELLED, RunState
 from fanout.dropin.calls import Call
 from fanout.dropin.common import (
     check_picklable,
@@ -41,24 +41,34 @@ _exiting = False
 class TaskFuture(Future[Any]):
     """A Future whose ``task_result`` is the task's full ``TaskResult`` once done."""
 
-    def __init__(self, feed: Feed | None = None, index: int = -1) -> None:
+    def __init__(self, cancel: Callable[[], bool] | None = None) -> None:
         super().__init__()
         self.task_result: TaskResult | None = None
-        self._feed = feed
-        self._index = index
+        self._cancel = cancel
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet (one that has counts as running)."""
         if self.done():
             return self.cancelled()
-        if self._feed is None or not self._feed.cancel(self._index):
+        if self._cancel is None or not self._cancel():
             return False
-        super().cancel()
-        self.set_running_or_notify_cancel()  # tells wait() and as_completed()
-        return True
+        return self._cancelled()
+
+    def _cancelled(self) -> bool:
+        """Cancelled, and wait() and as_completed() told (once, whichever thread first:
+        the Cancelled result may overtake the caller's own cancel())."""
+        with self._condition:  # an RLock: cancel() takes it again
+            if not super().cancel():
+                return False
+            if self._state == "CANCELLED":
+                self.set_running_or_notify_cancel()
+            return True
 
     def settle(self, result: TaskResult, run: RunState) -> None:
         """(The driver's thread.) The task's outcome."""
+        if result.error is not None and result.error.type == CANCELLED:
+            self._cancelled()  # by cancel(): it never ran
+            return
         if self.done():
             return  # cancelled meanwhile
         self.task_result = result
@@ -156,9 +166,9 @@ class Executor(_Executor):
             # Tasks a worker would take now go first, as the stdlib's call queue has
             # handed its first ones over by the time shutdown() is called.
             self._driver.dispatch_now()
-            for waiter in self._calls.pending():
+            for waiter in self._calls.cancel_pending():
                 assert isinstance(waiter, TaskFuture)
-                waiter.cancel()
+                waiter._cancelled()
         if not already:
             self._calls.close()
             if wait:
@@ -169,9 +179,11 @@ class Executor(_Executor):
             self._closed.wait()
 
     def _close(self) -> None:
-        self._driver.stop()  # after the last results are handed on
-        self._fanout.close()
-        self._closed.set()
+        try:
+            self._driver.stop()  # after the last results are handed on
+            self._fanout.close()
+        finally:
+            self._closed.set()
 
     def __repr__(self) -> str:
         return f"<fanout.Executor backend={self._fanout.backend_name!r} pid={os.getpid()}>"

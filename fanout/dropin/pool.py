@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import TimeoutError as PoolTimeout
 from typing import Any
 
-from fanout.backends.runstate import Feed, RunState
+from fanout.backends.runstate import RunState
 from fanout.dropin.calls import Call, Init
 from fanout.dropin.common import (
     backend_class,
@@ -132,12 +132,18 @@ class MapResult(ApplyResult):
 
 class IMapIterator(Iterator[Any]):
     """What ``imap`` and ``imap_unordered`` return: values as they come (in input order
-    for ``imap``), ``next(timeout)``."""
+    for ``imap``), ``next(timeout)``.
+
+    The values of the chunk being handed out sit reversed in ``_current``, which
+    ``next()`` pops without a lock (``list.pop`` is atomic: concurrent consumers each
+    get their own value); the lock guards the queue of chunks behind it.
+    """
 
     def __init__(self, ordered: bool, budget: Budget | None = None) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._chunks: deque[Chunk] = deque()
-        self._taken = 0  # of the first chunk
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._chunks: deque[list[Any]] = deque()  # each reversed, failures as _Failed
+        self._current: list[Any] = []
         self._order = InOrder() if ordered else None
         self._budget = budget
         self._ended = False
@@ -147,42 +153,53 @@ class IMapIterator(Iterator[Any]):
         return self
 
     def next(self, timeout: float | None = None) -> Any:
-        with self._cond:
-            if not self._chunks and not self._cond.wait_for(self._has_next, timeout):
-                raise PoolTimeout
-            if not self._chunks:
-                if self._error is not None:
-                    error, self._error = self._error, None
-                    raise error
-                raise StopIteration
-            ok, values = self._chunks[0]
-            pos = self._taken
-            value = values[pos]
-            values[pos] = None  # held nowhere once handed out
-            pos += 1
-            if pos < len(values):
-                self._taken = pos
-            else:
-                self._chunks.popleft()
-                self._taken = 0
-                if self._budget is not None:
-                    self._budget.took(pos)
-        if ok:
-            return value
-        raise value
+        try:
+            value = self._current.pop()  # held nowhere else once handed out
+        except IndexError:
+            value = self._next_chunk(timeout)
+        if type(value) is _Failed:
+            raise value.error
+        return value
 
     __next__ = next
+
+    def _next_chunk(self, timeout: float | None) -> Any:
+        with self._lock:
+            if self._current:  # another consumer refilled it meanwhile
+                return self._current.pop()
+            chunks = self._chunks
+            if not chunks:
+                if not self._cond.wait_for(self._has_next, timeout):
+                    raise PoolTimeout
+                if not chunks:
+                    error, self._error = self._error, None
+                    if error is not None:
+                        raise error
+                    raise StopIteration
+            values = chunks.popleft()
+            if self._budget is not None:
+                self._budget.took(len(values))
+            value = values.pop()
+            self._current = values
+            return value
 
     def _has_next(self) -> bool:
         return bool(self._chunks) or self._ended
 
     def _add(self, pieces: list[tuple[int, Chunk]]) -> None:
-        with self._cond:
-            for first, chunk in pieces:
-                if self._order is None:
-                    self._chunks.append(chunk)
-                else:
-                    self._chunks.extend(self._order.add(first, chunk))
+        released: list[Chunk] = []
+        for first, chunk in pieces:
+            if self._order is None:
+                released.append(chunk)
+            else:
+                released.extend(self._order.add(first, chunk))
+        ready = []
+        for ok, values in released:
+            values = values if ok else [_Failed(error) for error in values]
+            values.reverse()
+            ready.append(values)
+        with self._lock:
+            self._chunks.extend(ready)
             self._cond.notify_all()
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None:
@@ -192,10 +209,19 @@ class IMapIterator(Iterator[Any]):
         self._add(value_chunks(chunks))
 
     def finished(self, run: RunState, error: BaseException | None) -> None:
-        with self._cond:
+        with self._lock:
             self._ended = True
             self._error = error
             self._cond.notify_all()
+
+
+class _Failed:
+    """A task's exception among the values of a chunk."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Pool:
@@ -270,7 +296,7 @@ class Pool:
             return failed
         call = Call(func, tuple(args), dict(kwds or {}), self._init)
 
-        def waiter(feed: Feed, index: int) -> ApplyResult:
+        def waiter(cancel: Callable[[], bool]) -> ApplyResult:
             return ApplyResult(callback, error_callback)
 
         return self._calls.put(call, waiter)
@@ -414,7 +440,6 @@ def whole_chunks(iterable: Iterable[Any], chunksize: int) -> Iterator[Any]:
     chunk being read are dropped, as ``multiprocessing.Pool.imap`` drops them."""
     it = iter(iterable)
     if chunksize == 1:
-        yield from it
-        return
-    while chunk := list(itertools.islice(it, chunksize)):
-        yield from chunk
+        return it
+    chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
+    return itertools.chain.from_iterable(chunks)  # item by item at C speed

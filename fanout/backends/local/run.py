@@ -11,6 +11,7 @@ from fanout.backends.runstate import ORDER_WINDOW, RunState
 
 TARGET_BATCH_SECONDS = 0.01
 MAX_BATCH = 1024
+MAX_BARE_BATCH = 16384
 # A batch's pickled inputs are kept to about this size, and an ordered run's results
 # waiting for an earlier one to about this much.
 MAX_BATCH_BYTES = 4 << 20
@@ -32,7 +33,10 @@ class LocalRun(RunState):
         self.workers = workers
 
     def batch_size(self) -> int:
-        return self.sized(TARGET_BATCH_SECONDS, MAX_BATCH, MAX_BATCH_BYTES)
+        # A bare run's batch costs one message whatever its size (no record per task):
+        # larger batches keep workers busy while the caller's threads wait for the GIL.
+        most = MAX_BARE_BATCH if self.spec.bare else MAX_BATCH
+        return self.sized(TARGET_BATCH_SECONDS, most, MAX_BATCH_BYTES)
 
     def window(self) -> int:
         window = max(ORDER_WINDOW, 4 * self.workers * self.batch_size())

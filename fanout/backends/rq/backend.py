@@ -126,6 +126,10 @@ class RQBackend(Backend):
         if not self.runs and max_wait:
             time.sleep(min(max_wait, 0.05))
 
+    def cancel_tasks(self, run: RunState, indices: list[int]) -> set[int]:
+        assert isinstance(run, RQRun)
+        return run.cancel_tasks(indices)
+
     def end_run(self, run: RunState) -> None:
         assert isinstance(run, RQRun)
         if run in self.runs:

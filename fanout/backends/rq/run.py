@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -27,9 +28,9 @@ from fanout.backends.rq import control
 from fanout.backends.rq.connection import Outage, RedisLost, translate
 from fanout.backends.rq.protocol import FAILURE_TTL, RUN_BATCH, JobArgs, RunKeys, unpack_results
 from fanout.backends.rq.watch import JobWatch
-from fanout.backends.runstate import ORDER_WINDOW, RunState
+from fanout.backends.runstate import CANCELLED, ORDER_WINDOW, RunState
 from fanout.errors import BackendUnavailable
-from fanout.models import TaskResult, WorkerInfo
+from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
     from fanout.backends.rq.backend import RQBackend
@@ -296,6 +297,31 @@ class RQRun(RunState):
             if self.owner.get(index) == job.id:
                 del self.owner[index]
         return job.unreported()
+
+    def cancel_tasks(self, indices: list[int]) -> set[int]:
+        """Cancel those of ``indices`` whose job is still queued (no worker took it): the
+        job leaves the queue, its other tasks go again in a new one."""
+        wanted = set(indices)
+        cancelled = {task.index for task in self.retry if task.index in wanted}
+        if cancelled:  # back from a job cancelled before: not queued again yet
+            self.retry = deque(task for task in self.retry if task.index not in cancelled)
+        jobs = {self.owner[i] for i in wanted if i in self.owner} & set(self.jobs)
+        order = sorted(jobs)
+        pipe = self.connection.pipeline(transaction=False)
+        for job_id in order:
+            pipe.lrem(self.queue.key, 0, job_id)
+        for job_id, removed in zip(order, pipe.execute(), strict=True):
+            if not removed:
+                continue  # a worker has dequeued it: its tasks count as running
+            self.connection.delete(Job.key_for(job_id))
+            job = self.jobs[job_id]
+            tasks = [job.tasks.task(pos) for pos in self.forget_job(job)]
+            cancelled.update(task.index for task in tasks if task.index in wanted)
+            self.requeue(task for task in tasks if task.index not in wanted)
+        error = TaskError(CANCELLED, "cancelled before a worker took it")
+        for index in sorted(cancelled):
+            self.fail_in_caller(index, error)
+        return cancelled
 
     def halt(self) -> None:
         """max_failures reached: as RunState halts, and the jobs still queued are
