@@ -85,3 +85,13 @@ def hello(n: int, seconds: float = 0.5) -> int:
     print("hello", n, "from", socket.gethostname(), "pid", os.getpid())
     time.sleep(seconds)
     return n * n
+
+
+def count_primes(limit: int) -> int:
+    """How many primes are below ``limit`` (a CPU-bound task for the drop-in examples)."""
+    sieve = bytearray([1]) * max(limit, 2)
+    sieve[0] = sieve[1] = 0
+    for n in range(2, int(limit**0.5) + 1):
+        if sieve[n]:
+            sieve[n * n :: n] = bytes(len(range(n * n, limit, n)))
+    return sum(sieve)

@@ -253,7 +253,10 @@ class _QuitRecords(logging.Filter):
             self.reason = f"{type(exc).__name__}: {exc}" if exc else message
             return False
         if self.quiet:
+            # The client stops its own workers (RQ's warm then cold shutdown): RQ's
+            # warnings about that are noise on the client's terminal.
             record.exc_info = record.exc_text = None
+            return record.levelno >= logging.ERROR
         return True
 
 
