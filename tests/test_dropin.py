@@ -21,7 +21,7 @@ import pytest
 import fanout
 from fanout.errors import SerializationError
 from tests import tasks
-from tests.helpers import wait_until
+from tests.helpers import start_python, wait_until
 
 
 def split(options: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
@@ -360,3 +360,39 @@ def test_bound_methods_and_partials_run_on_rq(
         assert ex.submit(functools.partial(tasks.add, 1), 2).result(timeout=30) == 3
         assert list(ex.map(functools.partial(tasks.add, b=10), [1, 2])) == [11, 12]
         assert ex.submit("a-b".split, "-").result(timeout=30) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- docs/moving.md
+
+
+def _primes_demo(name: str, env: dict[str, str] | None = None) -> list[str]:
+    proc = start_python(f"demo/moving/{name}.py", env=env)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    return stdout.splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "rq"])
+def test_the_moving_guides_program_gives_the_stdlibs_answers_on_fanout(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    env = {}
+    if backend == "rq":
+        # A database of its own: the session's shared workers serve database 0's queue.
+        url = request.getfixturevalue("redis_server").url.replace("/0", "/5")
+        env = {"FANOUT_BACKEND": "rq", "FANOUT_REDIS_URL": url}
+    stdlib, ours = _primes_demo("stdlib_primes"), _primes_demo("fanout_primes", env)
+    # The same counts (the order of as_completed may differ), the same Pool.map line.
+    assert sorted(line for line in stdlib if line.startswith("below")) == sorted(
+        line.split("  (")[0] for line in ours if line.startswith("below")
+    )
+    assert [line for line in stdlib if line.startswith("Pool")] == [
+        line for line in ours if line.startswith("Pool")
+    ]
+    # Every result names its process: this backend, at most two of them, on this host.
+    who = {line.split("  (")[1] for line in ours if line.startswith("below")}
+    assert all(
+        w.startswith(f"{backend} ") and w.endswith(f" on {os.uname().nodename})") for w in who
+    )
+    assert 1 <= len(who) <= 2
