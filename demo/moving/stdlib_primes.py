@@ -11,7 +11,7 @@ from multiprocessing import Pool
 
 from fanout.examples import count_primes
 
-LIMITS = [2_000_000 + 250_000 * i for i in range(6)]
+LIMITS = [20_000_000 + 2_500_000 * i for i in range(6)]
 
 
 def main() -> None:
