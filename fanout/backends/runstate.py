@@ -21,7 +21,6 @@ of workers (each batch knows its run), which the drop-in executors rely on.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,6 +31,8 @@ from fanout import _task
 from fanout._task import RAW_TYPES, load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
 from fanout.backends.base import MapSpec
+from fanout.backends.feed import CANCELLED_ITEM, Feed
+from fanout.backends.sizing import Sizing
 from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
 
@@ -42,69 +43,15 @@ ORDER_WINDOW = 10_000
 MAX_FREE_REQUEUES = 3
 
 _DROPPED = object()  # marks an input that failed to pickle in the caller
-_CANCELLED = object()  # marks an item of a Feed cancelled before the run took it
 # Failures that would only repeat: a value that cannot be pickled, a target that cannot load.
 _NOT_RETRIED = frozenset({SerializationError.__name__, TargetError.__name__})
 
 
-class Feed(Iterator[Any]):
-    """A live input: other threads put items in, the run takes them without waiting; it
-    ends once closed and empty. An item cancelled before the run took it is never sent:
-    its index gets a ``Cancelled`` result instead."""
-
-    def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
-        self.lock = threading.Lock()
-        self.items: deque[Any] = deque()
-        self.first = 0  # the index of items[0]
-        self.closed = False
-        self.wake = wake  # tells whoever drives the run that there is something to take
-
-    def put(self, item: Any) -> int:
-        """Add an item; its index."""
-        with self.lock:
-            if self.closed:
-                raise RuntimeError("this feed is closed")
-            self.items.append(item)
-            index = self.first + len(self.items) - 1
-        self.wake()
-        return index
-
-    def cancel(self, index: int) -> bool:
-        """Keep item ``index`` from ever being sent; False if the run took it already."""
-        with self.lock:
-            pos = index - self.first
-            if 0 <= pos < len(self.items) and self.items[pos] is not _CANCELLED:
-                self.items[pos] = _CANCELLED
-                return True
-            return False
-
-    def take(self, room: int) -> list[Any]:
-        with self.lock:
-            taken = [self.items.popleft() for _ in range(min(room, len(self.items)))]
-            self.first += len(taken)
-            return taken
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-        self.wake()
-
-    def drained(self) -> bool:
-        with self.lock:
-            return self.closed and not self.items
-
-    def __next__(self) -> Any:
-        """One item if there is one now (a run takes them with :meth:`take`)."""
-        taken = self.take(1)
-        if not taken:
-            raise StopIteration
-        return taken[0]
-
-
-class RunState:
+class RunState(Sizing):
     """Input, retries, measurements and ready results of one map() call."""
 
     def __init__(self, spec: MapSpec, backend: str) -> None:
+        super().__init__()
         self.spec = spec
         self.backend = backend
         self.source = spec.items
@@ -121,9 +68,6 @@ class RunState:
         self.retry: deque[Task] = deque()  # tasks to send again, first in line first
         self.broken: TaskError | None = None  # set when no task can run any more
         self.free_requeues: dict[int, int] = {}  # index -> requeues its worker's death cost
-        self.per_task: float | None = None  # measured seconds per task
-        self.bytes_seen: dict[bool, float] = {}  # measured pickled bytes per task, in and out
-        self.bytes_per_task: float | None = None
         self.not_run_info: WorkerInfo | None = None  # made once: it looks up the host
         self.failures = 0  # failed results, counted when spec.max_failures is set
         self.halted = False  # max_failures reached: no new input, nothing new dispatched
@@ -133,36 +77,6 @@ class RunState:
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready and not self.ready_values
-
-    # -- measuring and sizing ---------------------------------------------------------
-
-    def measure(self, span: float, tasks: int) -> None:
-        """Fold ``tasks`` that took ``span`` seconds in all into the per-task estimate."""
-        per = max(span, 0.0) / max(tasks, 1)
-        self.per_task = per if self.per_task is None else 0.5 * (self.per_task + per)
-
-    def measure_records(self, records: Sequence[Record]) -> None:
-        """Measure from the timings of consecutive records of one worker."""
-        _, _, _, first_started, *_ = records[0]
-        _, _, _, _, last_finished, *_ = records[-1]
-        self.measure(last_finished - first_started, len(records))
-
-    def measure_bytes(self, nbytes: int, tasks: int, inputs: bool) -> None:
-        """Fold a message of ``nbytes`` carrying ``tasks`` inputs (or results) in."""
-        per = nbytes / max(tasks, 1)
-        old = self.bytes_seen.get(inputs)
-        self.bytes_seen[inputs] = per if old is None else 0.5 * (old + per)
-        self.bytes_per_task = max(self.bytes_seen.values())
-
-    def sized(self, seconds: float, max_tasks: int, max_bytes: int) -> int:
-        """How many tasks make a batch of about ``seconds`` of work and ``max_bytes``;
-        one until durations are measured, so slow tasks spread from the start."""
-        if self.per_task is None:
-            return 1
-        size = min(max_tasks, int(seconds / max(self.per_task, 1e-7)))
-        if self.bytes_per_task:
-            size = min(size, int(max_bytes / self.bytes_per_task))
-        return max(1, size)
 
     def batch_size(self) -> int:
         """How many tasks the next batch holds; backends size by their own costs."""
@@ -248,7 +162,7 @@ class RunState:
         for pos, item in enumerate(fresh):
             if type(item) in RAW_TYPES or _task.is_raw(item):
                 continue
-            if item is _CANCELLED:  # cancelled in the feed before it was taken
+            if item is CANCELLED_ITEM:  # cancelled in the feed before it was taken
                 self.fail_in_caller(start + pos, TaskError(CANCELLED, "cancelled before it ran"))
                 fresh[pos] = _DROPPED
                 failed = True

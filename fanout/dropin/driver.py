@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from fanout.backends.base import Backend, MapSpec
-from fanout.backends.runstate import Feed, RunState
+from fanout.backends.feed import Feed
+from fanout.backends.runstate import RunState
 from fanout.dropin import calls
 from fanout.dropin.calls import Call
 from fanout.errors import WorkerLost
