@@ -183,6 +183,25 @@ def test_cancel_leaves_nothing_queued_and_gives_each_task_its_result(
     run.close()
 
 
+def test_a_map_closed_before_its_first_result_is_left_going_whole_or_cancelled(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    # The CLI's SIGHUP can land between the run's id and the first result asked for: the
+    # map's generator never ran, so closing the Fanout must end the run (it lost it).
+    serve(server, workers, "g-1")
+    ids = []
+    for detach in (True, False):
+        with fanout.Fanout("rq", redis_url=server.url) as fo:
+            fo.map(tasks.square, range(12))
+            ids.append(fo.run_id)
+            if detach:
+                fo.detach()
+    kept, cancelled = (fanout.attach(run_id, redis_url=server.url) for run_id in ids)
+    results = list(kept.results())
+    assert sorted((r.index, r.value) for r in results) == [(i, i * i) for i in range(12)]
+    assert cancelled.status()["state"] == "cancelled"
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_collect_and_sighup_leaves_the_run_going(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]

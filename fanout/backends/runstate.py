@@ -357,8 +357,10 @@ class RunState(Sizing):
                 step()
         finally:
             self.finished = True
-            self.retry.clear()
-            end()
+            try:
+                end()  # which may send, or cancel, the tasks waiting to go again
+            finally:
+                self.retry.clear()
         if self.input_error is not None:
             raise self.input_error
 

@@ -98,8 +98,8 @@ class RQBackend(Backend):
         self._last_run = run.run_id
 
         def end() -> None:
-            self.runs.remove(run)
-            run.end()
+            if run in self.runs:  # else close() ended it already
+                self.end_run(run)
 
         return run.results(run.step, end)
 
@@ -134,7 +134,7 @@ class RQBackend(Backend):
         assert isinstance(run, RQRun)
         if run in self.runs:
             self.runs.remove(run)
-        run.end()
+            run.end()
 
     def submit(self, spec: MapSpec) -> str:
         """Enqueue every input of ``spec`` as a run that goes on without its caller;
@@ -194,6 +194,10 @@ class RQBackend(Backend):
         self.detach_runs = True
 
     def close(self, cancel: bool = False) -> None:
+        # A map whose results were never asked for never ran its generator, so never
+        # its end: end it here (cancelled, or left going when detached), not silently.
+        for run in list(self.runs):
+            self.end_run(run)
         self._stop_local_workers()
         self.connection.close()
 
