@@ -106,7 +106,8 @@ def _print_status(status: dict[str, Any]) -> None:
     from rich.text import Text
 
     console = Console(highlight=False, markup=False)  # names are shown as given
-    console.print(f"Redis {status['redis']}")
+    found = f" (master {status['master']}, found by Sentinel)" if status.get("master") else ""
+    console.print(f"Redis {status['redis']}{found}")
     queues = Table("queue", "length", box=None, header_style="bold")
     for q in status["queues"]:
         queues.add_row(Text(q["name"]), Text(str(q["length"])))

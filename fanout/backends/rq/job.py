@@ -18,6 +18,7 @@ from typing import Any
 
 from rq import get_current_job
 from rq.job import Job
+from rq.utils import now, utcformat
 
 from fanout import _task
 from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record, not_run_record
@@ -66,6 +67,7 @@ class WorkerContext:
         self.max_value_bytes = 512 * 2**20
         self.redis_wait = REDIS_WAIT  # how long a push waits for a lost Redis
         self.stop_requested = False  # set from RQ's command thread (stop-job)
+        self.since = utcformat(now())  # when this process began to serve (RQ's time format)
 
     @classmethod
     def of_stock_worker(cls, job: Job) -> WorkerContext:

@@ -6,11 +6,18 @@ from typing import Any
 
 from rq import Queue, Worker
 
-from fanout.backends.rq.connection import connect, mask_url, redis_url, translate
+from fanout.backends.rq.connection import (
+    connect,
+    mask_url,
+    master_address,
+    redis_url,
+    translate,
+)
 
 
 def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, Any]:
-    """Queues with their lengths and workers with name, pid, host, state, current job."""
+    """Queues with their lengths and workers with name, pid, host, state, current job;
+    for a Sentinel URL, the master the Sentinels named (``master``, else None)."""
     url = redis_url(url)
     connection = connect(url)
     with translate(url):
@@ -18,6 +25,7 @@ def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, 
         workers = Worker.all(connection=connection, queue=queues[0] if queue else None)
         return {
             "redis": mask_url(url),
+            "master": master_address(connection),
             "queues": [{"name": q.name, "length": q.count} for q in queues],
             "workers": [
                 {

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rq import Worker
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
 from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.utils import utcparse
@@ -51,6 +52,7 @@ class JobWatch:
         self.evicted = _evicted_keys(run.connection)  # before this run: evictions are fatal
         self.workers_seen = 0
         self.held: dict[str, float] = {}  # job id -> since when a worker holds it unstarted
+        self.orphans: dict[str, int] = {}  # started job id -> checks its worker was not on it
         self.last_check = 0.0
         self.last_progress = time.monotonic()
         self.warned = False
@@ -101,12 +103,19 @@ class JobWatch:
         vanished, queued, running = self.states()
         if queued:
             self.requeue_vanished(queued)
-        dead = self.dead_workers(running)
-        if not vanished and not dead:
+        dead, idle = self.dead_workers(running)
+        if not vanished and not dead and not idle:
             return
         run.drain()  # results pushed before the loss still count
         for job_id in vanished:
             if job_id in run.jobs:  # never ran, or Redis lost it: enqueue its tasks again
+                job = run.jobs[job_id]
+                run.requeue(job.tasks.task(pos) for pos in run.forget_job(job))
+        registry = StartedJobRegistry(queue=run.queue).key
+        for job_id in idle:
+            if job_id in run.jobs:  # no task of it runs: its unreported tasks go again
+                self.scripts.forget(keys=[registry, Job.key_for(job_id)],
+                                    args=[job_id, run.rq.result_ttl])  # fmt: skip
                 job = run.jobs[job_id]
                 run.requeue(job.tasks.task(pos) for pos in run.forget_job(job))
         for job_id, why in dead.items():
@@ -152,29 +161,49 @@ class JobWatch:
             log.warning("%d job(s) of run %s were missing from queue %r; enqueued again",
                         len(requeued), run.keys.run_id, run.queue.name)  # fmt: skip
 
-    def dead_workers(self, running: dict[str, tuple[str, bytes | None]]) -> dict[str, str]:
-        """Of the jobs ``running`` (job id -> worker name, started at), those whose
-        worker is dead, or was born again after it started the job."""
+    def dead_workers(
+        self, running: dict[str, tuple[str, bytes | None]]
+    ) -> tuple[dict[str, str], list[str]]:
+        """Of the jobs ``running`` (job id -> worker name, started at): those whose worker
+        died mid-job (job id -> why), and those no task of which runs although RQ has
+        them as started. A fanout worker registers afresh (its Redis connection broke)
+        only between jobs; and a worker idle, or busy with other jobs only, on two checks
+        in a row, is done with this one. Both happen when Redis lost its last writes in
+        a failover: the job's results and its end, but not its start."""
         if not running:
-            return {}
+            self.orphans.clear()
+            return {}, []
         pipe = self.run.connection.pipeline(transaction=False)
         for name, _ in running.values():
-            pipe.hmget(Worker.redis_worker_namespace_prefix + name,
-                       "last_heartbeat", "fanout_heartbeat", "birth")  # fmt: skip
+            pipe.hmget(Worker.redis_worker_namespace_prefix + name, "last_heartbeat",
+                       "fanout_heartbeat", "birth", "fanout_since", "state")  # fmt: skip
+            pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(name))  # "job id:execution id"
+        replies = pipe.execute()
         now = time.time()
         dead: dict[str, str] = {}
-        for (job_id, (name, started_at)), (beat, fanout_beat, birth) in zip(
-            running.items(), pipe.execute(), strict=True
+        idle: list[str] = []
+        orphans: dict[str, int] = {}
+        for (job_id, (name, started_at)), (beat, fanout_beat, birth, since, state), runs in zip(
+            running.items(), replies[::2], replies[1::2], strict=True
         ):
+            started = utcparse(started_at.decode()) if started_at else None
             if beat is None:
                 dead[job_id] = f"{name} is gone (its RQ registration expired)"
-            elif birth and started_at and utcparse(birth.decode()) > utcparse(started_at.decode()):
-                dead[job_id] = f"{name} started afresh (its Redis connection broke)"
+            elif birth and started and utcparse(birth.decode()) > started:
+                if since and utcparse(since.decode()) <= started:
+                    idle.append(job_id)  # the same process, registered again
+                else:
+                    dead[job_id] = f"{name} started afresh (its Redis connection broke)"
             elif fanout_beat is not None:
                 silent = now - utcparse(beat.decode()).timestamp()
                 if silent > self.run.rq.dead_after:
                     dead[job_id] = f"{name} stopped its heartbeat {silent:.0f} s ago"
-        return dead
+                elif state == b"idle" or not any(e.startswith(f"{job_id}:".encode()) for e in runs):
+                    orphans[job_id] = self.orphans.get(job_id, 0) + 1
+                    if orphans[job_id] >= 2:
+                        idle.append(job_id)
+        self.orphans = orphans
+        return dead, idle
 
     def settle_failed_job(self, job: RQJob) -> None:
         run = self.run

@@ -32,7 +32,15 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
 from fanout.backends.local import LocalBackend
-from fanout.backends.rq.connection import connect, mask_url, redis_url, scrub, url_passwords
+from fanout.backends.rq.connection import (
+    SentinelURL,
+    connect,
+    is_sentinel,
+    mask_url,
+    redis_url,
+    scrub,
+    url_passwords,
+)
 from fanout.backends.rq.job import REDIS_WAIT, FanoutJob, WorkerContext
 from fanout.backends.rq.pusher import JobStopped
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
@@ -78,7 +86,11 @@ class FanoutWorker(SimpleWorker):
         super().register_birth()  # type: ignore[no-untyped-call]
         # Tells callers this worker heartbeats every HEARTBEAT_SECONDS, so that a
         # silence of a few heartbeats means it died (RQ alone waits for minutes).
-        self.connection.hset(self.key, "fanout_heartbeat", HEARTBEAT_SECONDS)
+        # And since when this process serves: a registration newer than a job's start
+        # but not the process means the worker registered again between jobs (its
+        # connection broke), so that job is not running, rather than died with it.
+        self.connection.hset(self.key, mapping={"fanout_heartbeat": HEARTBEAT_SECONDS,
+                                                "fanout_since": self.context.since})  # fmt: skip
 
     def handle_exception(self, job: Any, *exc_info: Any) -> None:
         if exc_info and exc_info[0] is JobStopped:
@@ -287,10 +299,14 @@ def safety_warnings(url: str, keyring: Keyring | None, allow: tuple[str, ...]) -
             " worker; set FANOUT_SECRET or --secret-file on workers and clients"
         )
     parts = urlsplit(url)
-    no_password = not url_passwords(url)
-    if parts.scheme != "unix" and no_password and not _is_loopback(parts.hostname or "localhost"):
+    if is_sentinel(url):
+        hosts = [host for host, _ in SentinelURL.parse(url).sentinels]
+    else:
+        hosts = [] if parts.scheme == "unix" else [parts.hostname or "localhost"]
+    remote = [host for host in hosts if not _is_loopback(host)]
+    if remote and not url_passwords(url):
         warnings.append(
-            f"Redis at {parts.hostname} is not on this machine and fanout connects"
+            f"Redis at {remote[0]} is not on this machine and fanout connects"
             " without a password: require one (requirepass or an ACL user) and use it"
             " in the URL"
         )

@@ -1,0 +1,105 @@
+"""A real Redis Sentinel deployment on loopback ports, for the failover tests: a master,
+a replica and three ``redis-sentinel`` processes (quorum 2), all the test's own."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+from pathlib import Path
+
+from redis import Redis
+
+from tests.helpers import (
+    CuttableProxy,
+    RedisServer,
+    accepts_connections,
+    free_port,
+    require,
+    wait_until,
+)
+
+SERVICE = "fanout-master"
+
+
+class SentinelSet:
+    """Master, replica and Sentinels; stopped (every process) by :meth:`stop`."""
+
+    def __init__(self, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+        binary = require("redis-sentinel", "redis-sentinel")
+        self.dir = tempfile.TemporaryDirectory(prefix="fanout-sentinel-")
+        self.master = RedisServer()
+        # The replica reaches its master through a link the test can cut: writes the
+        # master acknowledges after the cut never reach the replica, as with
+        # asynchronous replication when a master dies.
+        self.link = CuttableProxy(self.master.port)
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.link.port))
+        self.sentinel_ports: list[int] = []
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        try:
+            for number in range(sentinels):
+                port = free_port()
+                conf = Path(self.dir.name) / f"sentinel-{number}.conf"
+                conf.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {self.dir.name}\n"
+                    f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
+                    f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
+                    f"sentinel failover-timeout {SERVICE} 10000\n"
+                    f"sentinel parallel-syncs {SERVICE} 1\n"
+                )
+                process = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL)
+                self.sentinels.append(process)
+                self.sentinel_ports.append(port)
+            for port in self.sentinel_ports:
+                wait_until(lambda port=port: accepts_connections(port), 10, "a Sentinel listens")
+            self.wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def url(self, db: int = 0, scheme: str = "redis+sentinel", service: str = SERVICE) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"{scheme}://{hosts}/{service}/{db}"
+
+    def ask(self, port: int) -> dict:
+        with Redis(port=port, socket_timeout=2) as sentinel:
+            return sentinel.sentinel_master(SERVICE)  # type: ignore[no-any-return]
+
+    def master_port(self) -> int | None:
+        """The master every Sentinel agrees on (None while they do not agree)."""
+        ports = {int(self.ask(port)["port"]) for port in self.sentinel_ports}
+        return ports.pop() if len(ports) == 1 else None
+
+    def wait_until_ready(self) -> None:
+        """Every Sentinel sees the master, the replica and the other Sentinels (they find
+        each other through the master within a few seconds): a failover can happen."""
+
+        def ready() -> bool:
+            try:
+                states = [self.ask(port) for port in self.sentinel_ports]
+            except Exception:
+                return False
+            others = len(self.sentinel_ports) - 1
+            return all(
+                s["num-other-sentinels"] >= others and s["num-slaves"] >= 1 for s in states
+            )
+
+        wait_until(ready, 30, "the Sentinels know the master, the replica and each other")
+        wait_until(self._replica_in_sync, 10, "the replica is in sync")
+
+    def _replica_in_sync(self) -> bool:
+        with Redis(port=self.replica.port) as replica:
+            info = replica.info("replication")
+        return info.get("master_link_status") == "up"
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            process.kill()
+        for process in self.sentinels:
+            process.wait()
+        for server in (self.master, self.replica):
+            if server.process.poll() is None:
+                server.process.kill()
+            server.process.wait()
+        with contextlib.suppress(OSError):
+            self.dir.cleanup()
