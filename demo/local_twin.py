@@ -10,7 +10,11 @@ command and prints its table, then stops everything it started, on Ctrl-C too.
 As root on Linux each worker runs in a UTS namespace of its own (``unshare --uts``)
 under its own hostname, so the results show distinct hosts as compose's containers
 would; elsewhere the workers differ by name and pid. ``--redis-url`` uses a running
-Redis instead of starting one (the compose file's host is replaced by that one's).
+Redis instead of starting one (the compose file's host is replaced by that one's; a
+``redis+sentinel://`` URL replaces the compose file's URL whole). ``--sentinel`` starts
+a master, a replica and three ``redis-sentinel`` processes instead of one Redis, and
+gives every process their ``redis+sentinel://`` URL: the compose file's
+``FANOUT_REDIS_URL`` takes such a URL just the same.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from fanout.backends.rq.connection import is_sentinel, mask_url
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 REDIS_HOST = "redis"  # the compose service name that the URLs point at
+SENTINEL_SERVICE = "fanout-master"  # --sentinel: the master's name among the Sentinels
 REGISTER_SECONDS = 30.0
 STOP_SECONDS = 10.0
 
@@ -185,7 +192,7 @@ class Twin:
 
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
-        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis: list[subprocess.Popen[bytes]] = []  # servers and Sentinels, stopped last
 
     def start(
         self, command: list[str], env: dict[str, str] | None = None, service: bool = False
@@ -204,26 +211,56 @@ class Twin:
         self.processes.append(process)
         return process
 
-    def start_redis(self, password: str | None, workdir: str) -> int:
+    def start_redis(self, password: str | None, workdir: str, extra: str = "") -> int:
         server = shutil.which("redis-server")
         if server is None:
             raise SystemExit("demo: redis-server is not installed (apt-get install redis-server)")
         port = free_port()
         # The password goes in a config file only we can read, not argv: ps would show it.
-        config = Path(workdir) / "redis.conf"
-        config.write_text(f"requirepass {password}\n" if password else "")
+        config = Path(workdir) / f"redis-{port}.conf"
+        config.write_text((f"requirepass {password}\n" if password else "") + extra)
         config.chmod(0o600)
         command = [server, str(config), "--port", str(port), "--bind", "127.0.0.1",
                    "--save", "", "--appendonly", "no", "--dir", workdir,
                    "--maxmemory-policy", "noeviction"]  # fmt: skip
-        self.redis = self.start(command, service=True)
+        process = self.start(command, service=True)
+        self.redis.append(process)
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 return port
-            if self.redis.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("demo: redis-server did not start")
             time.sleep(0.02)
+
+    def start_sentinel_set(self, password: str | None, workdir: str) -> str:
+        """A master, a replica and three Sentinels (quorum 2) on loopback, as a deployment
+        that survives its master's machine would have; their ``redis+sentinel://`` URL."""
+        master = self.start_redis(password, workdir)
+        auth = f"masterauth {password}\n" if password else ""
+        replica = self.start_redis(password, workdir, f"replicaof 127.0.0.1 {master}\n{auth}")
+        ports = []
+        for number in range(3):
+            port = free_port()
+            config = Path(workdir) / f"sentinel-{number}.conf"
+            lines = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}",
+                     f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master} 2",
+                     f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 2000",
+                     f"sentinel failover-timeout {SENTINEL_SERVICE} 10000"]  # fmt: skip
+            if password:
+                lines.append(f"sentinel auth-pass {SENTINEL_SERVICE} {password}")
+            config.write_text("\n".join(lines) + "\n")
+            config.chmod(0o600)
+            sentinel = shutil.which("redis-sentinel")
+            if sentinel is None:
+                raise SystemExit("demo: redis-sentinel is not installed (apt-get install"
+                                 " redis-sentinel)")  # fmt: skip
+            self.redis.append(self.start([sentinel, str(config)], service=True))
+            ports.append(port)
+        del replica  # it is found through the Sentinels, as the clients find the master
+        hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+        userinfo = f":{password}@" if password else ""
+        return f"redis+sentinel://{userinfo}{hosts}/{SENTINEL_SERVICE}/0"
 
     def start_workers(
         self, service: Service, env: dict[str, str], hostnames: bool
@@ -241,10 +278,9 @@ class Twin:
     def stop(self) -> None:
         """SIGTERM (a worker's warm shutdown) to everything still running, then SIGKILL;
         Redis last, so that workers finishing a job can still report it."""
-        clients = [p for p in self.processes if p is not self.redis]
+        clients = [p for p in self.processes if p not in self.redis]
         self._stop(clients)
-        if self.redis is not None:
-            self._stop([self.redis])
+        self._stop(self.redis)
 
     @staticmethod
     def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -262,12 +298,13 @@ class Twin:
 
 def wait_for_workers(url: str, processes: list[subprocess.Popen[bytes]]) -> list[str]:
     """Wait until each worker process has registered with RQ; their hosts."""
-    from redis import Redis
     from rq import Worker
+
+    from fanout.backends.rq.connection import connect
 
     pids = [p.pid for p in processes]
     deadline = time.monotonic() + REGISTER_SECONDS
-    with contextlib.closing(Redis.from_url(url)) as connection:
+    with contextlib.closing(connect(url)) as connection:
         while True:
             workers = {w.pid: w for w in Worker.all(connection=connection)}
             if all(pid in workers for pid in pids):
@@ -305,13 +342,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-unshare", action="store_true", help="no hostname of their own for the workers"
     )
+    parser.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="a master, a replica and three Sentinels instead of one Redis; every process"
+        " gets their redis+sentinel:// URL",
+    )
     args = parser.parse_args(argv)
     demo = load_demo(args.compose)
     twin = Twin()
     say = lambda text: print(f"demo: {text}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         with _terminate_as_interrupt(), tempfile.TemporaryDirectory() as workdir:
-            if args.redis_url:
+            if args.sentinel:
+                args.redis_url = twin.start_sentinel_set(demo.redis_password, workdir)
+                say(f"redis-server master and replica, 3 Sentinels: {mask_url(args.redis_url)}")
+                host, port = "127.0.0.1", 0
+            elif args.redis_url and is_sentinel(args.redis_url):
+                host, port = "127.0.0.1", 0  # the URL replaces the compose file's
+            elif args.redis_url:
                 parts = urlsplit(args.redis_url)
                 host, port = parts.hostname or "127.0.0.1", parts.port or 6379
             else:

@@ -80,9 +80,7 @@ class SentinelSet:
             except Exception:
                 return False
             others = len(self.sentinel_ports) - 1
-            return all(
-                s["num-other-sentinels"] >= others and s["num-slaves"] >= 1 for s in states
-            )
+            return all(s["num-other-sentinels"] >= others and s["num-slaves"] >= 1 for s in states)
 
         wait_until(ready, 30, "the Sentinels know the master, the replica and each other")
         wait_until(self._replica_in_sync, 10, "the replica is in sync")
@@ -93,6 +91,7 @@ class SentinelSet:
         return info.get("master_link_status") == "up"
 
     def stop(self) -> None:
+        self.link.cut()  # before the master goes: the replica would reconnect through it
         for process in self.sentinels:
             process.kill()
         for process in self.sentinels:

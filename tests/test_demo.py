@@ -137,8 +137,8 @@ def test_compose_commands_run_as_local_processes_on_every_worker(demo_redis) -> 
     assert "local-demo-only" not in out + err
 
 
-def _start_twin() -> subprocess.Popen[str]:
-    return start_python(str(ROOT / "demo" / "local_twin.py"), new_session=True)
+def _start_twin(*args: str) -> subprocess.Popen[str]:
+    return start_python(str(ROOT / "demo" / "local_twin.py"), *args, new_session=True)
 
 
 @pytest.mark.slow
@@ -153,6 +153,30 @@ def test_local_twin_runs_the_demo_and_stops_everything() -> None:
         assert {f"worker-{i}" for i in (1, 2, 3)} <= set(out.split())
     assert "local-demo-only" not in out + err
     assert "warning" not in err  # the demo signs its jobs and Redis has a password
+
+
+@pytest.mark.slow
+def test_local_twin_runs_the_demo_on_sentinel_and_stops_everything() -> None:
+    process = _start_twin("--sentinel", "--no-unshare")
+    started: list[psutil.Process] = []
+    said = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        said.append(line)
+        if "workers up" in line:
+            started = psutil.Process(process.pid).children(recursive=True)
+            break
+    out, rest = process.communicate(timeout=90)
+    err = "".join(said) + rest
+    assert process.returncode == 0, err
+    assert "master and replica, 3 Sentinels: redis+sentinel://:***@127.0.0.1:" in err
+    assert "12 tasks: 12 ok, 0 failed" in out
+    assert "local-demo-only" not in out + err
+    assert "Error" not in err  # the workers' warm shutdown through the Sentinels is clean
+    # Redis, its replica, three Sentinels and three workers, all stopped.
+    assert len(started) >= 8
+    _gone, alive = psutil.wait_procs(started, timeout=5)
+    assert not alive, f"the demo left {alive} running"
 
 
 @pytest.mark.slow

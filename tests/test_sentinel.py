@@ -5,6 +5,7 @@ and a real failover in the middle of a run, with a real master, replica and thre
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -16,7 +17,15 @@ import pytest
 import fanout
 from fanout.backends.rq.connection import SentinelURL, mask_url, url_passwords
 from tests import tasks
-from tests.helpers import run_fanout, start_worker, stop_workers, wait_for_workers, wait_until
+from tests.helpers import (
+    finish,
+    run_fanout,
+    start_cli,
+    start_worker,
+    stop_workers,
+    wait_for_workers,
+    wait_until,
+)
 from tests.sentinel import SERVICE, SentinelSet
 
 # -- URLs -------------------------------------------------------------------------------
@@ -93,6 +102,20 @@ def test_an_unknown_service_is_one_line_naming_it_and_status_shows_the_master(
     assert json.loads(status.stdout)["master"] == f"127.0.0.1:{sentinels.master.port}"
     human = run_fanout("status", "--redis-url", sentinels.url())
     assert f"(master 127.0.0.1:{sentinels.master.port}, found by Sentinel)" in human.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_on_a_sentinel_url_stops_cleanly_on_sigterm(sentinels: SentinelSet) -> None:
+    worker = start_cli("worker", "--name", "t-1", env={"FANOUT_REDIS_URL": sentinels.url()})
+    try:
+        wait_for_workers(sentinels.master.url, ["t-1"])
+        worker.send_signal(signal.SIGTERM)  # RQ's warm shutdown, while it waits on BLMOVE
+        _, stderr = finish(worker, 15)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "Error" not in stderr
 
 
 def fail_over(sentinels: SentinelSet) -> int:

@@ -158,6 +158,7 @@ def _sentinel_master(url: str, socket_timeout: float | None) -> Redis:
     if config.sentinel_password:
         sentinel_kwargs["password"] = config.sentinel_password
     sentinel = Sentinel(config.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    config.master["connection_class"] = _connection_class(ssl=config.master.pop("ssl"))
     master: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         config.service,
         socket_connect_timeout=CONNECT_TIMEOUT,
@@ -166,6 +167,22 @@ def _sentinel_master(url: str, socket_timeout: float | None) -> Redis:
         **config.master,
     )
     return master
+
+
+def _connection_class(ssl: bool) -> type:
+    """redis-py's Sentinel-managed connection, but one that an error mid-read (RQ's
+    SIGTERM handler raises while a worker waits on BLMOVE) disconnects, as its plain
+    connection does: redis-py 8.1 keeps it, its late reply then answers the next command
+    (a warm shutdown failed with "Wrong number of response items")."""
+    from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+    base = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
+
+    class Connection(base):  # type: ignore[misc, valid-type]
+        def read_response(self, *args: Any, disconnect_on_error: bool = True, **kwargs: Any) -> Any:
+            return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+    return Connection
 
 
 def _no_master(url: str, conn: Redis) -> BackendUnavailable:
