@@ -14,7 +14,7 @@ means fanout's figure is the larger one (better for tasks/s, worse for seconds o
   markers) and the plot to ``docs/benchmarks.png``; ``--quick`` only prints (or writes
   to ``--out``), with its plot in a temporary directory.
 
-joblib, mpire and matplotlib are optional: ``pip install joblib mpire matplotlib``.
+joblib, mpire, Celery, Dask distributed and matplotlib are optional: ``pip install -e ".[bench]"``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import peers
 from bench_tasks import inc, nap, spin
 
 import fanout
@@ -81,6 +82,7 @@ class Config:
     rq_fanout_tasks: int
     rq_stock_tasks: int
     rq_sleep_tasks: int
+    peer_tasks: int  # trivial tasks for the Celery and Dask rows
 
 
 FULL = Config(
@@ -95,6 +97,7 @@ FULL = Config(
     rq_fanout_tasks=20_000,
     rq_stock_tasks=2_000,
     rq_sleep_tasks=400,
+    peer_tasks=5_000,
 )
 QUICK = Config(
     quick=True,
@@ -108,6 +111,7 @@ QUICK = Config(
     rq_fanout_tasks=2_000,
     rq_stock_tasks=300,
     rq_sleep_tasks=100,
+    peer_tasks=500,
 )
 CPU_TASK = 0.02  # the "CPU-bound 20 ms tasks" case
 RQ_SLEEP = 0.01  # the RQ "10 ms tasks" case (sleeping: remote workers have cores of their own)
@@ -662,13 +666,15 @@ RQ_METHODS = [
 ]
 
 
-def rq_rates(cfg: Config, method: RQMethod, url: str, tmp: Path) -> Metrics:
+def rq_rates(
+    cfg: Config, method: RQMethod, url: str, tmp: Path, trivial: int | None = None
+) -> Metrics:
     """Start two workers for ``method`` on a queue of their own, time both workloads, stop."""
     from redis import Redis
     from rq import Queue, Worker
 
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    trivial = cfg.rq_stock_tasks if method.stock else cfg.rq_fanout_tasks
+    trivial = trivial or (cfg.rq_stock_tasks if method.stock else cfg.rq_fanout_tasks)
     workloads: Workloads = {
         "trivial": (inc, list(range(trivial))),
         "sleep": (nap, [RQ_SLEEP] * cfg.rq_sleep_tasks),
@@ -721,6 +727,64 @@ def case_rq(cfg: Config, found: dict[str, Any]) -> list[str]:
         "the last result (fanout: `fanout.run(..., backend='rq')`; stock workers: "
         "`Queue.enqueue_many`, then the finished registry polled every 50 ms). Worker "
         "start and a warm-up of 4 tasks are not timed.",
+    )
+
+
+PEER_CELERY = "Celery `group(...).apply_async().get()`"
+PEER_CELERY_TUNED = f"Celery `task.chunks(items, n / {2 * peers.CHUNKS_PER_WORKER})`"
+PEER_DASK = "Dask `client.gather(client.map(...))`"
+PEER_DASK_TUNED = "Dask, `worker-saturation: inf`"
+
+
+def peer_rates(cfg: Config, run: Callable[[str, list[Any]], None]) -> Metrics:
+    workloads = {"trivial": ("inc", list(range(cfg.peer_tasks))),
+                 "sleep": ("nap", [RQ_SLEEP] * cfg.rq_sleep_tasks)}  # fmt: skip
+    rates = {}
+    for metric, (task, items) in workloads.items():
+        seconds, _ = timed(lambda task=task, items=items: run(task, items))
+        rates[metric] = len(items) / seconds
+    return rates
+
+
+def case_peers(cfg: Config, found: dict[str, Any]) -> list[str]:
+    """fanout on rq beside Celery and Dask distributed, each with two worker processes."""
+    title = f"### Celery and Dask, {WORKERS} workers"
+    why = peers.available() or (None if shutil.which("redis-server") else "no redis-server")
+    if why:
+        return [title, "", f"skipped: {why}", ""]
+    medians: dict[str, Metrics] = {}
+    with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp, redis_server(Path(tmp)) as url:
+        log = Path(tmp) / "peers.log"
+        with contextlib.ExitStack() as stack:
+            default, tuned = stack.enter_context(peers.celery(url, processes, log, wait_until))
+            dask_default = stack.enter_context(peers.dask(tuned=False))
+            runners = {PEER_CELERY: default, PEER_CELERY_TUNED: tuned, PEER_DASK: dask_default}
+            ours = next(m for m in RQ_METHODS if m.name == RQ_FANOUT)
+            methods = {name: (lambda r=run: peer_rates(cfg, r)) for name, run in runners.items()}
+            methods[RQ_FANOUT] = lambda: rq_rates(cfg, ours, url, Path(tmp), cfg.peer_tasks)
+            medians = measure("peers", methods, cfg.repeats)
+        # Dask's tuning is a setting read when the cluster starts: a cluster of its own.
+        with peers.dask(tuned=True) as dask_tuned:
+            medians |= measure("peers", {PEER_DASK_TUNED: lambda: peer_rates(cfg, dask_tuned)},
+                               cfg.repeats)  # fmt: skip
+    ideal = WORKERS / RQ_SLEEP
+    for metrics in medians.values():
+        metrics["ideal"] = metrics["sleep"] / ideal
+    found["peers"] = medians
+    return table(
+        f"Celery and Dask beside fanout on rq, {WORKERS} workers: tasks/s (higher is better)",
+        medians,
+        [
+            Column("trivial", f"{cfg.peer_tasks:,} trivial `x + 1`", rate),
+            Column("sleep", f"{cfg.rq_sleep_tasks} x {sweep_metric(RQ_SLEEP)} sleep", rate),
+            Column("ideal", f"of ideal {ideal:.0f}/s", lambda v: f"{v:.0%}", False),
+        ],
+        reference=RQ_FANOUT,
+        note="Each started with two worker processes and warmed up outside the timing; "
+        "Celery 5 with a Redis broker and result backend (one `celery worker --concurrency "
+        "2`, prefork), Dask distributed on a `LocalCluster(n_workers=2, threads_per_worker=1)`, "
+        "fanout with two `fanout worker`s on the same Redis. Each peer is timed as called "
+        "by default and tuned as its docs suggest for many tiny tasks.",
     )
 
 
@@ -883,7 +947,7 @@ def write_doc(path: Path, body: list[str]) -> None:
     path.write_text(head + BEGIN + "\n" + "\n".join(body) + "\n" + END + tail)
 
 
-CASES = [case_trivial, case_sweep, case_latency, case_import, case_stream, case_rq]
+CASES = [case_trivial, case_sweep, case_latency, case_import, case_stream, case_rq, case_peers]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -896,11 +960,19 @@ def main(argv: list[str] | None = None) -> int:
         "a full run writes docs/benchmarks.md and .png, --quick only prints",
     )
     parser.add_argument("--cold-run", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--case", action="append", help="only this case (trivial, sweep, ..., rq, peers); prints"
+    )
     args = parser.parse_args(argv)
     if args.cold_run:
         print(cold_run(args.cold_run[0], int(args.cold_run[1])))
         return 0
     cfg = QUICK if args.quick else FULL
+    if args.case:
+        for case in CASES:
+            if case.__name__.removeprefix("case_") in args.case:
+                print("\n".join(case(cfg, {})), flush=True)
+        return 0
     out = args.out or (None if cfg.quick else DOC)
     # SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started; forked pool
     # workers must not inherit that (Pool.terminate() could then hang on them).
