@@ -99,13 +99,14 @@ def describe_exit(code: int | None) -> str:
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends (main thread, POSIX): a
-    step that must happen whole (jobs written to Redis and noted here) is not cut."""
+def signals_deferred(held: set[signal.Signals] | None = None) -> Iterator[None]:
+    """Hold ``held`` (default: Ctrl-C, SIGTERM and SIGHUP) until the block ends (main
+    thread, POSIX): a step that must happen whole (jobs written to Redis and noted here)
+    is not cut."""
     if not on_main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    held = held or {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from fanout.backends.rq.job import WorkerContext
     from fanout.backends.rq.signing import Keyring
 
-PUSH_SECONDS = 0.05  # a worker pushes finished results at least this often
+PUSH_SECONDS = 0.2  # a worker pushes finished results at least this often
 PUSH_RECORDS = 2000  # ... or once this many are waiting
 
 

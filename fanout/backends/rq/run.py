@@ -12,6 +12,7 @@ sees exactly what the caller saw.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import uuid
 from collections import deque
@@ -116,6 +117,13 @@ class RQRun(RunState):
         jobs per serving worker; then jobs of measured size, up to ``ahead`` tasks
         enqueued and not yet reported, so that a run of that many inputs is wholly in
         Redis soon after it starts."""
+        # SIGHUP leaves the run going (the CLI's handler raises wherever it lands): an
+        # input taken from the iterator but not yet noted on the run would be lost.
+        # Ctrl-C and SIGTERM cancel the run instead, and must reach a slow input's read.
+        with signals_deferred({signal.SIGHUP}):
+            self._dispatch()
+
+    def _dispatch(self) -> None:
         measuring = self.per_task is None and time.monotonic() - self.started < MEASURING_SECONDS
         # Taken but not yet in Redis: kept on the run, so that a signal between taking and
         # enqueueing loses no task (the end sends or cancels them).
