@@ -699,6 +699,14 @@ def rq_rates(
         return rates
 
 
+def with_ideal(medians: dict[str, Metrics]) -> float:
+    """Add each method's 10 ms rate as a share of the ideal WORKERS / RQ_SLEEP; the ideal."""
+    ideal = WORKERS / RQ_SLEEP
+    for metrics in medians.values():
+        metrics["ideal"] = metrics["sleep"] / ideal
+    return ideal
+
+
 def case_rq(cfg: Config, found: dict[str, Any]) -> list[str]:
     title = f"### RQ, {WORKERS} workers"
     missing = [m for m in ("rq", "redis") if importlib.util.find_spec(m) is None]
@@ -708,9 +716,7 @@ def case_rq(cfg: Config, found: dict[str, Any]) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp, redis_server(Path(tmp)) as url:
         methods = {m.name: (lambda m=m: rq_rates(cfg, m, url, Path(tmp))) for m in RQ_METHODS}
         medians = measure("rq", methods, cfg.repeats)
-    ideal = WORKERS / RQ_SLEEP
-    for metrics in medians.values():
-        metrics["ideal"] = metrics["sleep"] / ideal
+    ideal = with_ideal(medians)
     found["rq"] = medians
     return table(
         f"RQ, {WORKERS} workers on one Redis: tasks/s (higher is better)",
@@ -767,9 +773,7 @@ def case_peers(cfg: Config, found: dict[str, Any]) -> list[str]:
         with peers.dask(tuned=True) as dask_tuned:
             medians |= measure("peers", {PEER_DASK_TUNED: lambda: peer_rates(cfg, dask_tuned)},
                                cfg.repeats)  # fmt: skip
-    ideal = WORKERS / RQ_SLEEP
-    for metrics in medians.values():
-        metrics["ideal"] = metrics["sleep"] / ideal
+    ideal = with_ideal(medians)
     found["peers"] = medians
     return table(
         f"Celery and Dask beside fanout on rq, {WORKERS} workers: tasks/s (higher is better)",

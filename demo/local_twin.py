@@ -238,7 +238,8 @@ class Twin:
         that survives its master's machine would have; their ``redis+sentinel://`` URL."""
         master = self.start_redis(password, workdir)
         auth = f"masterauth {password}\n" if password else ""
-        replica = self.start_redis(password, workdir, f"replicaof 127.0.0.1 {master}\n{auth}")
+        # The replica is found through the Sentinels, as the clients find the master.
+        self.start_redis(password, workdir, f"replicaof 127.0.0.1 {master}\n{auth}")
         ports = []
         for number in range(3):
             port = free_port()
@@ -257,7 +258,6 @@ class Twin:
                                  " redis-sentinel)")  # fmt: skip
             self.redis.append(self.start([sentinel, str(config)], service=True))
             ports.append(port)
-        del replica  # it is found through the Sentinels, as the clients find the master
         hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
         userinfo = f":{password}@" if password else ""
         return f"redis+sentinel://{userinfo}{hosts}/{SENTINEL_SERVICE}/0"

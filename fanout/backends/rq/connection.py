@@ -8,6 +8,7 @@ No message fanout prints ever holds a password: URLs are shown through
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -169,6 +170,7 @@ def _sentinel_master(url: str, socket_timeout: float | None) -> Redis:
     return master
 
 
+@functools.cache  # one class for every connect() of the process
 def _connection_class(ssl: bool) -> type:
     """redis-py's Sentinel-managed connection, but one that an error mid-read (RQ's
     SIGTERM handler raises while a worker waits on BLMOVE) disconnects, as its plain
