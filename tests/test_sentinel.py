@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from redis import Redis
 
 import fanout
 from fanout.backends.rq.connection import SentinelURL, mask_url, url_passwords
@@ -109,6 +110,11 @@ def test_a_worker_on_a_sentinel_url_stops_cleanly_on_sigterm(sentinels: Sentinel
     worker = start_cli("worker", "--name", "t-1", env={"FANOUT_REDIS_URL": sentinels.url()})
     try:
         wait_for_workers(sentinels.master.url, ["t-1"])
+        # RQ registers a worker before it installs its signal handlers; it says "idle"
+        # once it waits for a job, handlers in place.
+        with Redis.from_url(sentinels.master.url) as master:
+            wait_until(lambda: master.hget("rq:worker:t-1", "state") == b"idle", 20,
+                       "the worker waits for a job")  # fmt: skip
         worker.send_signal(signal.SIGTERM)  # RQ's warm shutdown, while it waits on BLMOVE
         _, stderr = finish(worker, 15)
     finally:
