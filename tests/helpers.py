@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,8 +152,10 @@ class RedisServer:
     def __init__(self, *args: str, port: int | None = None) -> None:
         server = require("redis-server", "redis-server")
         self.port = port or free_port()
+        # Its own directory: a replica's full sync writes dump.rdb even with --save "".
+        self.dir = tempfile.TemporaryDirectory(prefix="fanout-redis-")
         self.args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", *args]  # fmt: skip
+                     "--appendonly", "no", "--dir", self.dir.name, *args]  # fmt: skip
         self.process = subprocess.Popen([server, *self.args], stdout=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         wait_until(
@@ -166,6 +169,7 @@ class RedisServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+        self.dir.cleanup()
 
 
 def start_worker(

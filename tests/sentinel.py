@@ -100,5 +100,6 @@ class SentinelSet:
             if server.process.poll() is None:
                 server.process.kill()
             server.process.wait()
+            server.dir.cleanup()
         with contextlib.suppress(OSError):
             self.dir.cleanup()
