@@ -3,6 +3,7 @@ results come back, so that a batch holds about as much work as its backend wants
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from fanout._wire import Record
@@ -43,3 +44,12 @@ class Sizing:
         if self.bytes_per_task:
             size = min(size, int(max_bytes / self.bytes_per_task))
         return max(1, size)
+
+
+def guided(size: int, least: int, left: int, workers: int) -> int:
+    """Guided self-scheduling for the tail of an input: a batch of at most ``size`` tasks
+    holds no more than a worker's share of the ``left`` tasks (0: not known), and no
+    fewer than ``least`` (each batch has a fixed cost), so that workers finish together."""
+    if not left or not workers:
+        return size
+    return max(1, min(size, max(least, math.ceil(left / workers))))

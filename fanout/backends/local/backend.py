@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.local.pool import Pool
-from fanout.backends.local.run import LocalRun
+from fanout.backends.local.run import FLUSH_WORK_SECONDS, TARGET_BATCH_SECONDS, LocalRun
 from fanout.backends.runstate import RunState
 from fanout.errors import TargetError
 from fanout.models import TaskResult
@@ -27,6 +27,9 @@ class LocalBackend(Backend):
 
     name = "local"
     workers_are_children = True
+    #: Work per batch, and per result message from a worker (run.py says why).
+    batch_seconds = TARGET_BATCH_SECONDS
+    flush_seconds = FLUSH_WORK_SECONDS
 
     def __init__(
         self,
@@ -77,7 +80,8 @@ class LocalBackend(Backend):
             fn_bytes = cloudpickle.dumps(spec.fn, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TargetError(f"cannot send the target to worker processes: {exc}") from exc
-        run = LocalRun(spec, fn_bytes, self.workers, self.name)
+        run = LocalRun(spec, fn_bytes, self.workers, self.name, self.batch_seconds,
+                       self.flush_seconds)  # fmt: skip
         self._pool.runs.append(run)
         return run
 

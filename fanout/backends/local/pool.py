@@ -173,14 +173,13 @@ class Pool:
     def send_batch(self, worker: WorkerHandle, batch: Batch) -> None:
         run = batch.run
         if worker.fn_id != run.fn_id:
-            flush_each = run.spec.timeout is not None
             spec = run.spec
             message = (
                 FN,
                 run.fn_id,
                 run.fn_bytes,
                 spec.star,
-                flush_each,
+                run.flush_seconds,
                 file_modules(),
                 spec.bare,
             )

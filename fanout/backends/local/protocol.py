@@ -4,8 +4,8 @@ a small shared marker of what the worker is doing.
 Each message is a pickled tuple behind an 8-byte little-endian length. The first
 element names the message:
 
-    caller -> worker   (FN, fn id, target pickle, star, flush each result, file modules,
-                        bare)
+    caller -> worker   (FN, fn id, target pickle, star, seconds of work between result
+                        messages (0: each result), file modules, bare)
                        (BATCH, batch id, indices, items, pickled positions)
     worker -> caller   (HELLO, name, pid, ppid, host)
                        (RESULTS, batch id, [result record, ...])   (records: fanout._wire)

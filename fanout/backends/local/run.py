@@ -10,6 +10,9 @@ from fanout.backends.base import MapSpec
 from fanout.backends.runstate import ORDER_WINDOW, RunState
 
 TARGET_BATCH_SECONDS = 0.01
+# A worker sends finished results once they represent this much work, so that a crash
+# later in a batch costs little to redo; tiny tasks go in bulk.
+FLUSH_WORK_SECONDS = 0.001
 MAX_BATCH = 1024
 MAX_BARE_BATCH = 16384
 # A batch's pickled inputs are kept to about this size, and an ordered run's results
@@ -26,17 +29,28 @@ _fn_ids = itertools.count(1)
 class LocalRun(RunState):
     """A run on the local pool: its target (pickled once) and its batch sizing."""
 
-    def __init__(self, spec: MapSpec, fn_bytes: bytes, workers: int, backend: str) -> None:
+    def __init__(
+        self,
+        spec: MapSpec,
+        fn_bytes: bytes,
+        workers: int,
+        backend: str,
+        batch_seconds: float = TARGET_BATCH_SECONDS,
+        flush_seconds: float = FLUSH_WORK_SECONDS,
+    ) -> None:
         super().__init__(spec, backend)
         self.fn_id = next(_fn_ids)  # a worker loads the target again when this changes
         self.fn_bytes = fn_bytes
         self.workers = workers
+        self.batch_seconds = batch_seconds
+        # A worker sends finished results once they hold this much work (0: each).
+        self.flush_seconds = 0.0 if spec.timeout is not None else flush_seconds
 
     def batch_size(self) -> int:
         # A bare run's batch costs one message whatever its size (no record per task):
         # larger batches keep workers busy while the caller's threads wait for the GIL.
         most = MAX_BARE_BATCH if self.spec.bare else MAX_BATCH
-        return self.sized(TARGET_BATCH_SECONDS, most, MAX_BATCH_BYTES)
+        return self.sized(self.batch_seconds, most, MAX_BATCH_BYTES)
 
     def window(self) -> int:
         window = max(ORDER_WINDOW, 4 * self.workers * self.batch_size())

@@ -39,8 +39,8 @@ from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError
 from fanout.targets import load_file_modules
 
-# A worker sends results mid-batch once they stand for this much work, or this often.
-FLUSH_WORK_SECONDS = 0.001
+# A worker sends results mid-batch at least this often (and once they stand for the
+# run's flush_seconds of work).
 FLUSH_SECONDS = 0.1
 
 
@@ -110,12 +110,18 @@ class WorkerLoop:
         self.capture = _task.install_capture()
         self.fn: Callable[..., Any] | None = None
         self.fn_error = TaskError(TargetError.__name__, "no target was sent")
-        self.star = self.flush_each = self.bare = False
+        self.star = self.bare = False
+        self.flush_seconds = 0.0
 
     def load(
-        self, fn_bytes: bytes, star: bool, flush_each: bool, modules: dict[str, str], bare: bool
+        self,
+        fn_bytes: bytes,
+        star: bool,
+        flush_seconds: float,
+        modules: dict[str, str],
+        bare: bool,
     ) -> None:
-        self.star, self.flush_each, self.bare = star, flush_each, bare
+        self.star, self.flush_seconds, self.bare = star, flush_seconds, bare
         self.marker[MARK_BATCH] = LOADING_TARGET
         try:
             load_file_modules(modules)
@@ -168,14 +174,9 @@ class WorkerLoop:
                     os._exit(0)
                 marker[MARK_POS] = IDLE
             records.append(record)
-            # Send finished results as soon as they represent real work, so a crash
-            # later in the batch costs little to redo; tiny tasks go in bulk.
+            # Send finished results once they represent real work (run.py says why).
             unsent_work += record[DURATION]
-            if (
-                self.flush_each
-                or unsent_work >= FLUSH_WORK_SECONDS
-                or time.monotonic() - last_flush >= FLUSH_SECONDS
-            ):
+            if unsent_work >= self.flush_seconds or time.monotonic() - last_flush >= FLUSH_SECONDS:
                 self.send_results(batch_id, records)
                 records = []
                 unsent_work = 0.0

@@ -12,6 +12,7 @@ sees exactly what the caller saw.
 from __future__ import annotations
 
 import logging
+import operator
 import signal
 import time
 import uuid
@@ -30,6 +31,7 @@ from fanout.backends.rq.connection import Outage, RedisLost, translate
 from fanout.backends.rq.protocol import FAILURE_TTL, RUN_BATCH, JobArgs, RunKeys, unpack_results
 from fanout.backends.rq.watch import JobWatch
 from fanout.backends.runstate import CANCELLED, ORDER_WINDOW, RunState
+from fanout.backends.sizing import guided
 from fanout.errors import BackendUnavailable
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
@@ -41,8 +43,9 @@ log = logging.getLogger("fanout")
 
 # About this much work per job: RQ's own bookkeeping costs a worker milliseconds per job,
 # and a job is the unit a worker's end of the run waits for (benchmarks/scale.py).
-TARGET_JOB_SECONDS = 0.5
+TARGET_JOB_SECONDS = 1.0
 MAX_JOB_TASKS = 5000
+TAIL_SHRINK = 8  # a tail job holds at least 1/this of a full job's work (see guided())
 MAX_JOB_BYTES = 1 << 20
 WAIT_SECONDS = 1.0  # longest single blocking read; checks run between reads
 READ_MESSAGES = 1000  # result messages taken in one round trip
@@ -107,7 +110,14 @@ class RQRun(RunState):
     # -- dispatch -------------------------------------------------------------------
 
     def batch_size(self) -> int:
-        return self.sized(TARGET_JOB_SECONDS, MAX_JOB_TASKS, MAX_JOB_BYTES)
+        size = self.sized(TARGET_JOB_SECONDS, MAX_JOB_TASKS, MAX_JOB_BYTES)
+        if self.per_task is None:
+            return size
+        # Near the end of an input of known length, jobs shrink so that the workers
+        # finish together rather than some idle while others run a whole job.
+        least = self.sized(TARGET_JOB_SECONDS / TAIL_SHRINK, MAX_JOB_TASKS, MAX_JOB_BYTES)
+        left = operator.length_hint(self.source) + len(self.retry)
+        return guided(size, least, left, self.watch.workers_seen)
 
     def window(self) -> int:
         return max(ORDER_WINDOW, int(min(self.ahead, 1e9)))
