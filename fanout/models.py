@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from fanout.errors import TaskFailed
@@ -80,7 +83,7 @@ class TaskError:
         return cls(type(exc).__name__, str(exc), traceback)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskResult:
     """The outcome of one task: its value or error, and who ran it, when, and what it printed."""
 
@@ -131,8 +134,14 @@ class TaskResult:
         }
 
 
+FIELDS = (
+    "index", "ok", "value", "error", "worker", "attempts",
+    "started_at", "finished_at", "duration", "output",
+)  # fmt: skip
+# Each field's slot descriptor: its __set__ fills the slot of a frozen instance directly,
+# at C speed when mapped over a batch (see results_of).
+_SETTERS = tuple(getattr(TaskResult, name).__set__ for name in FIELDS)
 _new = object.__new__
-_set = object.__setattr__
 
 
 def make_result(
@@ -147,25 +156,27 @@ def make_result(
     duration: float,
     output: str,
 ) -> TaskResult:
-    """Build a TaskResult at a third of the cost of the frozen dataclass ``__init__``.
-
-    Backends make one per task in the caller's hot loop; the object is the same.
-    """
+    """Build a TaskResult at a fraction of the cost of the frozen dataclass ``__init__``;
+    the object is the same."""
     result = _new(TaskResult)
-    _set(
-        result,
-        "__dict__",
-        {
-            "index": index,
-            "ok": ok,
-            "value": value,
-            "error": error,
-            "worker": worker,
-            "attempts": attempts,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "duration": duration,
-            "output": output,
-        },
-    )
+    s = _SETTERS
+    s[0](result, index)
+    s[1](result, ok)
+    s[2](result, value)
+    s[3](result, error)
+    s[4](result, worker)
+    s[5](result, attempts)
+    s[6](result, started_at)
+    s[7](result, finished_at)
+    s[8](result, duration)
+    s[9](result, output)
     return result
+
+
+def results_of(count: int, columns: Iterable[Iterable[Any]]) -> list[TaskResult]:
+    """``count`` TaskResults from one iterable per field (in ``FIELDS`` order), filled a
+    field at a time with C-level loops: the caller makes one per task."""
+    results = list(map(_new, repeat(TaskResult, count)))
+    for setter, column in zip(_SETTERS, columns, strict=True):
+        deque(map(setter, results, column), maxlen=0)
+    return results

@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
-from fanout import _task
+from fanout import _gc, _task
 from fanout._task import RAW_TYPES, load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.backends.feed import CANCELLED_ITEM, Feed
 from fanout.backends.sizing import Sizing
 from fanout.errors import SerializationError, TargetError
-from fanout.models import TaskError, TaskResult, WorkerInfo, make_result
+from fanout.models import TaskError, TaskResult, WorkerInfo, make_result, results_of
 
 CANCELLED = "Cancelled"  # the error type of a task cancelled before a worker had it
 # How far past the oldest unyielded result an ordered run may take input, at least.
@@ -202,6 +202,16 @@ class RunState(Sizing):
         """Records of one worker become results: ``attempts[i]`` were made before
         ``records[i]`` (None: all first tries); ``task_of(i)`` is its task, sent again
         when the attempt failed and ``retries`` allow."""
+        with _gc.paused:  # _gc says why
+            self._settle(records, info, attempts, task_of)
+
+    def _settle(
+        self,
+        records: Sequence[Record],
+        info: WorkerInfo,
+        attempts: Sequence[int] | None,
+        task_of: Callable[[int], Task],
+    ) -> None:
         if attempts is None and not any(record[STATUS] for record in records):
             self.finish_many(_first_try_results(records, info))  # the common case
             return
@@ -243,6 +253,12 @@ class RunState(Sizing):
     ) -> None:
         """Records that are final already (the worker applied ``retries`` itself):
         ``attempts[i]`` made for ``records[i]``'s task in all (None: one each)."""
+        with _gc.paused:
+            self._finish_records(records, info, attempts)
+
+    def _finish_records(
+        self, records: Sequence[Record], info: WorkerInfo, attempts: Sequence[int] | None
+    ) -> None:
         if attempts is None and not any(record[STATUS] for record in records):
             self.finish_many(_first_try_results(records, info))
             return
@@ -365,31 +381,9 @@ class RunState(Sizing):
             raise self.input_error
 
 
-_new = object.__new__
-_set = object.__setattr__
-
-
 def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:
-    """The results of records that are all first-try successes with a raw value.
-
-    The same objects as ``make_result`` builds, made with C-level loops: building one
-    result per task is most of what the caller spends per task.
-    """
-    results = list(map(_new, repeat(TaskResult, len(records))))
-    states = [
-        {
-            "index": index,
-            "ok": True,
-            "value": value,
-            "error": None,
-            "worker": info,
-            "attempts": 1,
-            "started_at": started,
-            "finished_at": finished,
-            "duration": duration,
-            "output": output,
-        }
-        for index, _, value, started, finished, duration, output in records
-    ]
-    deque(map(_set, results, repeat("__dict__"), states), maxlen=0)
-    return results
+    """The results of records that are all first-try successes with a raw value, made a
+    field at a time: building one result per task is most of what the caller spends."""
+    indices, _, values, started, finished, durations, outputs = zip(*records, strict=True)
+    return results_of(len(records), (indices, repeat(True), values, repeat(None), repeat(info),
+                                     repeat(1), started, finished, durations, outputs))  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 from fanout import _task
 from fanout._proc import become_subreaper, die_with_parent, kill_tree
-from fanout._wire import DURATION, FAILED, STARTED, Record, not_run_record
+from fanout._wire import DURATION, FAILED, FINISHED, STARTED, Record, not_run_record
 from fanout.backends.local.protocol import (
     FN,
     HELLO,
@@ -153,7 +153,9 @@ class WorkerLoop:
     ) -> None:
         fn, marker, capture, star = self.fn, self.marker, self.capture, self.star
         records: list[Record] = []
-        last_flush = time.monotonic()
+        # One wall-clock read per batch: a task's start is wall + its perf_counter().
+        wall = time.time() - time.perf_counter()
+        last_flush = time.perf_counter()
         unsent_work = 0.0
         marker[MARK_BATCH] = batch_id
         self.unpickle_inputs(indices, items, pickled)
@@ -167,7 +169,7 @@ class WorkerLoop:
                 record = not_run_record(index, error, time.time())
             else:
                 marker[MARK_POS] = pos
-                record = _task.run_one(fn, index, item, star, capture)
+                record = _task.run_one(fn, index, item, star, capture, wall=wall)
                 if os.getpid() != self.pid:
                     # The task forked and returned in the child too: only the worker
                     # itself answers for the task; the copy ends here, silently.
@@ -176,11 +178,12 @@ class WorkerLoop:
             records.append(record)
             # Send finished results once they represent real work (run.py says why).
             unsent_work += record[DURATION]
-            if unsent_work >= self.flush_seconds or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            now = record[FINISHED] - wall  # the batch's clock, without a read of its own
+            if unsent_work >= self.flush_seconds or now - last_flush >= FLUSH_SECONDS:
                 self.send_results(batch_id, records)
                 records = []
                 unsent_work = 0.0
-                last_flush = time.monotonic()
+                last_flush = now
         if records:
             self.send_results(batch_id, records)
 
