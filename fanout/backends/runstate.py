@@ -21,6 +21,7 @@ of workers (each batch knows its run), which the drop-in executors rely on.
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -328,6 +329,25 @@ class RunState(Sizing):
         while self.retry:
             task = self.retry.popleft()
             self.fail_in_caller(task.index, error, task.attempts)
+
+    def settle_columns(
+        self,
+        indices: Sequence[int],
+        values: Sequence[Any],
+        started: Sequence[float],
+        durations: Sequence[float],
+        outputs: Sequence[str] | None,
+        info: WorkerInfo,
+        attempts: Sequence[int] | None,
+    ) -> None:
+        """Successes with raw values, a column per field (the local wire's COLUMNS):
+        ``attempts[i]`` were made before the one that succeeded (None: first tries)."""
+        tries: Iterable[int] = repeat(1) if attempts is None else [a + 1 for a in attempts]
+        columns = (indices, repeat(True), values, repeat(None), repeat(info), tries, started,
+                   map(operator.add, started, durations), durations,
+                   repeat("") if outputs is None else outputs)  # fmt: skip
+        with _gc.paused:
+            self.finish_many(results_of(len(values), columns))
 
     def settle_values(self, indices: Sequence[int], values: list[Any], output: str) -> None:
         """Successes of a bare run, as they came: no TaskResult each (see MapSpec.bare)."""

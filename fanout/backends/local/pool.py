@@ -24,6 +24,7 @@ from fanout.backends.local import deaths
 from fanout.backends.local.handles import WorkerHandle, forget_selector, start_worker
 from fanout.backends.local.protocol import (
     BATCH,
+    COLUMNS,
     FN,
     HELLO,
     PIPE_SIZE,
@@ -272,6 +273,18 @@ class Pool:
                 run.measure(finished - started, len(values))
                 run.measure_bytes(size, len(values), inputs=False)
             self.progress(worker, batch, len(values), finished)
+            return
+        if message[0] == COLUMNS:
+            _, _, values, started, durations, outputs = message
+            count = len(values)
+            if not run.finished:
+                run.measure(started[-1] + durations[-1] - started[0], count)
+                run.measure_bytes(size, count, inputs=False)
+                tasks, base = batch.tasks, batch.done
+                attempts = None if tasks.attempts is None else tasks.attempts[base : base + count]
+                run.settle_columns(tasks.indices[base : base + count], values, started,
+                                   durations, outputs, worker.info, attempts)  # fmt: skip
+            self.progress(worker, batch, count, started[-1] + durations[-1])
             return
         records = message[2]
         if not run.finished:

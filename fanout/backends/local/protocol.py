@@ -9,7 +9,12 @@ element names the message:
                        (BATCH, batch id, indices, items, pickled positions)
     worker -> caller   (HELLO, name, pid, ppid, host)
                        (RESULTS, batch id, [result record, ...])   (records: fanout._wire)
+                       (COLUMNS, batch id, values, started, durations, outputs or None)
                        (VALUES, batch id, [value, ...], started, finished, output)
+
+Consecutive results that are all first-hand successes with a raw value (the common
+case) go as COLUMNS: one tuple per field, not one tuple per task, cheaper to pickle on
+one side and to turn into results on the other (``outputs`` None: nothing printed).
 
 A run whose results need no record each (``MapSpec.bare``: the drop-ins' maps) gets its
 batch's leading successes as one VALUES message: the values alone, the batch's timing
@@ -35,7 +40,7 @@ PIPE_SIZE = 1 << 20
 # Message kinds, caller -> worker.
 FN, BATCH = 0, 1
 # Message kinds, worker -> caller.
-HELLO, RESULTS, VALUES = 0, 1, 2
+HELLO, RESULTS, VALUES, COLUMNS = 0, 1, 2, 3
 
 # The marker: [batch id or LOADING_TARGET, position in the batch, phase].
 MARK_BATCH, MARK_POS, MARK_PHASE = 0, 1, 2

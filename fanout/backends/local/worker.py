@@ -21,6 +21,7 @@ from fanout import _task
 from fanout._proc import become_subreaper, die_with_parent, kill_tree
 from fanout._wire import DURATION, FAILED, FINISHED, STARTED, Record, not_run_record
 from fanout.backends.local.protocol import (
+    COLUMNS,
     FN,
     HELLO,
     IDLE,
@@ -69,7 +70,7 @@ def main(
     # the caller's stdout carries only what the caller writes (--json stays clean).
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
-    loop = WorkerLoop(Writer(result_w), memoryview(marker).cast("q"), os.getpid())
+    loop = WorkerLoop(Writer(result_w), memoryview(marker).cast("q"))
     # A process that a task starts writes to the real streams, not to a copy of our
     # capture that would vanish with it.
     os.register_at_fork(after_in_child=_restore_streams)
@@ -103,9 +104,8 @@ def _exit() -> None:
 class WorkerLoop:
     """A worker's state: the current target, the output capture, the progress marker."""
 
-    def __init__(self, out: Writer, marker: memoryview, pid: int) -> None:
+    def __init__(self, out: Writer, marker: memoryview) -> None:
         self.out = out
-        self.pid = pid
         self.marker = marker  # shared with the caller: see protocol.py
         self.capture = _task.install_capture()
         self.fn: Callable[..., Any] | None = None
@@ -155,13 +155,13 @@ class WorkerLoop:
         records: list[Record] = []
         # One wall-clock read per batch: a task's start is wall + its perf_counter().
         wall = time.time() - time.perf_counter()
-        last_flush = time.perf_counter()
         unsent_work = 0.0
         marker[MARK_BATCH] = batch_id
         self.unpickle_inputs(indices, items, pickled)
         start = 0
         if self.bare and fn is not None:
             start = self.run_bare(batch_id, indices, items)
+        last_flush = time.perf_counter()
         for pos in range(start, len(indices)):
             index, item = indices[pos], items[pos]
             if fn is None or type(item) is _Unloadable:
@@ -170,7 +170,7 @@ class WorkerLoop:
             else:
                 marker[MARK_POS] = pos
                 record = _task.run_one(fn, index, item, star, capture, wall=wall)
-                if os.getpid() != self.pid:
+                if _forked:
                     # The task forked and returned in the child too: only the worker
                     # itself answers for the task; the copy ends here, silently.
                     os._exit(0)
@@ -236,6 +236,12 @@ class WorkerLoop:
         return pos
 
     def send_results(self, batch_id: int, records: list[Record]) -> None:
+        _, statuses, values, started, _, durations, outputs = zip(*records, strict=True)
+        if not any(statuses):  # all OK_RAW: the protocol's COLUMNS
+            with contextlib.suppress(Exception):  # a value too big, say: records one by one
+                shown = outputs if any(outputs) else None
+                self.out.send((COLUMNS, batch_id, values, started, durations, shown))
+                return
         try:
             self.out.send((RESULTS, batch_id, records))
         except Exception:  # e.g. MemoryError: find the record that cannot go

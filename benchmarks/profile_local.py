@@ -1,0 +1,230 @@
+"""Where a trivial task's time goes on the local backend: ``python benchmarks/profile_local.py``.
+
+Three figures, each measured the same way for fanout and for ``multiprocessing.Pool``:
+
+- **The caller, per task, by phase** (``Fanout.map`` over N trivial tasks, all kept as
+  ``fanout.run`` keeps them, 2 workers, collection on and off): dispatch (taking a batch from the input, pickling it, writing
+  it), reading the result pipes and splitting frames, unpickling the result messages,
+  and building the results. Each phase is the wall time spent in its functions (wrapped
+  with a timer; they run once per batch, so the timer costs a few ns per task).
+- **A worker's CPU per task**: the user and system CPU of the worker processes over the
+  whole run (``/proc``, read before the pool stops), divided by N, for fanout's workers
+  and for ``Pool.imap_unordered(f, items, 256)``'s.
+- **Bytes per kept TaskResult**: ``tracemalloc``'s count of what the list of N results
+  holds after the run (value, times and the object itself), divided by N.
+
+``--root DIR`` profiles another checkout of fanout (an older commit, for a before/after).
+Prints a markdown table; the Python that runs it is the one measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_tasks import inc  # noqa: E402
+
+WORKERS = 2
+CHUNKSIZE = 256
+
+
+def cpu_of(pids: list[int]) -> float:
+    """User plus system CPU seconds of these processes so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+class Phases:
+    """Wall time spent in wrapped functions, by phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, owner: Any, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                seconds[phase] += time.perf_counter() - began
+
+        setattr(owner, name, timed)
+
+
+@contextmanager
+def phases_of_fanout() -> Iterator[Phases]:
+    """Time fanout's caller by phase; nested phases are taken out of their parents."""
+    import pickle
+
+    from fanout.backends.local import pool as pool_module
+    from fanout.backends.runstate import RunState
+
+    phases = Phases()
+    saved = (pool_module.Pool.dispatch, pool_module.Pool.read, RunState.settle,
+             getattr(RunState, "settle_columns", None), pool_module.pickle)  # fmt: skip
+
+    class TimedPickle:
+        """The pool module's ``pickle``, its ``loads`` timed (unpickling results)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(pickle, name)
+
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            began = time.perf_counter()
+            try:
+                return pickle.loads(data)
+            finally:
+                phases.seconds["unpickle"] += time.perf_counter() - began
+
+    phases.wrap(pool_module.Pool, "dispatch", "dispatch")
+    phases.wrap(pool_module.Pool, "read", "read")
+    phases.wrap(RunState, "settle", "build")
+    if hasattr(RunState, "settle_columns"):  # issue 16's columnar results
+        phases.wrap(RunState, "settle_columns", "build")
+    pool_module.pickle = TimedPickle()  # type: ignore[assignment]
+    try:
+        yield phases
+    finally:
+        (pool_module.Pool.dispatch, pool_module.Pool.read, RunState.settle, columns,
+         pool_module.pickle) = saved  # type: ignore[method-assign]  # fmt: skip
+        if columns is not None:
+            RunState.settle_columns = columns  # type: ignore[method-assign]
+    # read() unpickles and settles inside it: what is left of it is reading and splitting.
+    phases.seconds["read"] -= phases.seconds["unpickle"] + phases.seconds["build"]
+
+
+def caller_profile(count: int, collect: bool) -> tuple[dict[str, float], float]:
+    """(ns per task by phase, total ns per task) of one ``fanout.run``."""
+    import fanout
+
+    with fanout.Fanout(workers=WORKERS) as fo:
+        list(fo.map(inc, range(1000)))  # workers started and warm
+        was = gc.isenabled()
+        if not collect:
+            gc.disable()
+        try:
+            with phases_of_fanout() as phases:
+                began = time.perf_counter()
+                results = list(fo.map(inc, range(count)))
+                total = time.perf_counter() - began
+        finally:
+            if was:
+                gc.enable()
+        assert len(results) == count
+    per = {phase: 1e9 * s / count for phase, s in phases.seconds.items()}
+    return per, 1e9 * total / count
+
+
+def worker_cpu_fanout(count: int) -> float:
+    import psutil
+
+    import fanout
+
+    with fanout.Fanout(workers=WORKERS) as fo:
+        list(fo.map(inc, range(1000)))
+        pids = [p.pid for p in psutil.Process().children()]
+        before = cpu_of(pids)
+        for _ in fo.map(inc, range(count), ordered=False):
+            pass
+        return 1e9 * (cpu_of(pids) - before) / count
+
+
+def worker_cpu_pool(count: int) -> float:
+    with Pool(WORKERS) as pool:
+        list(pool.imap_unordered(inc, range(1000), CHUNKSIZE))
+        pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
+        before = cpu_of(pids)
+        for _ in pool.imap_unordered(inc, range(count), CHUNKSIZE):
+            pass
+        return 1e9 * (cpu_of(pids) - before) / count
+
+
+def bytes_per_result(count: int) -> float:
+    import fanout
+
+    with fanout.Fanout(workers=WORKERS) as fo:
+        list(fo.map(inc, range(1000)))
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            results = list(fo.map(inc, range(1000, 1000 + count)))  # values are not cached ints
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert len(results) == count
+        return held / count
+
+
+def median_of(repeats: int, measure: Callable[[], float]) -> float:
+    values = sorted(measure() for _ in range(repeats))
+    return values[len(values) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--root", type=Path, help="profile the fanout in this checkout")
+    parser.add_argument("--quick", action="store_true", help="20,000 tasks, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.repeats = 20_000, 1
+    sys.path.insert(0, str((args.root or HERE.parent).resolve()))
+    import fanout
+
+    count, repeats = args.tasks, args.repeats
+    where = Path(fanout.__file__).resolve().parent.parent
+    print(f"Python {platform.python_version()}, {os.cpu_count()} cores, {WORKERS} workers,"
+          f" {count:,} trivial tasks, medians of {repeats}; fanout from {where}\n")  # fmt: skip
+    rows = []
+    for collect in (True, False):
+        runs = [caller_profile(count, collect) for _ in range(repeats)]
+        runs.sort(key=lambda run: run[1])
+        per, total = runs[len(runs) // 2]
+        rows.append((collect, per, total))
+    print("| caller, ns per task | GC on | GC off |\n|---|---:|---:|")
+    for phase in ("dispatch", "read", "unpickle", "build"):
+        cells = " | ".join(f"{per.get(phase, 0.0):,.0f}" for _, per, _ in rows)
+        print(f"| {phase} | {cells} |")
+    others = [total - sum(per.values()) for _, per, total in rows]
+    print(f"| the rest (waiting, the loop) | {others[0]:,.0f} | {others[1]:,.0f} |")
+    print(f"| **total** | **{rows[0][2]:,.0f}** | **{rows[1][2]:,.0f}** |\n")
+    fanout_cpu = median_of(repeats, lambda: worker_cpu_fanout(count))
+    pool_cpu = median_of(repeats, lambda: worker_cpu_pool(count))
+    print("| workers' CPU, ns per task | fanout | `Pool.imap_unordered(256)` | difference |")
+    print("|---|---:|---:|---:|")
+    print(f"| both workers, user + system | {fanout_cpu:,.0f} | {pool_cpu:,.0f} |"
+          f" {fanout_cpu - pool_cpu:+,.0f} |\n")  # fmt: skip
+    print(f"Bytes per kept TaskResult (tracemalloc, {count:,} kept):"
+          f" {bytes_per_result(count):,.0f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
