@@ -347,7 +347,21 @@ class RunState(Sizing):
                    map(operator.add, started, durations), durations,
                    repeat("") if outputs is None else outputs)  # fmt: skip
         with _gc.paused:
-            self.finish_many(results_of(len(values), columns))
+            results = results_of(len(values), columns)
+            if (
+                self.spec.ordered
+                and not self.reorder
+                and isinstance(indices, range)
+                and indices.start == self.next_yield
+                and indices.step == 1
+            ):
+                # Next in line, in order (a fresh batch's indices are a range): all
+                # ready at once, without looking at each.
+                self.outstanding -= len(results)
+                self.ready.extend(results)
+                self.next_yield += len(results)
+                return
+            self.finish_many(results)
 
     def settle_values(self, indices: Sequence[int], values: list[Any], output: str) -> None:
         """Successes of a bare run, as they came: no TaskResult each (see MapSpec.bare)."""
