@@ -144,6 +144,19 @@ _SETTERS = tuple(getattr(TaskResult, name).__set__ for name in FIELDS)
 _new = object.__new__
 
 
+def _setstate(self: TaskResult, state: Any) -> None:
+    """Unpickling: a tuple of the fields, or the ``__dict__`` that results pickled by a
+    fanout before slots carry (the dataclass's own would read a dict's keys as values)."""
+    if isinstance(state, dict):
+        state = [state.get(name, "") for name in FIELDS]
+    for setter, value in zip(_SETTERS, state, strict=True):
+        setter(self, value)
+
+
+# Set after the class is made: Python 3.10's dataclass replaces one defined in the class.
+TaskResult.__setstate__ = _setstate  # type: ignore[attr-defined]
+
+
 def make_result(
     index: int,
     ok: bool,

@@ -146,3 +146,20 @@ def test_a_run_leaves_the_collector_on(collector_on: None) -> None:
     results = fanout.run(abs, range(-500, 500))
     assert [r.value for r in results] == [abs(i) for i in range(-500, 500)]
     assert gc.isenabled()
+
+
+def test_a_result_pickled_before_slots_still_loads() -> None:
+    # pickle.dumps of a result by fanout at a39cf1f (Python 3.11), when TaskResult had a
+    # __dict__: the class, then that dict as the state.
+    old = (
+        b"\x80\x04\x95\xdb\x00\x00\x00\x00\x00\x00\x00\x8c\rfanout.models\x94\x8c\nTaskR"
+        b"esult\x94\x93\x94)\x81\x94}\x94(\x8c\x05index\x94K\x01\x8c\x02ok\x94\x88\x8c"
+        b"\x05value\x94K\x02\x8c\x05error\x94N\x8c\x06worker\x94h\x00\x8c\nWorkerInfo"
+        b"\x94\x93\x94)\x81\x94]\x94(\x8c\x01a\x94K\x01K\x02\x8c\x01h\x94\x8c\x05local"
+        b"\x94eb\x8c\x08attempts\x94K\x01\x8c\nstarted_at\x94G?\xf0\x00\x00\x00\x00\x00"
+        b"\x00\x8c\x0bfinished_at\x94G@\x00\x00\x00\x00\x00\x00\x00\x8c\x08duration\x94G"
+        b"?\xf0\x00\x00\x00\x00\x00\x00\x8c\x06output\x94\x8c\x00\x94ub."
+    )
+    loaded = pickle.loads(old)
+    assert loaded == TaskResult(1, True, 2, None, WorkerInfo("a", 1, 2, "h", "local"), 1,
+                                1.0, 2.0, 1.0, "")  # fmt: skip
