@@ -398,10 +398,12 @@ class RunState(Sizing):
 
     def results(self, step: Callable[[], object], end: Callable[[], None]) -> Iterator[TaskResult]:
         """Yield results, calling ``step`` to make progress; ``end`` runs however it ends."""
+        ready = self.ready  # never replaced: the loop below runs once per result
+        popleft = ready.popleft
         try:
             while True:
-                while self.ready:
-                    yield self.ready.popleft()
+                while ready:
+                    yield popleft()
                 if self.done():
                     break
                 step()
