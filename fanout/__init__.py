@@ -31,6 +31,7 @@ from fanout.errors import (
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
+    from fanout.aio import AsyncFanout, arun
     from fanout.dropin import Executor, Pool, TaskFuture
     from fanout.runs import Run, attach, submit
 
@@ -38,6 +39,8 @@ __version__ = "0.1.0"
 
 
 _LAZY = {
+    "AsyncFanout": "fanout.aio",
+    "arun": "fanout.aio",
     "Run": "fanout.runs",
     "submit": "fanout.runs",
     "attach": "fanout.runs",
@@ -60,6 +63,9 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     # running
     "Fanout",
     "run",
+    # asyncio
+    "AsyncFanout",
+    "arun",
     # drop-ins for concurrent.futures and multiprocessing
     "Executor",
     "Pool",

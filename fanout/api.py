@@ -179,6 +179,28 @@ class Fanout:
         if self._closed:
             raise RuntimeError("this Fanout is closed")
 
+    def spec(
+        self,
+        target: Callable[..., Any] | str,
+        items: Iterable[Any] | None,
+        *,
+        ordered: bool = True,
+        timeout: float | None = None,
+        retries: int = 0,
+        star: bool = False,
+        repeat: int | None = None,
+        max_failures: int | None = None,
+        room: Callable[[int], int] | None = None,
+    ) -> MapSpec:
+        """The :class:`MapSpec` that :meth:`map` would run (no journal), checked as it
+        checks it; for whoever drives the run itself (``fanout.aio``)."""
+        self._refuse_if_closed()
+        fn, name = self._resolve(target)
+        items, star = _inputs(items, repeat, star)
+        _check_limits(timeout, retries, max_failures, False, None)
+        return MapSpec(fn, name, iter(items), star, ordered, timeout, retries, max_failures,
+                       room=room)  # fmt: skip
+
     def _resolve(self, target: Callable[..., Any] | str) -> tuple[Callable[..., Any], str | None]:
         fn, name = resolve_target(target)
         if self._backend.needs_importable_target and name is None:

@@ -244,3 +244,12 @@ def start_then_wait(started: str, release: str) -> str:
     with open(started, "w"):
         pass
     return wait_for_file(release)
+
+
+def note_pid_then_wait(folder: str, seconds: float = 60.0) -> int:
+    """Write this process's pid as a file in ``folder``, then wait ``seconds`` (a test
+    cancels the run meanwhile)."""
+    with open(os.path.join(folder, str(os.getpid())), "w"):
+        pass
+    time.sleep(seconds)
+    return os.getpid()

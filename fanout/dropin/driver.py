@@ -43,9 +43,12 @@ class Sink(Protocol):
 class Driver:
     """One thread driving the runs of one backend."""
 
-    def __init__(self, backend: Backend, name: str) -> None:
+    def __init__(self, backend: Backend, name: str, echo_output: bool = True) -> None:
+        """``echo_output``: write what tasks print to stdout, as the stdlib's pools do
+        (``fanout.aio`` does not: like ``Fanout.map``, it leaves it in each result)."""
         self.backend = backend
         self.name = name
+        self.echo_output = echo_output
         self.runs: dict[RunState, Sink] = {}  # the driver thread's alone
         self.requests: deque[_Request] = deque()
         self.lock = threading.Lock()
@@ -188,7 +191,8 @@ class Driver:
             if run.ready:
                 results = list(run.ready)
                 run.ready.clear()
-                echo(results)
+                if self.echo_output:
+                    echo(results)
                 sink.deliver(run, results)
                 del results  # the caller may drop them now: this thread holds none
             if run.done():
