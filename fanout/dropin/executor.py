@@ -31,6 +31,7 @@ from fanout.dropin.common import (
 )
 from fanout.dropin.driver import Calls, Driver, Values
 from fanout.dropin.outcomes import DEFAULT_BUFFER, Budget, Chunk, InOrder, chunks_of, value_chunks
+from fanout.errors import WorkerLost
 from fanout.models import TaskResult
 
 # Executors still open, for the interpreter's exit (see _at_exit).
@@ -177,6 +178,23 @@ class Executor(_Executor):
                 threading.Thread(target=self._close, name="fanout-executor-close").start()
         elif wait:
             self._closed.wait()
+
+    def terminate(self) -> None:
+        """End now, as ``multiprocessing.Pool.terminate`` does (not in the stdlib's
+        executor; ``fanout.joblib`` aborts with it): tasks not started are cancelled,
+        running ones stopped, their futures fail with WorkerLost."""
+        with self._lock:
+            self._shutdown = True
+        for waiter in self._calls.cancel_pending():
+            assert isinstance(waiter, TaskFuture)
+            waiter._cancelled()
+        self._calls.close()
+        try:
+            self._driver.stop(abandon=WorkerLost("the executor was terminated before this task"
+                                                 " finished"))  # fmt: skip
+            self._fanout.close(cancel=True)
+        finally:
+            self._closed.set()
 
     def _close(self) -> None:
         try:

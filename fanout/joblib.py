@@ -1,0 +1,119 @@
+"""joblib on fanout: ``import fanout.joblib`` registers the joblib backend ``"fanout"``::
+
+    import fanout.joblib
+    with joblib.parallel_config(backend="fanout", n_jobs=2, fanout_backend="rq",
+                                redis_url="redis://..."):
+        GridSearchCV(..., n_jobs=2).fit(X, y)  # scikit-learn's n_jobs paths, on fanout
+
+Keywords other than joblib's own go to ``fanout.Executor`` (``fanout_backend`` is its
+``backend``). Batching is joblib's: it groups calls into batches sized from their measured
+duration, and each batch is one ``Executor.submit``; fanout then batches those submits
+per worker as it batches any run. joblib's own sizing stays because ``Parallel`` reports
+progress, applies time-outs and returns generators per batch, and keeps the order of
+results by batch: fanout's batching underneath changes none of that.
+
+Calls nested inside a task run sequentially in that task's process (as loky does for
+nested calls beyond its own workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+try:
+    import joblib
+    from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("fanout.joblib needs joblib: pip install 'fanout[joblib]'") from exc
+
+from fanout.dropin.executor import Executor
+
+NAME = "fanout"
+
+
+class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+    """joblib's ``Parallel`` on a ``fanout.Executor`` (local processes, or RQ workers)."""
+
+    supports_timeout = True
+    supports_retrieve_callback = True
+    supports_return_generator = True
+    supports_inner_max_num_threads = False
+    default_n_jobs = 2
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        fanout_backend: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.fanout_backend = fanout_backend
+        self.options = options
+        self.executor: Executor | None = None
+        self.n_jobs = 1
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            return self.default_n_jobs
+        if n_jobs < 0:
+            import os
+
+            return max((os.cpu_count() or 1) + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(
+        self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None,
+        **backend_kwargs: Any,
+    ) -> int:  # fmt: skip
+        # backend_kwargs are joblib's own (max_nbytes, mmap_mode, context...): fanout's
+        # options came with parallel_config, to __init__.
+        n_jobs = self.effective_n_jobs(n_jobs)
+        self.parallel = parallel
+        if self.executor is None or self.n_jobs != n_jobs:
+            self.terminate()
+            backend = self.fanout_backend
+            # On rq the workers are the ones serving the queue: n_jobs sizes joblib's
+            # batches and how far ahead it dispatches, not a pool.
+            workers = None if backend == "rq" else n_jobs
+            self.executor = Executor(workers, backend=backend, **self.options)
+        self.n_jobs = n_jobs
+        return n_jobs
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
+               ) -> Future[Any]:  # fmt: skip
+        assert self.executor is not None, "configure() comes first"
+        future = self.executor.submit(func)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, out: Future[Any]) -> Any:
+        return out.result()
+
+    def retrieve_result(self, out: Future[Any], timeout: float | None = None) -> Any:
+        return out.result(timeout=timeout)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A task failed or timed out: drop what is queued, stop what runs."""
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.terminate()  # not shutdown(): a timed-out task must not be waited for
+        if ensure_ready and self.parallel is not None:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+    def terminate(self) -> None:
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self.reset_batch_stats()  # the next Parallel call sizes its batches afresh
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        return SequentialBackend(nesting_level=self.nesting_level + 1), None
+
+
+joblib.register_parallel_backend(NAME, FanoutBackend)

@@ -1,0 +1,125 @@
+"""joblib's Parallel, and scikit-learn's n_jobs, on fanout (``import fanout.joblib``)."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import subprocess
+import sys
+import time
+from typing import Any
+
+import joblib
+import joblib.test.test_parallel as joblib_tests
+import pytest
+from joblib import Parallel, delayed
+from redis import Redis
+from sklearn.datasets import load_iris
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import SVC
+
+import fanout.joblib
+from tests.helpers import RQ_WORKERS, RedisServer
+
+# joblib's own tests that take a backend name and test Parallel's behaviour, not the
+# internals of joblib's process backends. Left out: test_error_capture (reads the
+# workers of a loky or multiprocessing pool: `_pool`, `_workers`),
+# test_parallel_unordered_generator_returns_fastest_first (fanout batches several calls
+# to a worker once they measure quick, so a quick one can wait behind a slow one of the
+# same batch), and the memmapping, initializer and threading tests (features of joblib's
+# own backends).
+JOBLIB_TESTS: list[tuple[str, dict[str, Any]]] = [
+    ("test_simple_parallel", {"n_jobs": 2, "verbose": 0}),
+    ("test_parallel_timeout_success", {}),
+    ("test_parallel_timeout_fail", {}),
+    ("test_parallel_timeout_fail_with_generator", {"return_as": "generator"}),
+    ("test_lambda_expression", {}),
+    ("test_parallel_pretty_print", {"n_jobs": 2}),
+    ("test_njobs_converted_to_int", {"n_jobs": 2.0}),
+    ("test_error_in_task_iterator", {}),
+    ("test_multiple_generator_call", {"return_as": "generator", "n_jobs": 2}),
+    ("test_multiple_generator_call_managed", {"return_as": "generator", "n_jobs": 2}),
+    ("test_multiple_generator_call_separated",
+     {"return_as_1": "generator", "return_as_2": "list", "n_jobs": 2}),
+    ("test_nested_exception_dispatch", {}),
+    ("test_abort_backend", {"n_jobs": 2}),
+    ("test_parallel_as_context_manager", {}),
+    ("test_invalid_njobs", {}),
+    ("test_deadlock_with_generator", {"return_as": "generator", "n_jobs": 2}),
+    ("test_backend_batch_statistics_reset", {}),
+]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # joblib's note on cancelled tasks
+@pytest.mark.parametrize(("name", "kwargs"), JOBLIB_TESTS, ids=[n for n, _ in JOBLIB_TESTS])
+def test_joblibs_own_tests_pass_on_fanout(name: str, kwargs: dict[str, Any]) -> None:
+    getattr(joblib_tests, name)(backend=fanout.joblib.NAME, **kwargs)
+
+
+def test_parallel_with_results_in_order_and_as_a_generator() -> None:
+    with joblib.parallel_config(backend="fanout", n_jobs=2):
+        assert Parallel()(delayed(abs)(-i) for i in range(100)) == list(range(100))
+        gen = Parallel(return_as="generator")(delayed(abs)(-i) for i in range(10))
+        assert not isinstance(gen, list)
+        assert list(gen) == list(range(10))
+
+
+def test_a_time_out_stops_the_running_tasks_at_once() -> None:
+    began = time.monotonic()
+    with (
+        joblib.parallel_config(backend="fanout", n_jobs=2),
+        pytest.raises((TimeoutError, multiprocessing.TimeoutError)),  # joblib's choice
+    ):
+        Parallel(timeout=0.5)(delayed(time.sleep)(30) for _ in range(2))
+    assert time.monotonic() - began < 10  # the sleeping tasks were not waited for
+
+
+def test_a_task_error_is_raised_as_its_own_type() -> None:
+    with (
+        joblib.parallel_config(backend="fanout", n_jobs=2),
+        pytest.raises(ValueError, match="math domain error"),
+    ):
+        Parallel()(delayed(math.sqrt)(x) for x in (1, -1, 4))
+
+
+def grid_search(n_jobs: int) -> GridSearchCV:
+    X, y = load_iris(return_X_y=True)
+    grid = {"C": [0.1, 1, 10, 100], "gamma": ["scale", 0.01, 0.1, 1]}
+    return GridSearchCV(SVC(), grid, n_jobs=n_jobs).fit(X, y)
+
+
+def assert_same_search(one: GridSearchCV, other: GridSearchCV) -> None:
+    assert other.best_params_ == one.best_params_
+    assert list(other.cv_results_["mean_test_score"]) == list(one.cv_results_["mean_test_score"])
+    assert list(other.cv_results_["params"]) == list(one.cv_results_["params"])
+
+
+def test_grid_search_on_local_workers_matches_n_jobs_1() -> None:
+    alone = grid_search(1)
+    with joblib.parallel_config(backend="fanout"):
+        assert_same_search(alone, grid_search(2))
+
+
+def test_grid_search_on_two_rq_workers_matches_n_jobs_1(
+    redis_server: RedisServer, rq_workers: list[str]
+) -> None:
+    def jobs_done() -> dict[str, int]:
+        with Redis.from_url(redis_server.url) as connection:
+            return {name: int(connection.hget(f"rq:worker:{name}", "successful_job_count") or 0)
+                    for name in RQ_WORKERS}  # fmt: skip
+
+    before = jobs_done()
+    alone = grid_search(1)
+    with joblib.parallel_config(backend="fanout", fanout_backend="rq",
+                                redis_url=redis_server.url):  # fmt: skip
+        assert_same_search(alone, grid_search(2))
+    after = jobs_done()
+    assert all(after[name] > before[name] for name in RQ_WORKERS), (before, after)
+
+
+def test_without_joblib_the_import_says_what_to_install() -> None:
+    code = "import sys; sys.modules['joblib'] = None; import fanout.joblib"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "pip install 'fanout[joblib]'" in done.stderr.splitlines()[-1]
