@@ -9,6 +9,7 @@ Helpers the test modules import are in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -92,3 +93,15 @@ def options(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     if backend == "inline":
         return {"backend": "inline"}  # every task in the caller: it takes no worker count
     return {"backend": backend, "workers": 2}
+
+
+@pytest.fixture(scope="session")
+def fanout_rq_url(fanout_rq_url: str) -> str:
+    """fanout.testing's fakeredis URL (its workers belong to the session, not a test)."""
+    from fanout.testing.plugin import WORKERS
+
+    for child in psutil.Process(os.getpid()).children():
+        with contextlib.suppress(psutil.Error):
+            if any(name in child.cmdline() for name in WORKERS):
+                SESSION_PIDS.add(child.pid)
+    return fanout_rq_url

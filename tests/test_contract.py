@@ -14,3 +14,13 @@ class TestContract(BackendContract):
     @pytest.fixture
     def fanout_options(self, options: dict[str, Any]) -> dict[str, Any]:
         return options
+
+
+class TestContractOnFakeRedis(BackendContract):
+    """The fast tier: the rq backend's contract on fakeredis (``fanout.testing``'s
+    ``fanout_rq_url``), with real ``fanout worker`` processes and no redis-server. Every
+    fault, chaos and security test keeps a real redis-server."""
+
+    @pytest.fixture
+    def fanout_options(self, fanout_rq_url: str) -> dict[str, Any]:
+        return {"backend": "rq", "redis_url": fanout_rq_url}
