@@ -3,10 +3,11 @@
 Three figures, each measured the same way for fanout and for ``multiprocessing.Pool``:
 
 - **The caller, per task, by phase** (``Fanout.map`` over N trivial tasks, all kept as
-  ``fanout.run`` keeps them, 2 workers, collection on and off): dispatch (taking a batch from the input, pickling it, writing
-  it), reading the result pipes and splitting frames, unpickling the result messages,
-  and building the results. Each phase is the wall time spent in its functions (wrapped
-  with a timer; they run once per batch, so the timer costs a few ns per task).
+  ``fanout.run`` keeps them, 2 workers, collection on and off): dispatch (taking a batch
+  from the input, pickling it, writing it), reading the result pipes and splitting
+  frames, unpickling the result messages, and building the results. Each phase is the
+  wall time spent in its functions (wrapped with a timer; they run once per batch, so
+  the timer costs a few ns per task).
 - **A worker's CPU per task**: the user and system CPU of the worker processes over the
   whole run (``/proc``, read before the pool stops), divided by N, for fanout's workers
   and for ``Pool.imap_unordered(f, items, 256)``'s.
