@@ -13,9 +13,12 @@ exception or not. Reference counting frees everything it can meanwhile, as alway
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar, cast
 
 
 class CollectionPause:
@@ -48,3 +51,16 @@ class CollectionPause:
 
 #: The process's one pause: every run's batches share it.
 paused = CollectionPause()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def pausing(fn: F) -> F:
+    """``fn`` runs with the collector paused (a method that builds a batch of results)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with paused:
+            return fn(*args, **kwargs)
+
+    return cast(F, wrapper)

@@ -28,22 +28,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
-from fanout import _gc, _task
-from fanout._task import RAW_TYPES, load_value
+from fanout import _gc
+from fanout._task import load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
 from fanout.backends.base import MapSpec
-from fanout.backends.feed import CANCELLED_ITEM, Feed
+from fanout.backends.feed import Feed
+from fanout.backends.intake import CANCELLED, batch_of
 from fanout.backends.sizing import Sizing
 from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result, results_of
 
-CANCELLED = "Cancelled"  # the error type of a task cancelled before a worker had it
 # How far past the oldest unyielded result an ordered run may take input, at least.
 ORDER_WINDOW = 10_000
 # A task requeued for free (its worker died outside any task) this often is charged.
 MAX_FREE_REQUEUES = 3
 
-_DROPPED = object()  # marks an input that failed to pickle in the caller
 # Failures that would only repeat: a value that cannot be pickled, a target that cannot load.
 _NOT_RETRIED = frozenset({SerializationError.__name__, TargetError.__name__})
 
@@ -150,49 +149,18 @@ class RunState(Sizing):
         return [retry.popleft() for _ in range(min(size, len(retry)))]
 
     def pickle_fresh(self, start: int, fresh: list[Any]) -> TaskBatch | None:
-        """Fresh items as a batch: plain values as they are, others pickled here (an
-        input that cannot be pickled fails its own task and is left out)."""
-        if not fresh:
-            return None
-        if set(map(type, fresh)) <= RAW_TYPES:  # the common case, at C speed
-            prior = self.spec.attempts
-            attempts = None if prior is None else list(prior[start : start + len(fresh)])
-            return TaskBatch(range(start, start + len(fresh)), fresh, [], attempts)
-        pickled: list[int] = []
-        failed = False
-        for pos, item in enumerate(fresh):
-            if type(item) in RAW_TYPES or _task.is_raw(item):
-                continue
-            if item is CANCELLED_ITEM:  # cancelled in the feed before it was taken
-                self.fail_in_caller(start + pos, TaskError(CANCELLED, "cancelled before it ran"))
-                fresh[pos] = _DROPPED
-                failed = True
-                continue
-            try:
-                fresh[pos] = _task.dumps(item)
-                pickled.append(pos)
-            except Exception as exc:
-                self.exceptions[start + pos] = exc  # the drop-ins raise it as it is
-                self.fail_in_caller(start + pos, _task.input_error(start + pos, exc))
-                fresh[pos] = _DROPPED
-                failed = True
-        prior = self.spec.attempts
-        if not failed:
-            attempts = None if prior is None else list(prior[start : start + len(fresh)])
-            return TaskBatch(range(start, start + len(fresh)), fresh, pickled, attempts)
-        keep = [pos for pos, item in enumerate(fresh) if item is not _DROPPED]
-        if not keep:
-            return None
-        renumber = {pos: i for i, pos in enumerate(keep)}
-        return TaskBatch(
-            [start + pos for pos in keep],
-            [fresh[pos] for pos in keep],
-            [renumber[pos] for pos in pickled],
-            None if prior is None else [prior[start + pos] for pos in keep],
-        )
+        """Fresh items as a batch (``intake.batch_of``); an input that cannot go fails
+        its own task here."""
+        return batch_of(start, fresh, self.spec.attempts, self._refuse_input)
+
+    def _refuse_input(self, index: int, error: TaskError, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.exceptions[index] = exc  # the drop-ins raise it as it is
+        self.fail_in_caller(index, error)
 
     # -- outcomes ---------------------------------------------------------------------
 
+    @_gc.pausing  # _gc says why
     def settle(
         self,
         records: Sequence[Record],
@@ -203,16 +171,6 @@ class RunState(Sizing):
         """Records of one worker become results: ``attempts[i]`` were made before
         ``records[i]`` (None: all first tries); ``task_of(i)`` is its task, sent again
         when the attempt failed and ``retries`` allow."""
-        with _gc.paused:  # _gc says why
-            self._settle(records, info, attempts, task_of)
-
-    def _settle(
-        self,
-        records: Sequence[Record],
-        info: WorkerInfo,
-        attempts: Sequence[int] | None,
-        task_of: Callable[[int], Task],
-    ) -> None:
         if attempts is None and not any(record[STATUS] for record in records):
             self.finish_many(_first_try_results(records, info))  # the common case
             return
@@ -249,17 +207,12 @@ class RunState(Sizing):
             self.failed_attempt(task_of(i), result, retryable)
         self.finish_many(done)
 
+    @_gc.pausing
     def finish_records(
         self, records: Sequence[Record], info: WorkerInfo, attempts: Sequence[int] | None
     ) -> None:
         """Records that are final already (the worker applied ``retries`` itself):
         ``attempts[i]`` made for ``records[i]``'s task in all (None: one each)."""
-        with _gc.paused:
-            self._finish_records(records, info, attempts)
-
-    def _finish_records(
-        self, records: Sequence[Record], info: WorkerInfo, attempts: Sequence[int] | None
-    ) -> None:
         if attempts is None and not any(record[STATUS] for record in records):
             self.finish_many(_first_try_results(records, info))
             return
@@ -330,6 +283,7 @@ class RunState(Sizing):
             task = self.retry.popleft()
             self.fail_in_caller(task.index, error, task.attempts)
 
+    @_gc.pausing
     def settle_columns(
         self,
         indices: Sequence[int],
@@ -346,22 +300,21 @@ class RunState(Sizing):
         columns = (indices, repeat(True), values, repeat(None), repeat(info), tries, started,
                    map(operator.add, started, durations), durations,
                    repeat("") if outputs is None else outputs)  # fmt: skip
-        with _gc.paused:
-            results = results_of(len(values), columns)
-            if (
-                self.spec.ordered
-                and not self.reorder
-                and isinstance(indices, range)
-                and indices.start == self.next_yield
-                and indices.step == 1
-            ):
-                # Next in line, in order (a fresh batch's indices are a range): all
-                # ready at once, without looking at each.
-                self.outstanding -= len(results)
-                self.ready.extend(results)
-                self.next_yield += len(results)
-                return
-            self.finish_many(results)
+        results = results_of(len(values), columns)
+        if (
+            self.spec.ordered
+            and not self.reorder
+            and isinstance(indices, range)
+            and indices.start == self.next_yield
+            and indices.step == 1
+        ):
+            # Next in line, in order (a fresh batch's indices are a range): all ready at
+            # once, without looking at each.
+            self.outstanding -= len(results)
+            self.ready.extend(results)
+            self.next_yield += len(results)
+            return
+        self.finish_many(results)
 
     def settle_values(self, indices: Sequence[int], values: list[Any], output: str) -> None:
         """Successes of a bare run, as they came: no TaskResult each (see MapSpec.bare)."""

@@ -20,7 +20,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from fanout.backends.runstate import CANCELLED, RunState
+from fanout.backends.intake import CANCELLED
+from fanout.backends.runstate import RunState
 from fanout.dropin.calls import Call
 from fanout.dropin.common import (
     check_picklable,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
 from fanout.backends.rq.connection import mask_url
-from fanout.backends.rq.protocol import RunKeys
-from fanout.backends.rq.run import RQJob, RQRun
+from fanout.backends.rq.protocol import RQJob, RunKeys
+from fanout.backends.rq.run import RQRun
 from fanout.errors import UnknownRun, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo
 

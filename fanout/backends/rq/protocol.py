@@ -230,3 +230,21 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
+
+
+class RQJob:
+    """A job of this run in Redis, and its tasks without a result yet."""
+
+    __slots__ = ("id", "identity", "remaining", "tasks")
+
+    def __init__(self, job_id: str, tasks: TaskBatch, done: Any = None) -> None:
+        self.id = job_id
+        self.tasks = tasks
+        self.remaining = {
+            index: pos for pos, index in enumerate(tasks.indices) if done is None or not done(index)
+        }
+        self.identity: Identity | None = None  # the last process seen running its tasks
+
+    def unreported(self) -> list[int]:
+        """Positions of its tasks without a result, in order."""
+        return sorted(self.remaining.values())

@@ -28,16 +28,23 @@ from fanout._wire import INDEX, TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
 from fanout.backends.rq.connection import Outage, RedisLost, translate
-from fanout.backends.rq.protocol import FAILURE_TTL, RUN_BATCH, JobArgs, RunKeys, unpack_results
+from fanout.backends.rq.protocol import (
+    CANCELLED,
+    FAILURE_TTL,
+    RUN_BATCH,
+    JobArgs,
+    RQJob,
+    RunKeys,
+    unpack_results,
+)
 from fanout.backends.rq.watch import JobWatch
-from fanout.backends.runstate import CANCELLED, ORDER_WINDOW, RunState
+from fanout.backends.runstate import ORDER_WINDOW, RunState
 from fanout.backends.sizing import guided
 from fanout.errors import BackendUnavailable
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
     from fanout.backends.rq.backend import RQBackend
-    from fanout.backends.rq.protocol import Identity
 
 log = logging.getLogger("fanout")
 
@@ -51,24 +58,6 @@ WAIT_SECONDS = 1.0  # longest single blocking read; checks run between reads
 READ_MESSAGES = 1000  # result messages taken in one round trip
 MEASURING_SECONDS = 1.0  # how long a run waits for a measurement before it enqueues ahead
 ENQUEUE_ROUND = 500  # jobs enqueued in one round at most (rounds stay short)
-
-
-class RQJob:
-    """A job of this run in Redis, and its tasks without a result yet."""
-
-    __slots__ = ("id", "identity", "remaining", "tasks")
-
-    def __init__(self, job_id: str, tasks: TaskBatch, done: Any = None) -> None:
-        self.id = job_id
-        self.tasks = tasks
-        self.remaining = {
-            index: pos for pos, index in enumerate(tasks.indices) if done is None or not done(index)
-        }
-        self.identity: Identity | None = None  # the last process seen running its tasks
-
-    def unreported(self) -> list[int]:
-        """Positions of its tasks without a result, in order."""
-        return sorted(self.remaining.values())
 
 
 class RQRun(RunState):

@@ -35,7 +35,8 @@ from fanout.errors import BackendUnavailable, FanoutError, SignatureError, Worke
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
-    from fanout.backends.rq.run import RQJob, RQRun
+    from fanout.backends.rq.protocol import RQJob
+    from fanout.backends.rq.run import RQRun
 
 log = logging.getLogger("fanout")
 
