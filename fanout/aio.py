@@ -139,7 +139,13 @@ async def _flat(chunks: AsyncIterator[list[TaskResult]]) -> AsyncIterator[TaskRe
 
 async def _run_chunks(driver: Driver, spec: Any, budget: Budget) -> AsyncIterator[list[TaskResult]]:
     sink = LoopSink(asyncio.get_running_loop())
-    run = await asyncio.to_thread(driver.start, spec, sink)
+    starting = asyncio.ensure_future(asyncio.to_thread(driver.start, spec, sink))
+    try:
+        run = await asyncio.shield(starting)
+    except asyncio.CancelledError:  # while it started: it is ended once it has
+        with contextlib.suppress(Exception):
+            await asyncio.shield(asyncio.to_thread(driver.end, await starting))
+        raise
     try:
         while (chunk := await sink.get()) is not None:
             budget.took(len(chunk))
