@@ -103,6 +103,13 @@ class FanoutWorker(SimpleWorker):
         self.connection.hset(self.key, mapping={"fanout_heartbeat": HEARTBEAT_SECONDS,
                                                 "fanout_since": self.context.since})  # fmt: skip
 
+    def set_shutdown_requested_date(self) -> None:
+        # Called from RQ's SIGTERM handler, wherever the signal landed: a Redis that is
+        # full or gone (a worker waiting for it, say) must not turn the stop into an
+        # exception there. The stop itself is already noted on the worker.
+        with contextlib.suppress(redis.RedisError, OSError):
+            super().set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+
     def handle_exception(self, job: Any, *exc_info: Any) -> None:
         if exc_info and exc_info[0] is JobStopped:
             # Asked for (stop-job, Ctrl-C on the caller): one line, no traceback.
