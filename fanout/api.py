@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import weakref
@@ -112,22 +113,25 @@ class Fanout:
             raise RuntimeError(
                 "another map() on this Fanout is still running: consume or close it first"
             )
-        fn, name = self._resolve(target)
-        items, star = _inputs(items, repeat, star)
-        _check_limits(timeout, retries, max_failures, resume, journal)
+        spec = self.spec(target, items, ordered=ordered, timeout=timeout, retries=retries,
+                         star=star, repeat=repeat, max_failures=max_failures)  # fmt: skip
+        if resume and journal is None:
+            raise ValueError("resuming needs the journal to resume from: give journal=PATH")
 
         def run_on(inputs: Iterator[Any]) -> Iterator[TaskResult]:
-            spec = MapSpec(fn, name, inputs, star, ordered, timeout, retries, max_failures)
-            return self._backend.map(spec)
+            return self._backend.map(dataclasses.replace(spec, items=inputs))
 
         if journal is None:
-            results = run_on(iter(items))
+            results = self._backend.map(spec)
         else:
             from fanout.journal import Journal, journaled
 
-            label = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+            fn = spec.fn
+            label = (
+                spec.target or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+            )
             book = Journal(os.fspath(journal), label, resume)
-            results = journaled(book, iter(items), ordered, run_on)
+            results = journaled(book, spec.items, ordered, run_on)
         with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
             self._active = weakref.ref(results)
         return results
@@ -144,11 +148,9 @@ class Fanout:
     ) -> str:
         """Enqueue every input as a run that goes on without this caller; its id.
         The backend must keep runs (``durable_runs``, as rq does)."""
-        self._refuse_if_closed()
-        fn, name = self._resolve(target)
-        items, star = _inputs(items, repeat, star)
-        _check_limits(timeout, retries, None, False, None)
-        return self._backend.submit(MapSpec(fn, name, iter(items), star, False, timeout, retries))
+        spec = self.spec(target, items, ordered=False, timeout=timeout, retries=retries,
+                         star=star, repeat=repeat)  # fmt: skip
+        return self._backend.submit(spec)
 
     def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
         """The results of run ``run_id``, each index once: those in at once, the rest as
@@ -192,12 +194,12 @@ class Fanout:
         max_failures: int | None = None,
         room: Callable[[int], int] | None = None,
     ) -> MapSpec:
-        """The :class:`MapSpec` that :meth:`map` would run (no journal), checked as it
-        checks it; for whoever drives the run itself (``fanout.aio``)."""
+        """The :class:`MapSpec` that :meth:`map` runs (before its journal), the target
+        and options checked; for whoever drives the run itself too (``fanout.aio``)."""
         self._refuse_if_closed()
         fn, name = self._resolve(target)
         items, star = _inputs(items, repeat, star)
-        _check_limits(timeout, retries, max_failures, False, None)
+        _check_limits(timeout, retries, max_failures)
         return MapSpec(fn, name, iter(items), star, ordered, timeout, retries, max_failures,
                        room=room)  # fmt: skip
 
@@ -244,21 +246,13 @@ def _inputs(
     return items, star
 
 
-def _check_limits(
-    timeout: float | None,
-    retries: int,
-    max_failures: int | None,
-    resume: Resume,
-    journal: str | os.PathLike[str] | None,
-) -> None:
+def _check_limits(timeout: float | None, retries: int, max_failures: int | None) -> None:
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 1):
         raise ValueError(f"max_failures must be a positive integer, got {max_failures!r}")
-    if resume and journal is None:
-        raise ValueError("resuming needs the journal to resume from: give journal=PATH")
 
 
 def _parse_workers(text: str, source: str) -> int:
