@@ -32,6 +32,7 @@ import pickle
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fanout._wire import FAILED, NOT_RUN, Record, TaskBatch
+from fanout.backends.intake import CANCELLED as CANCELLED  # the one error type of a cancel
 
 if TYPE_CHECKING:
     from fanout.backends.rq.signing import Keyring
@@ -43,7 +44,6 @@ ENDED_TTL = 3600  # late pushes to a run whose data is gone are dropped this lon
 
 Identity = tuple[str, int, int, str]  # (name, pid, ppid, host)
 Message = tuple[Identity, list[Record], list[int] | None]
-CANCELLED = "Cancelled"
 
 
 class RunKeys:
