@@ -276,15 +276,15 @@ class Pool:
             return
         if message[0] == COLUMNS:
             _, _, values, started, durations, outputs = message
-            count = len(values)
+            count, finished = len(values), started[-1] + durations[-1]
             if not run.finished:
-                run.measure(started[-1] + durations[-1] - started[0], count)
+                run.measure(finished - started[0], count)
                 run.measure_bytes(size, count, inputs=False)
                 tasks, base = batch.tasks, batch.done
                 attempts = None if tasks.attempts is None else tasks.attempts[base : base + count]
                 run.settle_columns(tasks.indices[base : base + count], values, started,
                                    durations, outputs, worker.info, attempts)  # fmt: skip
-            self.progress(worker, batch, count, started[-1] + durations[-1])
+            self.progress(worker, batch, count, finished)
             return
         records = message[2]
         if not run.finished:
