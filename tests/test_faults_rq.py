@@ -179,7 +179,9 @@ def test_redis_restarted_mid_run_loses_no_task(
 def test_redis_gone_for_good_is_backend_unavailable_after_the_configured_wait(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:
-    workers.append(start_worker(server.url, "g-1"))
+    # The worker's own wait for Redis short too: its job's results can never be pushed,
+    # and its stop at the end waits for that job.
+    workers.append(start_worker(server.url, "g-1", "--redis-wait", "1"))
     wait_for_workers(server.url, ["g-1"])
     with fanout.Fanout("rq", redis_url=server.url, redis_wait=3.0) as fo:
         results = fo.map(tasks.sleep_for, [0.3] * 20)

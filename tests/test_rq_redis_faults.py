@@ -202,6 +202,30 @@ def test_a_worker_cut_off_from_redis_lives_and_serves_again(
     assert results[0].worker.name == "cut-1"
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_waiting_for_its_gone_redis_stops_at_once_on_sigterm(
+    server: RedisServer,
+) -> None:
+    """An idle worker stops on RQ's StopRequested; with Redis gone, the teardown after it
+    fails too, and that failure used to be taken for an outage to wait out, for ever."""
+    worker = start_cli("worker", "--name", "wait-1", env={"FANOUT_REDIS_URL": server.url})
+    try:
+        wait_for_workers(server.url, ["wait-1"])
+        server.stop()
+        assert worker.stderr is not None
+        for line in worker.stderr:  # RQ's word that the worker met the lost Redis
+            if "could not connect to Redis" in line:
+                break
+        stopped_at = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert time.monotonic() - stopped_at < 5
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 # --------------------------------------------------------------------------- item 6
 
 

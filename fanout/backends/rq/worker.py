@@ -62,6 +62,14 @@ class FanoutWorker(SimpleWorker):
         # RQ makes instances of its own too (Worker.all); those run no jobs.
         self.context = context or WorkerContext(self.name, "", ())
         self._beat_at = -BEAT_AGAIN_SECONDS  # time.monotonic() of the last heartbeat
+        self.stop_asked = False  # a SIGTERM or SIGINT came (see request_stop)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        # With no job running RQ's handler raises StopRequested and work() ends on it, but
+        # with Redis gone its teardown then fails: to _serve that looks like an outage to
+        # wait out, for ever. The flag tells the two apart.
+        self.stop_asked = True
+        super().request_stop(signum, frame)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         now = time.monotonic()
@@ -221,7 +229,7 @@ def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
             worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
         except (redis.RedisError, OSError) as exc:  # RQ's bootstrap or teardown failed
             quits.reason = quits.reason or f"{type(exc).__name__}: {exc}"
-        if quits.reason is None or burst or worker._stop_requested:
+        if quits.reason is None or burst or worker._stop_requested or worker.stop_asked:
             return
         ctx = worker.context
         if pause == 0.0:  # one line per outage, not one per attempt
