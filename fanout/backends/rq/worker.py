@@ -69,7 +69,7 @@ class FanoutWorker(SimpleWorker):
         # with Redis gone its teardown then fails: to _serve that looks like an outage to
         # wait out, for ever. The flag tells the two apart.
         self.stop_asked = True
-        super().request_stop(signum, frame)
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         now = time.monotonic()
