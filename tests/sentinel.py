@@ -28,7 +28,8 @@ class SentinelSet:
     def __init__(self, sentinels: int = 3, down_after_ms: int = 1000) -> None:
         binary = require("redis-sentinel", "redis-sentinel")
         self.dir = tempfile.TemporaryDirectory(prefix="fanout-sentinel-")
-        self.master = RedisServer()
+        # Redis waits 5 s by default before a full sync, for more replicas to share it.
+        self.master = RedisServer("--repl-diskless-sync-delay", "0")
         # The replica reaches its master through a link the test can cut: writes the
         # master acknowledges after the cut never reach the replica, as with
         # asynchronous replication when a master dies.
@@ -37,19 +38,28 @@ class SentinelSet:
         self.sentinel_ports: list[int] = []
         self.sentinels: list[subprocess.Popen[bytes]] = []
         try:
-            for number in range(sentinels):
-                port = free_port()
+            # Each Sentinel is told of the replica and of the others up front, as the
+            # config files Sentinels rewrite for themselves do: finding them by their
+            # hello messages takes seconds, which every test here would wait.
+            ids = [f"{number + 1:040x}" for number in range(sentinels)]
+            self.sentinel_ports = [free_port() for _ in ids]
+            for number, (port, myid) in enumerate(zip(self.sentinel_ports, ids, strict=True)):
+                others = "".join(
+                    f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other} {other_id}\n"
+                    for other, other_id in zip(self.sentinel_ports, ids, strict=True)
+                    if other != port
+                )
                 conf = Path(self.dir.name) / f"sentinel-{number}.conf"
                 conf.write_text(
-                    f"port {port}\nbind 127.0.0.1\ndir {self.dir.name}\n"
+                    f"port {port}\nbind 127.0.0.1\ndir {self.dir.name}\nsentinel myid {myid}\n"
                     f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
                     f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
                     f"sentinel failover-timeout {SERVICE} 10000\n"
                     f"sentinel parallel-syncs {SERVICE} 1\n"
+                    f"sentinel known-replica {SERVICE} 127.0.0.1 {self.replica.port}\n{others}"
                 )
                 process = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL)
                 self.sentinels.append(process)
-                self.sentinel_ports.append(port)
             for port in self.sentinel_ports:
                 wait_until(lambda port=port: accepts_connections(port), 10, "a Sentinel listens")
             self.wait_until_ready()
