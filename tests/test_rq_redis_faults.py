@@ -109,7 +109,7 @@ def test_redis_full_mid_run_ends_the_run_in_one_line_and_the_workers_live_on(
     serve(server.url, workers, "full-1")
     connection = Redis.from_url(server.url)
     proc = start_cli(
-        "run", "tests.tasks:sleep_for", *["0.05"] * 400, "--backend", "rq", "--json",
+        "run", "tests.tasks:sleep_for", *["0.05"] * 100, "--backend", "rq", "--json",
         "--redis-url", server.url,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -125,9 +125,14 @@ def test_redis_full_mid_run_ends_the_run_in_one_line_and_the_workers_live_on(
     assert len(lines) == 1, stderr  # beside the run's id, one line
     assert "is full" in lines[0]
     assert "maxmemory" in lines[0]
-    # The worker lived through it, and serves once Redis has room again.
+    # The worker lived through it, and once Redis has room again it finishes the run,
+    # which is collected whole (a run outlives its caller), and serves new ones.
     assert workers[0].poll() is None
     connection.config_set("maxmemory", 0)
+    run_id = next(line.split()[1] for line in stderr.splitlines() if line.startswith("run "))
+    collected = list(fanout.attach(run_id, redis_url=server.url).results())
+    assert sorted(r.index for r in collected) == list(range(100))
+    assert all(r.ok for r in collected), [r.error for r in collected if not r.ok][:2]
     results = fanout.run(tasks.square, [3, 4], backend="rq", redis_url=server.url)
     assert [(r.value, r.worker.name) for r in results] == [(9, "full-1"), (16, "full-1")]
 
