@@ -207,6 +207,27 @@ def test_a_worker_cut_off_from_redis_lives_and_serves_again(
     assert results[0].worker.name == "cut-1"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_an_idle_worker_serves_again_within_seconds_of_a_long_outage_ending(
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    """RQ's idle worker waits ever longer between tries (1, 2, 4, 8, 16 s...): after a
+    16 s outage it came back 15 s after Redis did. fanout's tries at least every 5 s."""
+    server = RedisServer()
+    try:
+        serve(server.url, workers, "idle-1")
+        server.stop()
+        time.sleep(16.0)  # the fault's shape: down long enough for the pauses to grow
+        server = RedisServer(port=server.port)  # back, empty
+        back = time.monotonic()
+        results = fanout.run(tasks.square, [2, 3], backend="rq", redis_url=server.url)
+        assert time.monotonic() - back < 8
+        assert [(r.value, r.worker.name) for r in results] == [(4, "idle-1"), (9, "idle-1")]
+    finally:
+        server.stop()
+
+
 @pytest.mark.timeout(60)
 def test_a_worker_waiting_for_its_gone_redis_stops_at_once_on_sigterm(
     server: RedisServer,
