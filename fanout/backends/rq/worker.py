@@ -227,25 +227,35 @@ def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
     say = functools.partial(print, file=sys.stderr, flush=True)
     pause = 0.0  # between restarts, while they keep failing
     while True:
-        quits.reason = None
         began = time.monotonic()
         try:
-            worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
-        except (redis.RedisError, OSError) as exc:  # RQ's bootstrap or teardown failed
-            quits.reason = quits.reason or f"{type(exc).__name__}: {exc}"
-        if quits.reason is None or burst or worker._stop_requested or worker.stop_asked:
-            return
-        ctx = worker.context
-        if pause == 0.0:  # one line per outage, not one per attempt
-            say(f"fanout worker {ctx.name}: {scrub(quits.reason, ctx.url)}; serving again"
-                f" once Redis at {mask_url(ctx.url)} answers")  # fmt: skip
-        pause = 0.0 if time.monotonic() - began > 30 else min(5.0, max(0.5, pause * 2))
-        try:
+            if not _work_until_lost(worker, burst, quits):
+                return
+            ctx = worker.context
+            if pause == 0.0:  # one line per outage, not one per attempt
+                say(f"fanout worker {ctx.name}: {scrub(quits.reason or '', ctx.url)}; serving"
+                    f" again once Redis at {mask_url(ctx.url)} answers")  # fmt: skip
+            pause = 0.0 if time.monotonic() - began > 30 else min(5.0, max(0.5, pause * 2))
             if not _wait_for_redis(worker, pause):
                 return
             worker = _born_again(worker)
-        except StopRequested:  # RQ's SIGTERM handler, while no job runs: stop
+        except StopRequested:
+            # RQ's handler raises where the signal lands when no job runs; out of work()
+            # (waiting for Redis, or a new worker starting) nothing of RQ's catches it.
+            with contextlib.suppress(redis.RedisError, OSError):
+                worker.register_death()  # type: ignore[no-untyped-call]
             return
+
+
+def _work_until_lost(worker: FanoutWorker, burst: bool, quits: _QuitRecords) -> bool:
+    """Run RQ's loop: True if it ended on a lost or full Redis, to wait out and serve
+    again; False if the worker is done (stopped, or a burst ended)."""
+    quits.reason = None
+    try:
+        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+    except (redis.RedisError, OSError) as exc:  # RQ's bootstrap or teardown failed
+        quits.reason = quits.reason or f"{type(exc).__name__}: {exc}"
+    return not (quits.reason is None or burst or worker._stop_requested or worker.stop_asked)
 
 
 def _wait_for_redis(worker: FanoutWorker, pause: float) -> bool:
