@@ -42,7 +42,8 @@ class SentinelSet:
             # config files Sentinels rewrite for themselves do: finding them by their
             # hello messages takes seconds, which every test here would wait.
             ids = [f"{number + 1:040x}" for number in range(sentinels)]
-            self.sentinel_ports = [free_port() for _ in ids]
+            while len(set(self.sentinel_ports)) < sentinels:  # distinct, or a peer is lost
+                self.sentinel_ports = [free_port() for _ in ids]
             for number, (port, myid) in enumerate(zip(self.sentinel_ports, ids, strict=True)):
                 others = "".join(
                     f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other} {other_id}\n"
@@ -85,12 +86,22 @@ class SentinelSet:
         each other through the master within a few seconds): a failover can happen."""
 
         def ready() -> bool:
+            # Told of each other by their config files, they count their peers and the
+            # replica at once: what matters is that each has reached them.
+            others = len(self.sentinel_ports) - 1
             try:
-                states = [self.ask(port) for port in self.sentinel_ports]
+                for port in self.sentinel_ports:
+                    with Redis(port=port, socket_timeout=2) as sentinel:
+                        peers = sentinel.sentinel_sentinels(SERVICE)
+                        replicas = sentinel.sentinel_slaves(SERVICE)
+                    if len(peers) < others or any(p["flags"] != "sentinel" for p in peers):
+                        return False
+                    if not replicas or any(r["master-link-status"] != "ok" or r["flags"] != "slave"
+                                           for r in replicas):  # fmt: skip
+                        return False
             except Exception:
                 return False
-            others = len(self.sentinel_ports) - 1
-            return all(s["num-other-sentinels"] >= others and s["num-slaves"] >= 1 for s in states)
+            return True
 
         wait_until(ready, 30, "the Sentinels know the master, the replica and each other")
         wait_until(self._replica_in_sync, 10, "the replica is in sync")
