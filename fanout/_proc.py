@@ -133,11 +133,13 @@ def spawn_fanout_worker(
     stdout: int | None = None,
     tied_to_parent: bool = False,
     quiet: bool = False,
+    redis_wait: float | None = None,
 ) -> subprocess.Popen[bytes]:
     """A ``fanout worker`` process serving ``queue`` under ``name``. Secrets and URLs go
     in ``env``, never on the command line, where ``ps`` would show them."""
     args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name]
     args += ["--quiet"] if quiet else []
+    args += ["--redis-wait", repr(redis_wait)] if redis_wait is not None else []
     preexec: Callable[[], None] | None = _terminate_with_parent if tied_to_parent else None
     return subprocess.Popen(
         args + (["--burst"] if burst else []),

@@ -826,6 +826,27 @@ def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_task(
     assert not alive, f"the worker left {alive} behind"
 
 
+def test_worker_processes_n_hands_its_options_to_each_worker_and_stops_them_all(
+    redis_server: RedisServer, own_workers: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    url = redis_server.url
+    parent = own_workers(url, "multi", "--queue", "multi", "--processes", "2", "--quiet",
+                         "--redis-wait", "7")  # fmt: skip
+    wait_for_registered(url, ["multi-1", "multi-2"])
+    children = psutil.Process(parent.pid).children()
+    assert len(children) == 2
+    for child in children:  # --quiet and --redis-wait were once dropped here
+        command = child.cmdline()
+        assert "--quiet" in command, command
+        assert command[command.index("--redis-wait") + 1] == "7.0", command
+    results = fanout.run(tasks.square, range(4), backend="rq", redis_url=url, queue="multi")
+    assert [r.value for r in results] == [0, 1, 4, 9]
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(10) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left behind: {alive}"
+
+
 GIVE_UP_SCRIPT = """
 import sys, time
 import fanout

@@ -190,7 +190,7 @@ def run_worker(
     url = redis_url(url)
     keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
     if processes > 1:
-        return _run_pool(url, queue, name, burst, processes, allow, secret_file)
+        return _run_pool(url, queue, name, burst, processes, allow, secret_file, quiet, redis_wait)
     connection = connect(url, socket_timeout=None)
     name = name or default_worker_name()
     _refuse_a_taken_name(connection, name, url)
@@ -374,14 +374,16 @@ def _run_pool(
     processes: int,
     allow: tuple[str, ...],
     secret_file: str | None,
+    quiet: bool,
+    redis_wait: float,
 ) -> int:
     """``--processes N``: N single-process workers, stopped together."""
     base = name or default_worker_name()
     env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
     env.update(secret_env(None, secret_file))
-    children = [
-        spawn_fanout_worker(queue, f"{base}-{i}", env, burst=burst) for i in range(1, processes + 1)
-    ]
+    spawn = functools.partial(spawn_fanout_worker, queue, env=env, burst=burst, quiet=quiet,
+                              redis_wait=redis_wait)  # fmt: skip
+    children = [spawn(f"{base}-{i}") for i in range(1, processes + 1)]
 
     def forward(signum: int, frame: Any) -> None:
         for child in children:
