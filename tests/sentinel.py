@@ -82,8 +82,8 @@ class SentinelSet:
         return ports.pop() if len(ports) == 1 else None
 
     def wait_until_ready(self) -> None:
-        """Every Sentinel sees the master, the replica and the other Sentinels (they find
-        each other through the master within a few seconds): a failover can happen."""
+        """Every Sentinel has reached the replica and the other Sentinels, and the replica
+        is in sync: a failover can happen."""
 
         def ready() -> bool:
             # Told of each other by their config files, they count their peers and the
