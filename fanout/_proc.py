@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 
 def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> bool:
@@ -84,6 +86,23 @@ def kill_tree(pid: int, include_self: bool = True) -> None:
     for child in below:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
+
+
+def stop_processes(
+    processes: Sequence[subprocess.Popen[Any]], steps: Sequence[tuple[int, float]]
+) -> list[subprocess.Popen[Any]]:
+    """For each (signal, grace) step: send the signal to those still running, and give
+    them ``grace`` seconds in all to exit. Returns those the last step was sent to."""
+    alive: list[subprocess.Popen[Any]] = []
+    for signum, grace in steps:
+        alive = [p for p in processes if p.poll() is None]
+        for process in alive:
+            process.send_signal(signum)
+        deadline = time.monotonic() + grace
+        for process in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+    return alive
 
 
 def describe_exit(code: int | None) -> str:

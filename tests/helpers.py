@@ -21,6 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
+from fanout._proc import stop_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 RQ_WORKERS = ["test-worker-1", "test-worker-2"]
 
@@ -195,15 +197,7 @@ def wait_for_workers(url: str, names: list[str], timeout: float = 20.0) -> None:
 
 
 def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_processes(processes, ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)))
 
 
 class CuttableProxy:

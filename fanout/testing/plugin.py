@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +30,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from fanout._proc import stop_processes
 
 WORKERS = ("fanout-test-1", "fanout-test-2")
 START_SECONDS = 30.0
@@ -101,15 +104,7 @@ def fanout_rq_url() -> Iterator[str]:
         _wait_for_workers(server.url, workers)
         yield server.url
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_processes(workers, ((signal.SIGTERM, 20.0), (signal.SIGKILL, 20.0)))
         server.stop()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from rq import Queue, Worker
 
-from fanout._proc import spawn_fanout_worker
+from fanout._proc import spawn_fanout_worker, stop_processes
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.rq.connection import connect, mask_url, translate
 from fanout.backends.rq.connection import redis_url as resolve_url
@@ -232,17 +232,10 @@ class RQBackend(Backend):
     def _stop_local_workers(self) -> None:
         """SIGTERM (RQ's warm shutdown), again (cold), then SIGKILL; a worker killed
         that way cannot unregister, so its RQ registration is removed here."""
-        for signum, grace in ((signal.SIGTERM, 3.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-            alive = [p for p in self._local if p.poll() is None]
-            for process in alive:
-                process.send_signal(signum)
-            deadline = time.monotonic() + grace
-            for process in alive:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(max(0.0, deadline - time.monotonic()))
-            if signum == signal.SIGKILL and alive:
-                with contextlib.suppress(Exception):
-                    for worker in Worker.all(connection=self.connection, queue=self.queue):
-                        if worker.name in self._local_names:
-                            worker.register_death()  # type: ignore[no-untyped-call]
+        steps = ((signal.SIGTERM, 3.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0))
+        if stop_processes(self._local, steps):  # some had to be killed
+            with contextlib.suppress(Exception):
+                for worker in Worker.all(connection=self.connection, queue=self.queue):
+                    if worker.name in self._local_names:
+                        worker.register_death()  # type: ignore[no-untyped-call]
         self._local = []
