@@ -92,6 +92,6 @@ class TaskBatch:
         attempts = 0 if self.attempts is None else self.attempts[pos]
         return Task(self.indices[pos], self.items[pos], pos in self.pickled, attempts)
 
-    def tasks(self, start: int = 0) -> list[Task]:
-        """The tasks from position ``start`` on."""
-        return [self.task(pos) for pos in range(start, len(self.indices))]
+    def tasks(self, start: int = 0, end: int | None = None) -> list[Task]:
+        """The tasks from position ``start`` on (up to ``end``)."""
+        return [self.task(pos) for pos in range(start, len(self.indices) if end is None else end)]

@@ -38,6 +38,11 @@ one of fanout's:
 - ``JobCanceled`` / ``JobStopped``: the RQ job was cancelled or stopped outside fanout;
 - on rq, a job that RQ itself failed around its tasks gives the name of RQ's exception.
 
+**Scheduling.** No task waits while a worker that could run it is idle: a batch holds
+at most ``spec.chunksize`` tasks when that is set, and work handed to a worker but not
+started is taken back for an idle one when it turns out slower than its batch assumed
+(``RunState.requeue`` puts it back at the front of the line, no attempt counted).
+
 **Input.** ``spec.items`` is consumed lazily, with a bounded number of tasks in flight
 (an endless iterator works). When it raises, the results of the tasks already taken are
 yielded first and the exception is raised afterwards.
@@ -73,6 +78,7 @@ from fanout.errors import UnknownOption
 from fanout.models import TaskResult
 
 if TYPE_CHECKING:
+    from fanout._wire import Task
     from fanout.backends.runstate import RunState
 
 
@@ -98,6 +104,9 @@ class MapSpec:
     #: How many more items may be read now, given how many were read (None: no limit
     #: beyond the backend's own): a consumer's backpressure.
     room: Callable[[int], int] | None = None
+    #: The most tasks a batch (a job, on rq) may hold (None: as the backend sizes them):
+    #: the drop-ins' explicit ``chunksize``.
+    chunksize: int | None = None
 
 
 class Backend(ABC):
@@ -172,6 +181,12 @@ class Backend(ABC):
 
     def wake(self) -> None:  # noqa: B027 - optional hook
         """From any thread: make a ``pump`` that waits return now."""
+
+    def give_back(self, run: RunState) -> list[Task]:
+        """Stop ``run`` from sending more and give back every task of it that no worker
+        has started — taken back from workers where this backend can — for someone else
+        to run (``RunState.hand_back``); the run ends once its running tasks are done."""
+        return run.hand_back()
 
     def cancel_tasks(self, run: RunState, indices: list[int]) -> set[int]:
         """Cancel the tasks of ``run`` among ``indices`` that have left the run's input

@@ -43,8 +43,12 @@ class InlineBackend(Backend):
         return "the task running in this process was stopped"
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
+        return self.stream(spec)[1]
+
+    def stream(self, spec: MapSpec) -> tuple[RunState, Iterator[TaskResult]]:
+        """``map``, and its run (a stock ``rq worker`` may give the run's rest back)."""
         run = RunState(spec, self.name)
-        return run.results(lambda: self._run_one_batch(run), lambda: None)
+        return run, run.results(lambda: self._run_one_batch(run), lambda: None)
 
     def _run_one_batch(self, run: RunState) -> bool:
         """Run the next batch of ``run`` here; False if it had none to give now."""

@@ -71,6 +71,8 @@ class RunState(Sizing):
         self.not_run_info: WorkerInfo | None = None  # made once: it looks up the host
         self.failures = 0  # failed results, counted when spec.max_failures is set
         self.halted = False  # max_failures reached: no new input, nothing new dispatched
+        # Handing back (hand_back): the tasks given up for another worker to run.
+        self.handed: list[Task] | None = None
         self.exceptions: dict[int, BaseException] = {}  # index -> why its input could not go
         if spec.bare and spec.ordered:
             raise ValueError("a bare run hands its values on as they come: ordered=False")
@@ -125,9 +127,11 @@ class RunState(Sizing):
         if self.broken is not None:
             self.fail_the_rest(self.broken)
             return None
-        if self.halted:
+        if self.halted or self.handed is not None:
             return None
         size = self.batch_size() if limit is None else min(limit, self.batch_size())
+        if self.spec.chunksize is not None:
+            size = min(size, self.spec.chunksize)
         retried = self.take_retries(size)
         start, fresh = self.take_fresh(size - len(retried))
         batch = self.pickle_fresh(start, fresh)
@@ -234,14 +238,47 @@ class RunState(Sizing):
     def failed_attempt(self, task: Task, result: TaskResult, retryable: bool = True) -> None:
         """A task's attempt failed: send it again while ``retries`` allow, else report it."""
         if retryable and self.broken is None and task.attempts + 1 <= self.spec.retries:
-            self.retry.append(task.tried_again())
+            if self.handed is not None:  # the next attempt is someone else's
+                self.handed.append(task.tried_again())
+                self.outstanding -= 1
+            else:
+                self.retry.append(task.tried_again())
         else:
             self.finish(result)
 
     def requeue(self, tasks: Iterable[Task]) -> None:
-        """Tasks a lost worker held but never started: first in line, in their order,
-        with no attempt counted."""
+        """Tasks a worker held but never started (it was lost, or they were taken back
+        from it): first in line, in their order, with no attempt counted."""
+        if self.handed is not None:
+            back = list(tasks)
+            self.handed += back
+            self.outstanding -= len(back)
+            return
         self.retry.extendleft(reversed(list(tasks)))
+
+    def hand_back(self) -> list[Task]:
+        """Give up every task no worker holds — those waiting to go again and the rest
+        of the input, read to its end — for another worker to run (a ``fanout worker``
+        splitting a job that turned out slow): from now on the run takes no input and
+        sends nothing, and it ends once what its workers hold is done. Tasks taken back
+        from a worker later are handed back too (``handed``). Items are as the input
+        gave them; attempts are those made so far."""
+        if self.handed is None:
+            self.handed = []
+        given = list(self.retry)
+        self.retry.clear()
+        self.outstanding -= len(given)
+        if not self.exhausted:
+            start, rest = self.next_index, list(self.source)
+            prior = self.spec.attempts
+            given += [
+                Task(start + i, item, False, 0 if prior is None else prior[start + i])
+                for i, item in enumerate(rest)
+            ]
+            self.next_index += len(rest)
+            self.exhausted = True
+        self.handed += given
+        return given
 
     def suspect(self, index: int) -> bool:
         """Count a free requeue against ``index``; True once it has had too many (then

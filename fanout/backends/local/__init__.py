@@ -14,9 +14,10 @@ Data flow::
                                            writable task pipes
 
 Modules: ``backend`` (the adapter), ``run`` (batch sizing of one map), ``pool`` (the event
-loop, serving any number of runs), ``handles`` (a worker's pipes, pidfd and marker),
-``deaths`` (settling what a dead or timed-out worker held), ``protocol`` (messages and
-the shared marker), ``worker`` (the child process's side).
+loop, serving any number of runs), ``handles`` (a worker's pipes, pidfd and marker, and
+taking work back from it), ``deaths`` (settling what a dead or timed-out worker held),
+``protocol`` (messages and the shared marker), ``barrier`` (a memory barrier on every
+worker's CPU), ``worker`` (the child process's side).
 
 Why a pipe pair per worker and no shared queue: a worker killed while holding a
 shared queue's lock (blocked in ``get()``, or half-way through a ``put()``) takes the
@@ -29,6 +30,13 @@ Batching: a run starts with one task per batch; once durations are measured, bat
 grow so that each takes about ``TARGET_BATCH_SECONDS`` (as joblib's auto batching),
 up to ``MAX_BATCH`` tasks. A worker is fed a second batch while it runs the first, so
 it never waits for the caller, unless tasks are slow enough for that not to matter.
+
+Taking back: a batch is a guess, and uneven work makes it wrong. No task waits while a
+worker that could run it is idle: a worker starts tasks only under a claim it makes in
+the shared marker, and when another worker is idle with nothing to do, the caller takes
+back what a busy worker holds past its claim (all of it from one whose task runs longer
+than its run assumed) and hands it to whoever is free (``handles.WorkerHandle.take_back``;
+the agreement is in ``protocol``).
 
 Deaths: every worker has a pidfd (or sentinel) in the selector. When one dies, the
 task it was running fails with ``WorkerLost`` (or ``TaskTimeout`` when the pool killed

@@ -8,6 +8,7 @@ import pickle
 import weakref
 from collections.abc import Callable, Iterator
 
+from fanout._wire import Task
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.local.pool import Pool
 from fanout.backends.local.run import FLUSH_WORK_SECONDS, TARGET_BATCH_SECONDS, LocalRun
@@ -59,17 +60,17 @@ class LocalBackend(Backend):
         self._finalizer = weakref.finalize(self, self._pool.shutdown, True)
 
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
-        return self.stream(spec)
+        return self.stream(spec)[1]
 
     def stream(
         self, spec: MapSpec, idle: Callable[[], None] | None = None, max_wait: float | None = None
-    ) -> Iterator[TaskResult]:
-        """``map`` with a hook: ``idle()`` runs before each wait for workers, at least
-        every ``max_wait`` seconds while tasks run (``fanout worker`` pushes results and
-        heartbeats there)."""
+    ) -> tuple[LocalRun, Iterator[TaskResult]]:
+        """``map`` with a hook, and its run: ``idle()`` runs before each wait for
+        workers, at least every ``max_wait`` seconds while tasks run (``fanout worker``
+        pushes results and heartbeats there, and may give the run's rest back)."""
         run = self.start_run(spec)
         pool = self._pool
-        return run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
+        return run, run.results(lambda: pool.step(run, idle, max_wait), lambda: pool.abandon(run))
 
     # The driving interface of the drop-ins (backends/base.py): one thread drives runs.
 
@@ -94,6 +95,10 @@ class LocalBackend(Backend):
 
     def wake(self) -> None:
         self._pool.wake()
+
+    def give_back(self, run: RunState) -> list[Task]:
+        assert isinstance(run, LocalRun)
+        return self._pool.give_back(run)
 
     def kill_running(self) -> None:
         """SIGKILL every worker that holds tasks (safe from another thread)."""

@@ -38,6 +38,7 @@ def next_deadline(pool: Pool) -> float | None:
         for w in pool.workers
         if w.inflight
         and w.kill_reason is None
+        and w.inflight[0].done < w.inflight[0].end
         and (timeout := w.inflight[0].run.spec.timeout) is not None
     ]
     return min(deadlines) - time.time() if deadlines else None
@@ -52,6 +53,8 @@ def enforce_timeouts(pool: Pool) -> None:
         timeout = worker.inflight[0].run.spec.timeout
         if timeout is None or now - worker.task_started < timeout:
             continue
+        if worker.inflight[0].done >= worker.inflight[0].end:
+            continue  # the rest of it was taken back: it runs none of it
         pool.read(worker)  # a result that just arrived is not a time-out
         if worker.inflight and now - worker.task_started >= timeout:
             head = worker.inflight[0]
@@ -78,7 +81,7 @@ def bury(pool: Pool, worker: WorkerHandle) -> None:
     culprit = _culprit(worker, live, batch_id, pos)
     rest: dict[LocalRun, list[Task]] = {}
     for batch in live:
-        for p in range(batch.done, len(batch)):
+        for p in range(batch.done, batch.end):  # those past end went back already
             if culprit == (batch, p):
                 doing = PHASES.get(phase, "running")
                 _fail_running(pool, worker, batch, p, code, doing)
@@ -94,14 +97,14 @@ def _culprit(
     """The (batch, position) of the task the worker died running, if any is to blame."""
     culprit: tuple[Batch, int] | None = None
     for batch in live:
-        if batch.id == batch_id and batch.done <= pos < len(batch):
+        if batch.id == batch_id and batch.done <= pos < batch.end:
             culprit = (batch, pos)
     if culprit is None and batch_id != LOADING_TARGET:
         # It died outside any task (while reading or sending): its tasks run again, but
         # the first one is charged if that keeps happening, so it cannot loop forever.
-        first = (live[0], live[0].done)
-        if live[0].run.suspect(live[0].tasks.indices[live[0].done]):
-            culprit = first
+        pending = [b for b in live if b.done < b.end]
+        if pending and pending[0].run.suspect(pending[0].tasks.indices[pending[0].done]):
+            culprit = (pending[0], pending[0].done)
     timed_out = worker.kill_reason == "timeout"
     if culprit and timed_out and culprit[0].tasks.indices[culprit[1]] != worker.timeout_index:
         culprit = None  # the timed-out task finished just before the kill

@@ -14,8 +14,20 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 from fanout._proc import kill_tree, on_main_thread
-from fanout.backends.local.protocol import IDLE, MARKER_SIZE, PIPE_SIZE, RUNNING
-from fanout.backends.local.run import Batch
+from fanout._wire import Task
+from fanout.backends.local import barrier
+from fanout.backends.local.protocol import (
+    IDLE,
+    MARK_CLAIM,
+    MARK_CLAIM_AT,
+    MARK_STOP,
+    MARKER_SIZE,
+    NO_STOP,
+    PIPE_SIZE,
+    RUNNING,
+    key,
+)
+from fanout.backends.local.run import Batch, LocalRun
 from fanout.backends.local.warden import warden
 from fanout.backends.local.worker import main as worker_main
 from fanout.models import WorkerInfo
@@ -30,6 +42,7 @@ class WorkerHandle:
     """One worker process as the caller sees it."""
 
     __slots__ = (
+        "barrier",
         "fn_id",
         "in_buf",
         "inflight",
@@ -42,6 +55,7 @@ class WorkerHandle:
         "pidfd",
         "process",
         "result_r",
+        "stopping",
         "task_started",
         "task_w",
         "tasks_given",
@@ -69,6 +83,8 @@ class WorkerHandle:
         self.timeout_index = -1  # the task the pool killed this worker for over-running
         self.task_started = 0.0  # when the task now running (head batch) began
         self.tasks_given = 0  # for max_tasks_per_worker
+        self.barrier = False  # it gets the caller's barriers: tasks are taken back at once
+        self.stopping = False  # a stop point is set: no new batch until it has given back
 
     def describe(self) -> str:
         name = self.info.name if self.info else self.process.name
@@ -79,6 +95,77 @@ class WorkerHandle:
         return self.info or WorkerInfo(
             self.process.name, self.pid, os.getpid(), socket.gethostname(), backend
         )
+
+    # -- taking back tasks it has not started (protocol.py, barrier.py) -----------------
+
+    def claim_age(self, now_ns: int) -> float:
+        """Seconds since it last claimed tasks: how long the task it runs has run, at least."""
+        return (now_ns - self.marker[MARK_CLAIM_AT]) / 1e9
+
+    def unstarted(self) -> int:
+        """How many tasks it holds past its claim (none of them started)."""
+        claim = self.marker[MARK_CLAIM]
+        return sum(
+            max(0, key(b.id, b.end) - max(key(b.id, b.done), claim + 1)) for b in self.inflight
+        )
+
+    def take_back(self) -> dict[LocalRun, list[Task]]:
+        """Take back the tasks it has not claimed; those taken, by run, in order. A
+        worker that gets barriers can start none of them once this returns; one that
+        does not gives them back itself when it next claims (``GAVE_BACK``), and
+        nothing is taken here."""
+        assert not self.stopping, "one stop point at a time"
+        marker = self.marker
+        claim = marker[MARK_CLAIM]
+        while True:
+            stop = self._stop_point(claim)
+            if stop is None:
+                return {}  # nothing left past its claim
+            marker[MARK_STOP] = stop
+            self.stopping = True
+            if not (self.barrier and barrier.everywhere()):
+                return {}
+            # The claim it had stored before our stop point reached it: if it claimed
+            # more meanwhile, move the stop point past that claim and look again.
+            again = marker[MARK_CLAIM]
+            if again == claim:
+                return self._cut(stop)
+            claim = again
+
+    def _stop_point(self, claim: int) -> int | None:
+        """The key of the first task past ``claim`` (None: it holds none)."""
+        for batch in self.inflight:
+            first = max(key(batch.id, batch.done), claim + 1)
+            if first < key(batch.id, batch.end):
+                return first
+        return None
+
+    def _cut(self, stop: int) -> dict[LocalRun, list[Task]]:
+        """Its batches end before ``stop``: what lay past it, by run."""
+        taken: dict[LocalRun, list[Task]] = {}
+        for batch in self.inflight:
+            end = min(batch.end, max(0, stop - key(batch.id, 0)))
+            if end < batch.end:
+                taken.setdefault(batch.run, []).extend(batch.tasks.tasks(end, batch.end))
+                self.tasks_given -= batch.end - end
+                batch.end = end
+        return taken
+
+    def gave_back(self, pos: int) -> tuple[LocalRun, list[Task]]:
+        """It stopped at ``pos`` of its head batch (GAVE_BACK): the batch leaves it, and
+        the tasks from there to where we thought it would stop come back."""
+        batch = self.inflight.popleft()
+        tasks = batch.tasks.tasks(pos, batch.end)
+        self.tasks_given -= len(tasks)
+        self.settled()
+        return batch.run, tasks
+
+    def settled(self) -> None:
+        """A batch left it: once it holds none, the stop point goes (before any new batch
+        is written to its pipe, so it reads the batch after the change)."""
+        if self.stopping and not self.inflight:
+            self.marker[MARK_STOP] = NO_STOP
+            self.stopping = False
 
     def death_fd(self) -> int:
         """What becomes readable when it dies: its pidfd, else the process sentinel."""
@@ -131,7 +218,7 @@ def start_worker(
     _caller_fds.update((task_w, result_r))
     _caller_fds.update(fd for fd in pool_fds if fd >= 0)
     marker = mmap.mmap(-1, MARKER_SIZE)  # shared with the worker across fork
-    memoryview(marker).cast("q")[:] = array("q", [IDLE, IDLE, RUNNING])
+    memoryview(marker).cast("q")[:] = array("q", [IDLE, IDLE, RUNNING, IDLE, 0, NO_STOP])
     process = ctx.Process(  # type: ignore[attr-defined]
         name=name,
         target=worker_main,

@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fanout._wire import FINISHED
+from fanout._wire import FINISHED, Task
 from fanout.backends.local import deaths
 from fanout.backends.local.handles import WorkerHandle, forget_selector, start_worker
 from fanout.backends.local.protocol import (
     BATCH,
     COLUMNS,
     FN,
+    GAVE_BACK,
     HELLO,
     PIPE_SIZE,
     VALUES,
@@ -37,6 +38,8 @@ from fanout.models import WorkerInfo
 from fanout.targets import file_modules
 
 STOP_GRACE_SECONDS = 2.0
+# A worker holding at least this much quick work unstarted gives it back for an idle one.
+SHARE_SECONDS = 0.004
 
 
 class Pool:
@@ -66,6 +69,7 @@ class Pool:
         self.selector.register(self.wake_r, selectors.EVENT_READ, (None, "wake"))
         self.counter = itertools.count(1)
         self.closed = False
+        self.look_again: float | None = None  # seconds until work may be due to take back
 
     def selector_fd(self) -> int:
         fileno: Callable[[], int] | None = getattr(self.selector, "fileno", None)
@@ -108,8 +112,9 @@ class Pool:
     def wait(self, max_wait: float | None) -> None:
         """Wait for one round of events and handle them."""
         timeout = deaths.next_deadline(self)
-        if max_wait is not None:
-            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        for limit in (max_wait, self.look_again):
+            if limit is not None:
+                timeout = limit if timeout is None else min(timeout, limit)
         events = self.selector.select(None if timeout is None else max(timeout, 0.0))
         for key, mask in events:
             worker, kind = key.data
@@ -128,13 +133,71 @@ class Pool:
         deaths.enforce_timeouts(self)
 
     def dispatch(self) -> None:
-        """Hand out batches, one run after another, while workers have room."""
+        """Hand out batches, one run after another, while workers have room; then, if a
+        worker is left idle, take back work that others hold unstarted, and hand it out."""
         while not self.closed:
             sent = False
             for run in list(self.runs):
                 sent |= self.dispatch_one(run)
-            if not sent:
+            if not sent and not self.rebalance():
                 return
+
+    def rebalance(self) -> bool:
+        """A worker is idle and no run has a batch for it: take back the tasks that busy
+        workers hold but have not started, from a worker whose task runs longer than its
+        run assumed, and from one that holds a lot of quick work (so that the workers
+        finish together). They go back to the front of their run's line, in order, for
+        whoever is free. True if any came back; where none is due yet, ``look_again``
+        says when one may be."""
+        self.look_again = None
+        if not self.idle_room():
+            return False
+        now = time.perf_counter_ns()
+        taken = False
+        for worker in self.workers:
+            if worker.stopping or worker.kill_reason is not None or not worker.inflight:
+                continue
+            unstarted = worker.unstarted()
+            if not unstarted:
+                continue
+            run = worker.inflight[0].run
+            age, overdue = worker.claim_age(now), run.overdue_after()
+            if age >= overdue:
+                run.measure(age, 1)  # it runs longer than measured: batches shrink
+            elif run.per_task is None or unstarted * run.per_task < SHARE_SECONDS:
+                wait = overdue - age
+                self.look_again = wait if self.look_again is None else min(self.look_again, wait)
+                continue
+            for owner, tasks in worker.take_back().items():
+                if tasks and not owner.finished:
+                    owner.requeue(tasks)
+                    taken = True
+        return taken
+
+    def give_back(self, run: LocalRun) -> list[Task]:
+        """Take back what workers hold of ``run`` unstarted, and hand back every task of
+        it not running (``RunState.hand_back``)."""
+        for worker in self.workers:
+            if worker.stopping or worker.kill_reason is not None:
+                continue
+            if any(batch.run is run for batch in worker.inflight):
+                for owner, tasks in worker.take_back().items():
+                    if tasks and not owner.finished:
+                        owner.requeue(tasks)
+        return run.hand_back()
+
+    def idle_room(self) -> bool:
+        """Could a worker take a batch now: one idle, or room for one more?"""
+        if len(self.workers) < self.size:
+            return True
+        limit = self.max_tasks
+        return any(
+            not w.inflight
+            and w.kill_reason is None
+            and not w.stopping
+            and (limit is None or w.tasks_given < limit)
+            for w in self.workers
+        )
 
     def dispatch_one(self, run: LocalRun) -> bool:
         worker = self.free_worker(run.depth())
@@ -158,11 +221,17 @@ class Pool:
     def free_worker(self, depth: int) -> WorkerHandle | None:
         best = None
         limit = self.max_tasks
+        now = 0
         for worker in self.workers:
-            if worker.kill_reason is not None or len(worker.inflight) >= depth:
+            if worker.kill_reason is not None or worker.stopping or len(worker.inflight) >= depth:
                 continue
             if limit is not None and worker.tasks_given >= limit:
                 continue
+            if worker.inflight:
+                # Not behind a task that runs longer than its run assumed.
+                now = now or time.perf_counter_ns()
+                if worker.claim_age(now) >= worker.inflight[0].run.overdue_after():
+                    continue
             if best is None or len(worker.inflight) < len(best.inflight):
                 best = worker
                 if not worker.inflight:
@@ -255,7 +324,7 @@ class Pool:
 
     def handle(self, worker: WorkerHandle, message: tuple[Any, ...], size: int) -> None:
         if message[0] == HELLO:
-            _, name, pid, ppid, host = message
+            _, name, pid, ppid, host, worker.barrier = message
             worker.info = WorkerInfo(name, pid, ppid, host, self.backend)
             return
         batch_id = message[1]
@@ -265,6 +334,15 @@ class Pool:
         batch = worker.inflight[0]
         run = batch.run
         assert worker.info is not None
+        if message[0] == GAVE_BACK:
+            if message[2] != batch.done:
+                self.distrust(worker)  # it says it stopped where it has not
+                return
+            owner, back = worker.gave_back(message[2])
+            if back and not owner.finished:
+                owner.requeue(back)
+            self.after_batch(worker)
+            return
         if message[0] == VALUES:
             _, _, values, started, finished, output = message
             if not run.finished:
@@ -303,8 +381,12 @@ class Pool:
         worker.task_started = finished
         if batch.done == len(batch):
             worker.inflight.popleft()
-            if self.max_tasks is not None and worker.tasks_given >= self.max_tasks:
-                self.retire(worker)
+            worker.settled()
+            self.after_batch(worker)
+
+    def after_batch(self, worker: WorkerHandle) -> None:
+        if self.max_tasks is not None and worker.tasks_given >= self.max_tasks:
+            self.retire(worker)
 
     def retire(self, worker: WorkerHandle) -> None:
         """``max_tasks`` reached: once its last result is in, the worker exits as an idle

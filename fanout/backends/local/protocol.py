@@ -7,10 +7,12 @@ element names the message:
     caller -> worker   (FN, fn id, target pickle, star, seconds of work between result
                         messages (0: each result), file modules, bare)
                        (BATCH, batch id, indices, items, pickled positions)
-    worker -> caller   (HELLO, name, pid, ppid, host)
+    worker -> caller   (HELLO, name, pid, ppid, host, whether it gets barriers)
                        (RESULTS, batch id, [result record, ...])   (records: fanout._wire)
                        (COLUMNS, batch id, values, started, durations, outputs or None)
                        (VALUES, batch id, [value, ...], started, finished, output)
+                       (GAVE_BACK, batch id, position): the batch's tasks from that
+                        position on were not started and never will be (taken back)
 
 Consecutive results that are all first-hand successes with a raw value (the common
 case) go as COLUMNS: one tuple per field, not one tuple per task, cheaper to pickle on
@@ -20,10 +22,23 @@ A run whose results need no record each (``MapSpec.bare``: the drop-ins' maps) g
 batch's leading successes as one VALUES message: the values alone, the batch's timing
 and what it printed; a failure and everything after it in that batch come as RESULTS.
 
-The marker is three int64 in memory shared across the fork: the batch id (or
-``LOADING_TARGET``), the position in that batch of the task running now (-1: none),
-and the phase (``PHASES``). After a crash it tells the caller which task was running,
-even if the worker's last results were never sent.
+The marker is six int64 in memory shared across the fork:
+
+- ``MARK_BATCH``, ``MARK_POS``, ``MARK_PHASE``: the batch id (or ``LOADING_TARGET``),
+  the position in that batch of the task running now (-1: none), and the phase
+  (``PHASES``). After a crash they tell the caller which task was running, even if
+  the worker's last results were never sent.
+- ``MARK_CLAIM``, ``MARK_CLAIM_AT``, ``MARK_STOP``: taking back tasks a worker holds but
+  has not started. Tasks are named by a key, ``key(batch id, position)``, which orders
+  them as the worker runs them (batch ids grow). A worker starts a task only under a
+  claim: it stores the key of the last task of the stretch it is about to run in
+  ``MARK_CLAIM`` (and the time, ``time.perf_counter_ns()``, in ``MARK_CLAIM_AT``), then
+  loads ``MARK_STOP``, and runs no task whose key is at or past it; where it stops, it
+  says so (``GAVE_BACK``). The caller takes work back by storing a stop point past the
+  claim it read, making a memory barrier on every worker's CPU (``barrier.py``) and
+  reading the claim again: unchanged, every task past it is the caller's at once. A
+  stretch is one task, doubling while tasks are quick (up to ``MAX_CLAIM``), so that a
+  quick task pays for the claim once in a while and a slow one strands little behind it.
 """
 
 from __future__ import annotations
@@ -40,15 +55,35 @@ PIPE_SIZE = 1 << 20
 # Message kinds, caller -> worker.
 FN, BATCH = 0, 1
 # Message kinds, worker -> caller.
-HELLO, RESULTS, VALUES, COLUMNS = 0, 1, 2, 3
+HELLO, RESULTS, VALUES, COLUMNS, GAVE_BACK = 0, 1, 2, 3, 4
 
-# The marker: [batch id or LOADING_TARGET, position in the batch, phase].
-MARK_BATCH, MARK_POS, MARK_PHASE = 0, 1, 2
-MARKER_SIZE = 3 * 8
+# The marker: [batch id or LOADING_TARGET, position in the batch, phase, claim, claimed
+# at, stop].
+MARK_BATCH, MARK_POS, MARK_PHASE, MARK_CLAIM, MARK_CLAIM_AT, MARK_STOP = range(6)
+MARKER_SIZE = 6 * 8
 IDLE = -1
 LOADING_TARGET = -2
 RUNNING, UNPICKLING = 0, 1
 PHASES = {RUNNING: "running", UNPICKLING: "unpickling the input of"}
+
+# Task keys: a batch's tasks are numbered below 2**POS_BITS (batches are far smaller).
+POS_BITS = 24
+NO_STOP = (1 << 63) - 1
+# A claim covers one task, and twice as many as the last while the last stretch's tasks
+# took less than QUICK_TASK_NS each; one that took longer starts over at one. At most
+# MAX_CLAIM quick tasks are then stranded behind one that turns out slow.
+QUICK_TASK_NS = 20_000
+MAX_CLAIM = 64
+
+
+def key(batch_id: int, pos: int) -> int:
+    """The key of task ``pos`` of batch ``batch_id``: keys order tasks as a worker runs them."""
+    return (batch_id << POS_BITS) + pos
+
+
+def split_key(task_key: int) -> tuple[int, int]:
+    """(batch id, position) of a key."""
+    return task_key >> POS_BITS, task_key & ((1 << POS_BITS) - 1)
 
 
 def frame(message: tuple[Any, ...]) -> bytes:

@@ -7,6 +7,7 @@ import itertools
 
 from fanout._wire import TaskBatch
 from fanout.backends.base import MapSpec
+from fanout.backends.feed import Feed
 from fanout.backends.runstate import ORDER_WINDOW, RunState
 
 TARGET_BATCH_SECONDS = 0.01
@@ -21,6 +22,11 @@ MAX_BATCH_BYTES = 4 << 20
 MAX_WINDOW_BYTES = 128 << 20
 # Batches of tasks slower than this go one at a time: no prefetch, so work spreads evenly.
 SLOW_TASK_SECONDS = 0.05
+# A task that has run this long, or twice as long as the run's tasks take, runs longer
+# than its batch assumed: its worker gets no more, and what it holds unstarted is taken
+# back for an idle worker.
+OVERDUE_SECONDS = 0.002
+OVERDUE_FACTOR = 2.0
 
 _batch_ids = itertools.count()
 _fn_ids = itertools.count(1)
@@ -43,8 +49,11 @@ class LocalRun(RunState):
         self.fn_bytes = fn_bytes
         self.workers = workers
         self.batch_seconds = batch_seconds
-        # A worker sends finished results once they hold this much work (0: each).
-        self.flush_seconds = 0.0 if spec.timeout is not None else flush_seconds
+        # A worker sends finished results once they hold this much work (0: each): each
+        # at once with a timeout (the caller times the next task from it), or when the
+        # input is live (submit: every call's caller waits for its own result).
+        each = spec.timeout is not None or isinstance(spec.items, Feed)
+        self.flush_seconds = 0.0 if each else flush_seconds
 
     def batch_size(self) -> int:
         # A bare run's batch costs one message whatever its size (no record per task):
@@ -64,21 +73,27 @@ class LocalRun(RunState):
             return 1
         return 2
 
+    def overdue_after(self) -> float:
+        """How long a claim of this run's tasks may run before it counts as overdue."""
+        return max(OVERDUE_SECONDS, OVERDUE_FACTOR * (self.per_task or 0.0))
+
     def next_batch(self, limit: int | None = None) -> Batch | None:
         tasks = self.take_batch(limit)
         return None if tasks is None else Batch(self, tasks)
 
 
 class Batch:
-    """A batch in flight to one worker: its tasks, its run, and how many results are in."""
+    """A batch in flight to one worker: its tasks, its run, how many results are in, and
+    how far the worker may still go in it (tasks from ``end`` on were taken back)."""
 
-    __slots__ = ("done", "id", "run", "sent_at", "tasks")
+    __slots__ = ("done", "end", "id", "run", "sent_at", "tasks")
 
     def __init__(self, run: LocalRun, tasks: TaskBatch) -> None:
         self.id = next(_batch_ids)
         self.run = run
         self.tasks = tasks
         self.done = 0  # results received, in order
+        self.end = len(tasks)  # the worker runs no task from here on
         self.sent_at = 0.0
 
     def __len__(self) -> int:

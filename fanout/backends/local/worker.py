@@ -20,21 +20,29 @@ from typing import Any
 from fanout import _task
 from fanout._proc import become_subreaper, die_with_parent, kill_tree
 from fanout._wire import DURATION, FAILED, FINISHED, STARTED, Record, not_run_record
+from fanout.backends.local import barrier
 from fanout.backends.local.protocol import (
     COLUMNS,
     FN,
+    GAVE_BACK,
     HELLO,
     IDLE,
     LOADING_TARGET,
     MARK_BATCH,
+    MARK_CLAIM,
+    MARK_CLAIM_AT,
     MARK_PHASE,
     MARK_POS,
+    MARK_STOP,
+    MAX_CLAIM,
+    QUICK_TASK_NS,
     RESULTS,
     RUNNING,
     UNPICKLING,
     VALUES,
     Reader,
     Writer,
+    key,
 )
 from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError
@@ -76,7 +84,9 @@ def main(
     os.register_at_fork(after_in_child=_restore_streams)
     reader = Reader(task_r)
     me = multiprocessing.current_process()
-    loop.out.send((HELLO, me.name, os.getpid(), os.getppid(), socket.gethostname()))
+    # Taking tasks back at once needs the caller's barriers to reach us (barrier.py).
+    registered = barrier.register()
+    loop.out.send((HELLO, me.name, os.getpid(), os.getppid(), socket.gethostname(), registered))
     while (message := reader.receive()) is not None:
         if message[0] == FN:
             loop.load(*message[2:])
@@ -108,6 +118,7 @@ class WorkerLoop:
         self.out = out
         self.marker = marker  # shared with the caller: see protocol.py
         self.capture = _task.install_capture()
+        self.claim = Claim(marker)
         self.fn: Callable[..., Any] | None = None
         self.fn_error = TaskError(TargetError.__name__, "no target was sent")
         self.star = self.bare = False
@@ -151,18 +162,33 @@ class WorkerLoop:
     def run_batch(
         self, batch_id: int, indices: list[int], items: list[Any], pickled: list[int]
     ) -> None:
-        fn, marker, capture, star = self.fn, self.marker, self.capture, self.star
+        claim = self.claim
+        claim.begin(batch_id, len(indices))
+        self.marker[MARK_BATCH] = batch_id
+        self.unpickle_inputs(indices, items, pickled)
+        start = 0
+        if self.bare and self.fn is not None:
+            start = self.run_bare(batch_id, indices, items)
+        end = self.run_records(batch_id, indices, items, start)
+        if end < len(indices):  # the caller took the rest back: say where we stopped
+            self.out.send((GAVE_BACK, batch_id, end))
+
+    def run_records(self, batch_id: int, indices: list[int], items: list[Any], start: int) -> int:
+        """Run the batch's tasks from ``start`` on, a result record each; the position
+        where it stopped (the length of the batch when none was taken back)."""
+        fn, marker, capture, star, claim = self.fn, self.marker, self.capture, self.star, self.claim
         records: list[Record] = []
         # One wall-clock read per batch: a task's start is wall + its perf_counter().
         wall = time.time() - time.perf_counter()
         unsent_work = 0.0
-        marker[MARK_BATCH] = batch_id
-        self.unpickle_inputs(indices, items, pickled)
-        start = 0
-        if self.bare and fn is not None:
-            start = self.run_bare(batch_id, indices, items)
         last_flush = time.perf_counter()
-        for pos in range(start, len(indices)):
+        end = len(indices)
+        if claim.stopped:
+            return start  # run_bare stopped there
+        for pos in range(start, end):
+            if pos > claim.last and claim.next(pos) < pos:
+                end = pos  # taken back from here on
+                break
             index, item = indices[pos], items[pos]
             if fn is None or type(item) is _Unloadable:
                 error = item.error if type(item) is _Unloadable else self.fn_error
@@ -186,12 +212,13 @@ class WorkerLoop:
                 last_flush = now
         if records:
             self.send_results(batch_id, records)
+        return end
 
     def run_bare(self, batch_id: int, indices: list[int], items: list[Any]) -> int:
         """Run the batch's tasks in a tight loop and send their values alone, up to the
         first that fails (its record is sent; the rest of the batch takes the usual
-        path). How many tasks it handled."""
-        fn, marker, star = self.fn, self.marker, self.star
+        path) or the first taken back. How many tasks it handled."""
+        fn, marker, star, claim = self.fn, self.marker, self.star, self.claim
         assert fn is not None
         values: list[Any] = []
         append = values.append
@@ -201,6 +228,8 @@ class WorkerLoop:
         failure: Record | None = None
         try:
             for pos, item in enumerate(items):
+                if pos > claim.last and claim.next(pos) < pos:
+                    break  # taken back from here on: run_records says so
                 if type(item) is _Unloadable:
                     break  # its error goes as a record
                 marker[MARK_POS] = pos
@@ -258,6 +287,45 @@ class WorkerLoop:
                     f"cannot send the result of task {index}: {_task.describe(exc)}",
                 )
                 self.out.send((RESULTS, batch_id, [(index, FAILED, error, *record[STARTED:])]))
+
+
+class Claim:
+    """The worker's side of taking back (protocol.py): a task starts only under a claim,
+    and none at or past the caller's stop point. A claim covers one task, or twice as
+    many as the last one while stretches are quick, so that quick tasks pay for it
+    once in a while and a slow one strands nothing behind it."""
+
+    __slots__ = ("at", "base", "chunk", "last", "marker", "size", "stopped")
+
+    def __init__(self, marker: memoryview) -> None:
+        self.marker = marker
+        self.base = 0  # key(batch id, 0) of the batch being run
+        self.size = 0  # its length
+        self.last = -1  # the last position of it claimed so far
+        self.stopped = False  # the caller took the rest of it back
+        self.chunk = 1
+        self.at = 0  # time.perf_counter_ns() of the last claim
+
+    def begin(self, batch_id: int, size: int) -> None:
+        self.base, self.size, self.last, self.stopped = key(batch_id, 0), size, -1, False
+
+    def next(self, pos: int) -> int:
+        """Claim the tasks from ``pos`` on; the last position claimed (below ``pos``:
+        the caller took the batch back from ``pos`` on, so stop there)."""
+        now = time.perf_counter_ns()
+        quick = now - self.at < QUICK_TASK_NS * self.chunk  # the last stretch's tasks
+        self.chunk = min(2 * self.chunk, MAX_CLAIM) if quick else 1
+        self.at = now
+        last = min(pos + self.chunk, self.size) - 1
+        marker = self.marker
+        marker[MARK_CLAIM_AT] = now
+        marker[MARK_CLAIM] = self.base + last
+        # Loaded after the claim is stored: the caller stores first and loads after
+        # a barrier, so one of the two sees the other (barrier.py).
+        stop = marker[MARK_STOP] - self.base
+        self.last = min(last, stop - 1)
+        self.stopped = self.last < pos
+        return self.last
 
 
 class _Unloadable:
