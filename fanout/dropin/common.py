@@ -22,6 +22,25 @@ from fanout.targets import importable_name, why_not_importable
 DEFAULT_BACKEND = "local"
 
 
+class _Unset(int):
+    """The stdlib's default ``chunksize=1``, told apart from a 1 the caller passed: left
+    unset, fanout sizes batches itself (slow tasks one at a time, quick ones many); a
+    chunksize passed is the most tasks a batch holds."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "1"
+
+
+CHUNKSIZE_UNSET: int = _Unset(1)
+
+
+def chunk_limit(chunksize: int | None) -> int | None:
+    """The most tasks a batch may hold for a drop-in's ``chunksize`` (None: no limit)."""
+    return None if chunksize is None or chunksize is CHUNKSIZE_UNSET else chunksize
+
+
 def backend_class(backend: str | None) -> tuple[str, type[Backend]]:
     """The backend's name (``$FANOUT_BACKEND``, else local) and its class."""
     name = backend or os.environ.get("FANOUT_BACKEND") or DEFAULT_BACKEND
@@ -99,16 +118,19 @@ def map_spec(
     star: bool,
     init: Init | None = None,
     room: Callable[[int], int] | None = None,
+    chunksize: int | None = None,
 ) -> MapSpec:
     """A drop-in's map of ``fn`` over ``inputs``: a bare run (values as they come, put in
-    order by the caller's side), reading no further ahead than ``room`` allows. ``fn``
+    order by the caller's side), reading no further ahead than ``room`` allows, at most
+    ``chunksize`` tasks a batch when the caller gave one. ``fn``
     itself is the run's target when the backend can take it (by name on rq); otherwise,
     or with a Pool's initializer, each item travels as a Call that carries it."""
     name = importable_name(fn)
     if init is None and (name is not None or not backend.needs_importable_target):
-        return MapSpec(fn, name, iter(inputs), star=star, ordered=False, bare=True, room=room)
+        return MapSpec(fn, name, iter(inputs), star=star, ordered=False, bare=True, room=room,
+                       chunksize=chunksize)  # fmt: skip
     check_picklable(backend, fn)
     items: Iterator[Call] = (
         Call(fn, tuple(item) if star else (item,), {}, init) for item in inputs
     )
-    return MapSpec(call, TARGET, items, ordered=False, bare=True, room=room)
+    return MapSpec(call, TARGET, items, ordered=False, bare=True, room=room, chunksize=chunksize)

@@ -251,7 +251,10 @@ class Calls:
         with self.lock:  # held until the waiter is known: its result cannot overtake it
             if self.feed is None:
                 self.feed = Feed(self.driver.wake)
-                self.run = self.driver.start(MapSpec(calls.call, calls.TARGET, self.feed), self)
+                # Unordered: each call's result goes to its own waiter as soon as it is in,
+                # not once every call made before it has finished.
+                spec = MapSpec(calls.call, calls.TARGET, self.feed, ordered=False)
+                self.run = self.driver.start(spec, self)
             feed, run, index = self.feed, self.run, self.feed.put(call)
 
             def cancel() -> bool:

@@ -24,7 +24,9 @@ from fanout.backends.intake import CANCELLED
 from fanout.backends.runstate import RunState
 from fanout.dropin.calls import Call
 from fanout.dropin.common import (
+    CHUNKSIZE_UNSET,
     check_picklable,
+    chunk_limit,
     exception_of,
     futures_traceback,
     map_spec,
@@ -124,11 +126,12 @@ class Executor(_Executor):
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int = CHUNKSIZE_UNSET,
         buffersize: int | None = None,
     ) -> Iterator[Any]:
-        """``fn`` over the iterables, results in order, the inputs read lazily (batched as
-        ``fanout.Fanout.map`` batches: ``chunksize`` is accepted and need not be tuned)."""
+        """``fn`` over the iterables, results in order, the inputs read lazily, batched
+        as ``fanout.Fanout.map`` batches (slow tasks one at a time, quick ones many):
+        a ``chunksize`` passed is the most tasks a batch holds."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and buffersize < 1:
@@ -139,7 +142,8 @@ class Executor(_Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
         budget = Budget(buffersize or DEFAULT_BUFFER, self._driver.wake)
         inputs = zip(*iterables, strict=False)
-        spec = map_spec(self._fanout.backend, fn, inputs, star=True, room=budget.room)
+        spec = map_spec(self._fanout.backend, fn, inputs, star=True, room=budget.room,
+                        chunksize=chunk_limit(chunksize))  # fmt: skip
         sink = MapSink()
         run = self._driver.start(spec, sink)
         return self._values(run, sink, budget, deadline)

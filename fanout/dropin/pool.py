@@ -16,8 +16,10 @@ from typing import Any
 
 from fanout.dropin.calls import Call, Init
 from fanout.dropin.common import (
+    CHUNKSIZE_UNSET,
     backend_class,
     check_picklable,
+    chunk_limit,
     map_spec,
     open_fanout,
 )
@@ -162,33 +164,37 @@ class Pool:
             iterable = list(iterable)  # as the stdlib does: its errors are raised here
         size = len(iterable)  # type: ignore[arg-type]
         result = MapResult(size, callback, error_callback)
-        spec = map_spec(self._fanout.backend, func, iterable, star=star, init=self._init)
+        spec = map_spec(self._fanout.backend, func, iterable, star=star, init=self._init,
+                        chunksize=chunk_limit(chunksize))  # fmt: skip
         self._driver.start(spec, result)
         return result
 
     def imap(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = CHUNKSIZE_UNSET
     ) -> IMapIterator:
         """Values in input order as they come; the input is read lazily."""
         return self._imap(func, iterable, chunksize, ordered=True)
 
     def imap_unordered(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = CHUNKSIZE_UNSET
     ) -> IMapIterator:
         """Values in the order they finish; the input is read lazily."""
         return self._imap(func, iterable, chunksize, ordered=False)
 
     def _imap(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int, ordered: bool
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int,
+        ordered: bool,
     ) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
         inputs = whole_chunks(iterable, chunksize)
         budget = Budget(DEFAULT_BUFFER, self._driver.wake)
         it = IMapIterator(ordered, budget)
-        spec = map_spec(
-            self._fanout.backend, func, inputs, star=False, init=self._init, room=budget.room
-        )
+        spec = map_spec(self._fanout.backend, func, inputs, star=False, init=self._init,
+                        room=budget.room, chunksize=chunk_limit(chunksize))  # fmt: skip
         self._driver.start(spec, it)
         return it
 
