@@ -14,15 +14,17 @@ per-job cost each while slow ones still spread over every worker. Results come b
 a per-run list that the caller waits on with a blocking pop: no polling of jobs. A job
 that fails as a whole (its work-horse killed, its target not importable on the worker)
 is found in RQ's FailedJobRegistry; its tasks without a result are then reported or
-enqueued again. The caller knows what it submitted, so every task gets one result.
+enqueued again. The caller knows what it submitted, so every task gets one result. A job
+that turns out slower than its size assumed gives the tasks it has not started back to
+the queue as new jobs (``split``), which the run's stream tells the caller of.
 
 Modules, the client's side: ``backend`` (RQBackend: connection, queue, local workers),
 ``run`` (one map: dispatch, results, the end), ``watch`` (registries, lost jobs,
 workers), ``status`` (``fanout status``). The workers' side: ``job`` (``run_batch`` and
-``FanoutJob``), ``worker`` (``fanout worker``). Both sides: ``protocol`` (keys, job
-arguments, result messages), ``connection`` (URLs, the one translation of Redis
-errors, reconnecting), ``signing`` and ``allowlist`` (the trust boundary,
-docs/security.md).
+``FanoutJob``), ``split`` (a slow job's rest given back), ``worker`` (``fanout
+worker``). Both sides: ``protocol`` (keys, job arguments, result messages),
+``connection`` (URLs, the one translation of Redis errors, reconnecting), ``signing``
+and ``allowlist`` (the trust boundary, docs/security.md).
 """
 
 from fanout.backends.rq.backend import RQBackend

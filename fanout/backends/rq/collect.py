@@ -4,6 +4,7 @@ run — drive it: rebuild its jobs from Redis, watch them, run lost tasks again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fanout.backends.base import MapSpec
@@ -41,7 +42,7 @@ class CollectRun(RQRun):
         self.wait = wait
         self.total = self.next_index = int(record["total"])  # its inputs: taken already
         self.enqueued_all = record["enqueued_all"] == "1"
-        self.known_jobs = 0  # jobs of the run loaded so far
+        self.known: set[str] = set()  # jobs of the run loaded so far
         self.missing: set[int] = set()  # indexes with neither a job nor a result, last check
         self.caught_up = False  # the stream has been read to its end once
         self.gone = False  # the run's data went while collecting it
@@ -69,7 +70,9 @@ class CollectRun(RQRun):
             return
         self.total = self.next_index = int(record["total"])
         self.enqueued_all = record["enqueued_all"] == "1"
-        ids = control.job_ids(self.connection, self.keys)[self.known_jobs :]
+        ids = [i for i in control.job_ids(self.connection, self.keys) if i not in self.known]
+        numbers = [int(n) for i in ids if (n := i.rpartition("-")[2]).isdigit()]
+        self.jobs_made = max([self.jobs_made, *numbers])  # the jobs it makes come after
         for job_id, status in zip(ids, control.job_statuses(self.connection, ids), strict=True):
             if status is None or job_id in self.jobs:
                 continue
@@ -79,12 +82,17 @@ class CollectRun(RQRun):
             from fanout._wire import TaskBatch
 
             tasks = TaskBatch(args.indices, args.items, args.pickled, args.attempts)
-            job = RQJob(job_id, tasks, self.is_seen)
+            job = RQJob(job_id, tasks, self.elsewhere(job_id))
             if job.remaining:
                 self.jobs[job_id] = job
                 self.owner.update((index, job_id) for index in job.remaining)
-        self.known_jobs += len(ids)
+        self.known.update(ids)
         self.settle_missing()
+
+    def elsewhere(self, job_id: str) -> Callable[[int], bool]:
+        """Whether a task of job ``job_id`` is not its to wait for: it has its result, or
+        the job gave it back as another (split.py)."""
+        return lambda index: self.is_seen(index) or self.moved_to.get(index, job_id) != job_id
 
     def settle_missing(self) -> None:
         """Tasks with neither a job nor a result on two checks in a row: their job went

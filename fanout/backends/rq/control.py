@@ -115,9 +115,14 @@ def publish(connection: Any, keys: RunKeys, keyring: Any, results: list[TaskResu
     connection.register_script(PUSH_SCRIPT)(keys=push_keys(keys), args=push_args(data, records))
 
 
+def job_sizes(connection: Any, keys: RunKeys) -> dict[str, int]:
+    """Every job the run has had (job id -> its task count): those its caller made and
+    those workers split off (split.py)."""
+    return {keys.job_id(name): int(size) for name, size in connection.hgetall(keys.jobs).items()}
+
+
 def job_ids(connection: Any, keys: RunKeys) -> list[str]:
-    count = int(connection.hget(keys.meta, "jobs") or 0)
-    return [keys.job_id(number) for number in range(1, count + 1)]
+    return list(job_sizes(connection, keys))
 
 
 def job_statuses(connection: Any, ids: list[str]) -> list[str | None]:
@@ -194,10 +199,10 @@ def status(backend: RQBackend, keys: RunKeys) -> dict[str, Any] | None:
     record = record_of(connection, keys)
     if record is None:
         return None
-    ids = job_ids(connection, keys)
+    sizes = job_sizes(connection, keys)
+    ids = list(sizes)
     statuses = job_statuses(connection, ids)
-    sizes = {int(k): int(v) for k, v in connection.hgetall(keys.jobs).items()}
-    queued = sum(sizes.get(n, 0) for n, s in enumerate(statuses, 1) if s == "queued")
+    queued = sum(sizes[job_id] for job_id, s in zip(ids, statuses, strict=True) if s == "queued")
     total = int(record["total"])
     done = sum(int(record[k]) for k in ("ok", "failed", "cancelled"))
     workers = []

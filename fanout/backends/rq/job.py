@@ -21,8 +21,8 @@ from rq.job import Job
 from rq.utils import now, utcformat
 
 from fanout import _task
-from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record, not_run_record
-from fanout.backends.base import MapSpec
+from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record, Task, not_run_record
+from fanout.backends.base import Backend, MapSpec
 from fanout.backends.inline import InlineBackend
 from fanout.backends.local import LocalBackend
 from fanout.backends.rq.allowlist import (
@@ -36,6 +36,8 @@ from fanout.backends.rq.allowlist import (
 from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
 from fanout.backends.rq.signing import keyring_of
+from fanout.backends.rq.split import CHECK_SECONDS, Split
+from fanout.backends.runstate import RunState
 from fanout.dropin.calls import TARGET as CALLS_TARGET
 from fanout.errors import TargetError, TargetNotAllowed
 from fanout.models import TaskError, TaskResult
@@ -105,29 +107,63 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
             pusher.add(not_run_record(index, error, time.time()), None)
         pusher.flush()
         return len(args.indices)
-    inputs, todo = _unpickle_inputs(args, ctx.allow, pusher)
-    prior = None if args.attempts is None else [args.attempts[args.indices.index(i)] for i in todo]
+    inputs, todo, keep = _unpickle_inputs(args, ctx.allow, pusher)
+    prior = None if args.attempts is None else [args.attempts[pos] for pos in keep]
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
                    timeout=args.timeout, retries=args.retries, attempts=prior)  # fmt: skip
     pusher.check_stop(todo)  # the stop came while the inputs were being unpickled
+    _run_tasks(job, ctx, args, spec, pusher, todo, keep)
+    return len(args.indices)
+
+
+def _run_tasks(
+    job: Job,
+    ctx: WorkerContext,
+    args: JobArgs,
+    spec: MapSpec,
+    pusher: Pusher,
+    todo: list[int],
+    keep: list[int],
+) -> None:
+    """Run the job's tasks (the run's indices ``todo``, at positions ``keep`` of
+    ``args``), pushing their results; past its budget, give the rest back (split.py)."""
+    split = Split(job, args, keep, pusher)
+    executor: Backend = ctx.executor or InlineBackend()
+
+    def give_back(tasks: list[Task]) -> None:
+        split.give_back(tasks, run.per_task)
+        pusher.pending.difference_update(todo[task.index] for task in tasks)
+
+    def idle() -> None:
+        pusher.idle()
+        if split.due():
+            give_back(executor.give_back(run))
+
+    run: RunState
+    results: Iterator[TaskResult]
     if ctx.executor is not None:
-        results: Iterator[TaskResult] = ctx.executor.stream(spec, pusher.idle, PUSH_SECONDS)
+        every = PUSH_SECONDS if split.deadline is None else CHECK_SECONDS
+        run, results = ctx.executor.stream(spec, idle, every)
     else:
-        results = _in_this_process(ctx.name, spec)
+        run, results = _in_this_process(ctx.name, spec)
     pusher.pending = set(todo)
     try:
         for result in results:
+            split.progress()
             if ctx.stop_requested and result.error is not None:
                 result = _stopped(result)  # killed because its run was cancelled
             pusher.add(_record(result, todo[result.index]), result)
             pusher.check_stop(todo)
             if pusher.gone:
                 break  # the caller's run is over: nobody reads what is left
+            if split.due():
+                give_back(executor.give_back(run))
         pusher.flush()
+        if run.handed is not None and len(run.handed) > split.given:
+            give_back(run.handed[split.given :])  # came back after the split (barrier.py)
     finally:
         if isinstance(results, Generator):
             results.close()
-    return len(args.indices)
 
 
 def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:
@@ -144,9 +180,9 @@ def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:
 
 def _unpickle_inputs(
     args: JobArgs, allow: tuple[str, ...], pusher: Pusher
-) -> tuple[list[Any], list[int]]:
-    """The inputs that could be read, and the run's index of each; the others' failures
-    are pushed at once."""
+) -> tuple[list[Any], list[int], list[int]]:
+    """The inputs that could be read, the run's index of each and its position in
+    ``args``; the others' failures are pushed at once."""
     items = list(args.items)
     failed: set[int] = set()
     for pos in args.pickled:
@@ -161,17 +197,22 @@ def _unpickle_inputs(
             pusher.add(not_run_record(index, error, time.time()), None)
             failed.add(pos)
     keep = [pos for pos in range(len(items)) if pos not in failed]
-    return [items[pos] for pos in keep], [args.indices[pos] for pos in keep]
+    return [items[pos] for pos in keep], [args.indices[pos] for pos in keep], keep
 
 
-def _in_this_process(name: str, spec: MapSpec) -> Iterator[TaskResult]:
+def _in_this_process(name: str, spec: MapSpec) -> tuple[RunState, Generator[TaskResult]]:
     """A stock ``rq worker``: run the tasks right here, under the RQ worker's name."""
-    me = multiprocessing.current_process()
-    previous, me.name = me.name, name
-    try:
-        yield from InlineBackend().map(spec)
-    finally:
-        me.name = previous
+    run, results = InlineBackend().stream(spec)
+
+    def renamed() -> Generator[TaskResult]:
+        me = multiprocessing.current_process()
+        previous, me.name = me.name, name
+        try:
+            yield from results
+        finally:
+            me.name = previous
+
+    return run, renamed()
 
 
 def _stopped(result: TaskResult) -> TaskResult:

@@ -10,17 +10,21 @@ activity (default 7 days), and a completed collection removes them at once::
                                   worker (or the caller); read from any offset, by any
                                   collector, any number of times
     fanout:run:<run>:done         bitmap of the indexes with a result (counts each once)
-    fanout:run:<run>:jobs         hash: job number -> its task count
+    fanout:run:<run>:jobs         hash: each job of the run (its number, or the name of
+                                  one a worker split off: split.py) -> its task count
     fanout:run:<run>:driver       lease of the process watching the run's jobs
     fanout:run:<run>:caller       refreshed by the driver while it waits (its writes are
                                   what tells it Redis has become full)
     rq:job:fanout-<run>-<n>       an RQ job: one batch of tasks (RQ's own hash; queued
-                                  jobs expire with the run, RQ's ``ttl``)
+                                  jobs expire with the run, RQ's ``ttl``); ``<n>`` is
+                                  the job's field in the jobs hash
 
 A job's function is ``fanout.rqworker.run_batch`` (``RUN_BATCH``) and its arguments are
-a :class:`JobArgs`. A result message is the pickle of ``(identity, records, attempts)``
-— the identity ``(name, pid, ppid, host)`` of the process that ran the tasks, the
-records as in :mod:`fanout._wire`, the attempts made for each (None: one each) —
+a :class:`JobArgs`. A result message is the pickle of ``(identity, records, attempts,
+moves)`` — the identity ``(name, pid, ppid, host)`` of the process that ran the tasks,
+the records as in :mod:`fanout._wire`, the attempts made for each (None: one each), and
+the tasks a job gave back as new jobs (``{job id: (indices, attempts)}``, or None;
+split.py) —
 sealed with the run's key when jobs are signed, so a message replayed onto another
 run's stream is refused there. Results in the stream are final: workers retry a task's
 own failures themselves.
@@ -43,7 +47,8 @@ FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
 ENDED_TTL = 3600  # late pushes to a run whose data is gone are dropped this long
 
 Identity = tuple[str, int, int, str]  # (name, pid, ppid, host)
-Message = tuple[Identity, list[Record], list[int] | None]
+Moves = dict[str, tuple[list[int], list[int]]]  # new job id -> (task indices, attempts)
+Message = tuple[Identity, list[Record], list[int] | None, Moves | None]
 
 
 class RunKeys:
@@ -62,8 +67,9 @@ class RunKeys:
         """The keys holding the run's data (what a completed collection removes)."""
         return [self.meta, self.results, self.done, self.jobs, self.driver, self.caller]
 
-    def job_id(self, number: int) -> str:
-        return f"fanout-{self.run_id}-{number}"
+    def job_id(self, name: int | str) -> str:
+        """The RQ id of the run's job ``name`` (its field in the jobs hash)."""
+        return f"fanout-{self.run_id}-{text(name)}"
 
 
 class JobArgs(NamedTuple):
@@ -78,12 +84,15 @@ class JobArgs(NamedTuple):
     items: list[Any]  # raw values, or pickles at the ``pickled`` positions
     pickled: list[int]
     attempts: list[int] | None  # attempts already made per task (None: none)
+    # Seconds of work the job was sized for (None: not measured yet): a job that runs
+    # well past it gives the tasks it has not started back (split.py).
+    budget: float | None = None
 
     @classmethod
     def of(cls, run_id: str, target: str, star: bool, timeout: float | None, retries: int,
-           tasks: TaskBatch) -> JobArgs:  # fmt: skip
+           tasks: TaskBatch, budget: float | None = None) -> JobArgs:  # fmt: skip
         return cls(run_id, target, star, timeout, retries, list(tasks.indices), tasks.items,
-                   tasks.pickled, tasks.attempts)  # fmt: skip
+                   tasks.pickled, tasks.attempts, budget)  # fmt: skip
 
 
 def text(value: Any) -> str:
@@ -105,8 +114,9 @@ def pack_results(
     records: list[Record],
     attempts: list[int] | None,
     keyring: Keyring | None,
+    moves: Moves | None = None,
 ) -> bytes:
-    data = pickle.dumps((identity, records, attempts), pickle.HIGHEST_PROTOCOL)
+    data = pickle.dumps((identity, records, attempts, moves), pickle.HIGHEST_PROTOCOL)
     if keyring is not None:
         data = keyring.seal(keys.results.encode() + b"\n" + data)
     return data
@@ -122,8 +132,11 @@ def unpack_results(data: bytes, keys: RunKeys, keyring: Keyring | None) -> Messa
         run, _, data = body.partition(b"\n")
         if run != keys.results.encode():
             raise SignatureError("the result message was signed for another run")
-    message: Message = pickle.loads(data)
-    return message
+    message = pickle.loads(data)
+    if len(message) == 3:  # pushed by a fanout before jobs could be split
+        return (*message, None)
+    loaded: Message = message
+    return loaded
 
 
 # Push a message unless the run's data is gone (collected, or expired: a job that ends
@@ -244,7 +257,3 @@ class RQJob:
             index: pos for pos, index in enumerate(tasks.indices) if done is None or not done(index)
         }
         self.identity: Identity | None = None  # the last process seen running its tasks
-
-    def unreported(self) -> list[int]:
-        """Positions of its tasks without a result, in order."""
-        return sorted(self.remaining.values())

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq.job import Job
 
@@ -19,6 +19,7 @@ from fanout.backends.rq.protocol import (
     CANCELLED,
     PUSH_SCRIPT,
     Identity,
+    Moves,
     RunKeys,
     pack_results,
     push_args,
@@ -127,6 +128,14 @@ class Pusher:
                                           self.keyring), part):  # fmt: skip
                 self.gone = True
                 return
+
+    def push_moves(self, moves: Moves, pipe: Any) -> None:
+        """Queue on ``pipe`` the message that says which tasks left this job for which new
+        job (split.py): pushed in the transaction that enqueues those jobs."""
+        if self.identity is None:
+            self.identity = (self.ctx.name, os.getpid(), os.getppid(), socket.gethostname())
+        data = pack_results(self.keys, self.identity, [], None, self.keyring, moves)
+        self.script(keys=push_keys(self.keys), args=push_args(data, []), client=pipe)
 
     def identity_(self) -> Identity:
         assert self.identity is not None

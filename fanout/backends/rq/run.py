@@ -24,7 +24,7 @@ from rq import Queue
 from rq.job import Job
 
 from fanout._proc import signals_deferred
-from fanout._wire import INDEX, TaskBatch
+from fanout._wire import INDEX, Task, TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
 from fanout.backends.rq.connection import Outage, RedisLost, translate
@@ -33,6 +33,7 @@ from fanout.backends.rq.protocol import (
     FAILURE_TTL,
     RUN_BATCH,
     JobArgs,
+    Moves,
     RQJob,
     RunKeys,
     unpack_results,
@@ -86,6 +87,7 @@ class RQRun(RunState):
         self.outage = Outage(backend.url, backend.redis_wait)
         self.lease = control.Lease(self.connection, self.keys)
         self.seen_count = 0
+        self.moved_to: dict[int, str] = {}  # index -> the job it was given back as (split.py)
         self.watch = JobWatch(self)
         if run_id is None:
             control.create(self.connection, self.keys, spec, backend)
@@ -156,13 +158,18 @@ class RQRun(RunState):
         spec = self.spec
         assert spec.target is not None
         last = int(self.connection.hincrby(self.keys.meta, "jobs", len(batches)))
-        self.jobs_made = max(self.jobs_made, last)
+        if last - len(batches) < self.jobs_made:
+            # A failover lost the counter's last steps: a job number is never used twice.
+            last = self.jobs_made + len(batches)
+            self.connection.hset(self.keys.meta, "jobs", last)
+        self.jobs_made = last
         datas: list[Any] = []
         sizes: dict[Any, Any] = {}  # job number -> task count
         for number, tasks in enumerate(batches, last - len(batches) + 1):
             job_id = self.keys.job_id(number)
+            budget = None if self.per_task is None else self.per_task * len(tasks)
             args = JobArgs.of(self.run_id, spec.target, spec.star, spec.timeout, spec.retries,
-                              tasks)  # fmt: skip
+                              tasks, budget)  # fmt: skip
             datas.append(
                 Queue.prepare_data(
                     RUN_BATCH,
@@ -267,7 +274,7 @@ class RQRun(RunState):
     def handle(self, data: bytes) -> None:
         keyring = self.rq.keyring
         try:
-            identity, records, attempts = unpack_results(data, self.keys, keyring)
+            identity, records, attempts, moves = unpack_results(data, self.keys, keyring)
         except Exception as exc:
             if keyring is None:
                 raise
@@ -277,6 +284,8 @@ class RQRun(RunState):
             if self.refused == 1:
                 log.warning("refused a result on %s: %s", self.keys.results, exc)
             return
+        if moves:
+            self.moved(moves)
         fresh, tries = [], []
         for i, record in enumerate(records):
             index = record[INDEX]
@@ -299,13 +308,44 @@ class RQRun(RunState):
         info = WorkerInfo(*identity, self.rq.name)
         self.finish_records(fresh, info, None if attempts is None else tries)
 
+    def moved(self, moves: Moves) -> None:
+        """Tasks a job gave back as new jobs (split.py): they are waited for there."""
+        for job_id, (indices, attempts) in moves.items():
+            known = self.jobs.get(job_id)  # a collector may have read it from Redis
+            tasks: list[Task] = []
+            for index, tries in zip(indices, attempts, strict=True):
+                self.moved_to[index] = job_id
+                if self.is_seen(index) or self.owner.get(index) == job_id:
+                    continue
+                if known is not None and index not in known.remaining:
+                    continue  # it moved on again since: keep it where it is
+                old = self.jobs.get(self.owner.get(index, ""))
+                if old is not None and index in old.remaining:
+                    task = old.tasks.task(old.remaining.pop(index))
+                    if not old.remaining:
+                        del self.jobs[old.id]
+                    tasks.append(Task(index, task.item, task.pickled, tries))
+                if known is not None:
+                    self.owner[index] = job_id
+            if tasks and known is None:
+                pickled = [n for n, task in enumerate(tasks) if task.pickled]
+                batch = TaskBatch([t.index for t in tasks], [t.item for t in tasks], pickled,
+                                  [t.attempts for t in tasks])  # fmt: skip
+                self.jobs[job_id] = RQJob(job_id, batch)
+                self.owner.update((task.index, job_id) for task in tasks)
+
     def forget_job(self, job: RQJob) -> list[int]:
-        """Stop waiting for ``job``; the positions of its tasks that had no result."""
+        """Stop waiting for ``job``; the positions of its tasks that had no result (and
+        that it did not give back as another job)."""
         self.jobs.pop(job.id, None)
         for index in job.remaining:
             if self.owner.get(index) == job.id:
                 del self.owner[index]
-        return job.unreported()
+        return [
+            pos
+            for index, pos in sorted(job.remaining.items(), key=lambda item: item[1])
+            if self.moved_to.get(index, job.id) == job.id
+        ]
 
     def cancel_tasks(self, indices: list[int]) -> set[int]:
         """Cancel those of ``indices`` whose job is still queued (no worker took it): the
