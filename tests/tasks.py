@@ -253,3 +253,24 @@ def note_pid_then_wait(folder: str, seconds: float = 60.0) -> int:
         pass
     time.sleep(seconds)
     return os.getpid()
+
+
+def pace(arg: Any) -> int:
+    """``(seconds, folder, index)``: sleep, then note the run as a file of its own in
+    ``folder``, named after the index (a test counts the runs of each). A folder alone:
+    write this process's pid to ``<folder>/started`` and return once
+    ``<folder>/release`` exists (the one task a test holds up). ``{"die_once": path}``:
+    ``die_once(path)``. Returns the pid of the process that ran it."""
+    if isinstance(arg, dict):
+        die_once(arg["die_once"])
+    elif isinstance(arg, str):
+        with open(os.path.join(arg, "started.tmp"), "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace(os.path.join(arg, "started.tmp"), os.path.join(arg, "started"))
+        wait_for_file(os.path.join(arg, "release"), 120.0)
+    else:
+        seconds, folder, index = arg
+        time.sleep(seconds)
+        with open(os.path.join(folder, f"{index}-{os.getpid()}-{time.perf_counter_ns()}"), "w"):
+            pass
+    return os.getpid()

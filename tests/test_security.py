@@ -619,7 +619,7 @@ def _pushed_error(cluster: Cluster, run_id: str, keyring: Keyring | None) -> tup
     keys = RunKeys(run_id)
     read = cluster.connection.xread({keys.results: "0-0"}, count=1, block=15_000)
     assert read, "the job pushed no result"
-    _info, [record], _ = unpack_results(read[0][1][0][1][b"m"], keys, keyring)
+    _info, [record], _, _ = unpack_results(read[0][1][0][1][b"m"], keys, keyring)
     return record[PAYLOAD].type, record[PAYLOAD].message
 
 
