@@ -19,14 +19,13 @@ from fanout._proc import spawn_fanout_worker, stop_processes
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.rq.connection import connect, mask_url, translate
 from fanout.backends.rq.connection import redis_url as resolve_url
-from fanout.backends.rq.protocol import RESULT_TTL, RunKeys
+from fanout.backends.rq.protocol import DEFAULT_QUEUE, RESULT_TTL, RunKeys
 from fanout.backends.rq.run import RQRun
 from fanout.backends.rq.signing import load_keyring, secret_env, serializer_for
 from fanout.backends.runstate import RunState
 from fanout.errors import BackendUnavailable, UnknownRun
 from fanout.models import TaskResult
 
-DEFAULT_QUEUE = "fanout"
 WORKER_START_SECONDS = 30.0
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rq import Queue
+
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
 from fanout.backends.rq.connection import mask_url
@@ -37,7 +39,9 @@ class CollectRun(RQRun):
             timeout=float(record["timeout"]) if record.get("timeout") else None,
             retries=int(record.get("retries") or 0),
         )  # fmt: skip
-        super().__init__(backend, spec, run_id=run_id)
+        # The run's own queue, whatever this collector's backend serves by default.
+        queue = Queue(record["queue"], connection=backend.connection, serializer=backend.serializer)
+        super().__init__(backend, spec, run_id=run_id, queue=queue)
         self.exhausted = True  # no inputs of its own: only tasks run again
         self.wait = wait
         self.total = self.next_index = int(record["total"])  # its inputs: taken already

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from rq import Worker
+from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.job import Job
 
@@ -18,6 +18,7 @@ from fanout._wire import FAILED, NOT_RUN
 from fanout.backends.base import MapSpec
 from fanout.backends.rq.protocol import (
     CANCELLED,
+    DEFAULT_QUEUE,
     PUSH_SCRIPT,
     JobArgs,
     RunKeys,
@@ -159,9 +160,10 @@ def cancel_queued(backend: RQBackend, keys: RunKeys, run: RQRun | None, state: s
     connection = backend.connection
     connection.hset(keys.meta, "state", state)
     ids = list(run.jobs) if run is not None else job_ids(connection, keys)
+    queue = run.queue.key if run is not None else queue_key(connection, keys)
     pipe = connection.pipeline(transaction=False)
     for job_id in ids:
-        pipe.lrem(backend.queue.key, 0, job_id)
+        pipe.lrem(queue, 0, job_id)
     removed = [job_id for job_id, count in zip(ids, pipe.execute(), strict=True) if count]
     why = "the run was cancelled" if state == "cancelled" else "the run stopped (max_failures)"
     error = TaskError(CANCELLED, f"{why} before a worker took the task")
@@ -184,6 +186,12 @@ def cancel_queued(backend: RQBackend, keys: RunKeys, run: RQRun | None, state: s
         part = indices[start : start + 1000]
         results = [TaskResult(i, False, None, error, info, 0, now, now, 0.0) for i in part]
         publish(connection, keys, backend.keyring, results)
+
+
+def queue_key(connection: Any, keys: RunKeys) -> str:
+    """The Redis key of the queue the run's jobs are on (its record says which)."""
+    name = connection.hget(keys.meta, "queue")
+    return Queue.redis_queue_namespace_prefix + (text(name) if name else DEFAULT_QUEUE)
 
 
 def remove(connection: Any, keys: RunKeys) -> None:

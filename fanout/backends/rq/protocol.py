@@ -41,6 +41,7 @@ from fanout.backends.intake import CANCELLED as CANCELLED  # the one error type 
 if TYPE_CHECKING:
     from fanout.backends.rq.signing import Keyring
 
+DEFAULT_QUEUE = "fanout"
 RUN_BATCH = "fanout.rqworker.run_batch"  # the RQ function name of every fanout job
 RESULT_TTL = 7 * 24 * 3600  # a run nobody collects expires whole this long after its last use
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long

@@ -65,13 +65,20 @@ class RQRun(RunState):
     """One run on RQ: its jobs in flight, its keys, what the workers sent."""
 
     def __init__(
-        self, backend: RQBackend, spec: MapSpec, run_id: str | None = None, ahead: float = 0
+        self,
+        backend: RQBackend,
+        spec: MapSpec,
+        run_id: str | None = None,
+        ahead: float = 0,
+        queue: Queue | None = None,
     ) -> None:
+        """A new run on ``backend``'s queue, or (``run_id``) one that exists on ``queue``,
+        the queue its record names."""
         super().__init__(spec, backend.name)
         assert spec.target is not None
         self.rq = backend
         self.connection = backend.connection
-        self.queue = backend.queue
+        self.queue = queue or backend.queue
         self.keys = RunKeys(run_id or uuid.uuid4().hex)
         self.ahead = ahead or backend.enqueue_ahead  # tasks enqueued ahead of the workers
         self.jobs: dict[str, RQJob] = {}

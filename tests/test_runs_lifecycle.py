@@ -1,0 +1,73 @@
+"""A durable run's life on rq (issue 22): collectors, status, cancel and results by id,
+the run's keys and how long they live, its caller killed, resumed or still feeding it.
+Real redis-servers of the tests' own and real ``fanout worker`` processes."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+import fanout
+from tests import tasks
+from tests.helpers import (
+    RedisServer,
+    run_fanout,
+    start_worker,
+    stop_workers,
+    wait_for_workers,
+)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    stop_workers(started)
+
+
+def serve(url: str, workers: list[subprocess.Popen[bytes]], *names: str, queue: str = "") -> None:
+    args = ("--queue", queue) if queue else ()
+    workers.extend(start_worker(url, name, *args) for name in names)
+    wait_for_workers(url, list(names))
+
+
+# --------------------------------------------------------------------------- defect 1
+
+
+def test_a_collector_and_a_cancel_act_on_the_runs_own_queue(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    connection = Redis.from_url(server.url)
+    run = fanout.submit(tasks.square, range(6), redis_url=server.url, queue="other")
+    run.close()
+    # Its caller is gone: a collector (no --queue: a run id is enough) drives the run,
+    # and checks its jobs at once.
+    results = fanout.attach(run.id, redis_url=server.url).results()
+    assert connection.llen("rq:queue:fanout") == 0, "jobs enqueued again on the default queue"
+    assert connection.llen("rq:queue:other") >= 1
+    serve(server.url, workers, "other-1", queue="other")
+    got = list(results)
+    assert sorted((r.index, r.value) for r in got) == [(i, i * i) for i in range(6)]
+    assert {r.worker.name for r in got} == {"other-1"}
+
+    stop_workers(workers)
+    workers.clear()
+    cancelled = fanout.submit(tasks.square, range(4), redis_url=server.url, queue="other")
+    cancelled.close()
+    assert connection.llen("rq:queue:other") >= 1
+    result = run_fanout("cancel", cancelled.id, "--redis-url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert connection.llen("rq:queue:other") == 0, "a cancelled run's jobs stayed queued"
+    collected = list(fanout.attach(cancelled.id, redis_url=server.url).results())
+    assert {r.error.type for r in collected if r.error} == {"Cancelled"}
