@@ -71,3 +71,51 @@ def test_a_collector_and_a_cancel_act_on_the_runs_own_queue(
     assert connection.llen("rq:queue:other") == 0, "a cancelled run's jobs stayed queued"
     collected = list(fanout.attach(cancelled.id, redis_url=server.url).results())
     assert {r.error.type for r in collected if r.error} == {"Cancelled"}
+
+
+# --------------------------------------------------------------------------- defect 6
+
+
+def interrupted_after(count: int) -> Iterator[int]:
+    """Inputs as a user's generator gives them, then Ctrl-C while the next is read."""
+    yield from range(count)
+    raise KeyboardInterrupt
+
+
+def the_run(connection: Redis) -> tuple[str, dict[bytes, bytes]]:
+    (key,) = [k for k in connection.scan_iter("fanout:run:*") if k.count(b":") == 2]
+    return key.decode().rsplit(":", 1)[1], connection.hgetall(key)
+
+
+def test_a_submit_interrupted_before_every_input_is_enqueued_cancels_its_run(
+    server: RedisServer,
+) -> None:
+    connection = Redis.from_url(server.url)
+    with fanout.Fanout("rq", redis_url=server.url) as fo:
+        with pytest.raises(KeyboardInterrupt):
+            fo.submit(tasks.square, interrupted_after(5))
+        run_id, record = the_run(connection)
+        note = fo.stop_note
+    assert record[b"state"] == b"cancelled"
+    assert f"run {run_id} cancelled" in note
+    assert connection.llen("rq:queue:fanout") == 0, "its jobs stay queued for any worker"
+    with fanout.attach(run_id, redis_url=server.url) as run:
+        results = list(run.results(wait=False))
+    assert sorted(r.index for r in results) == list(range(int(record[b"total"])))
+    assert {r.error.type for r in results if r.error} == {"Cancelled"}
+
+
+def test_cancelling_a_run_whose_running_job_ends_meanwhile_raises_nothing(
+    server: RedisServer,
+) -> None:
+    connection = Redis.from_url(server.url)
+    run = fanout.submit(tasks.square, range(3), redis_url=server.url)
+    # A worker has started one job and finishes it while the cancel looks at the run's
+    # jobs: RQ deletes a finished job's hash (result_ttl=0) piece by piece.
+    job_id = connection.lpop("rq:queue:fanout").decode()  # type: ignore[union-attr]
+    connection.delete(f"rq:job:{job_id}")
+    connection.hset(f"rq:job:{job_id}", mapping={"status": "started", "worker_name": "gone-1"})
+    run.cancel()
+    assert run.status()["state"] == "cancelled"
+    assert connection.llen("rq:queue:fanout") == 0
+    run.close()

@@ -91,10 +91,7 @@ class RQBackend(Backend):
         # Local workers start with the first map, once its target has been checked.
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        with translate(self.url):
-            run = RQRun(self, spec)
-        self.runs.append(run)
-        self._last_run = run.run_id
+        run = self._begin(RQRun(self, spec))
 
         def end() -> None:
             if run in self.runs:  # else close() ended it already
@@ -110,9 +107,22 @@ class RQBackend(Backend):
     def start_run(self, spec: MapSpec) -> RunState:
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        with translate(self.url):
-            run = RQRun(self, spec)
+        return self._begin(RQRun(self, spec))
+
+    def _begin(self, run: RQRun) -> RQRun:
+        """Make ``run`` in Redis, held by this backend first: a Ctrl-C from here on
+        cancels it (``end_run``), whatever step it cuts."""
         self.runs.append(run)
+        self._last_run = run.run_id
+        try:
+            with translate(self.url):
+                run.begin()
+        except BackendUnavailable:
+            self.runs.remove(run)  # nothing of it could be written, nor can be ended
+            raise
+        except BaseException:
+            self.end_run(run)
+            raise
         return run
 
     def pump(self, max_wait: float | None) -> None:
@@ -140,16 +150,21 @@ class RQBackend(Backend):
         returns the run's id."""
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        with translate(self.url):
-            run = RQRun(self, spec, ahead=float("inf"))
-            try:
+        run = self._begin(RQRun(self, spec, ahead=float("inf")))
+        try:
+            with translate(self.url):
                 while not run.all_enqueued():
                     run.dispatch()
                     run.read(block=run.per_task is None)  # first results size the jobs
                     run.ready.clear()  # collected later, by whoever asks for them
                     run.watch.after_round(True)
-            finally:
-                run.lease.release()
+        except BaseException:
+            # Cut short before every input was in Redis (Ctrl-C, SIGTERM, Redis lost):
+            # cancelled as an attached run is, or left going if detached (SIGHUP).
+            self.end_run(run)
+            raise
+        self.runs.remove(run)
+        run.lease.release()
         return run.run_id
 
     def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:

@@ -11,7 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from rq import Queue, Worker
-from rq.command import send_stop_job_command
+from rq.command import send_command
 from rq.job import Job
 
 from fanout._wire import FAILED, NOT_RUN
@@ -148,17 +148,26 @@ def cancel(backend: RQBackend, keys: RunKeys, run: RQRun | None = None) -> None:
     of it stays queued. ``run``: the caller's own RQRun, if it is the one cancelling."""
     cancel_queued(backend, keys, run, state="cancelled")
     connection = backend.connection
-    for job_id, status in zip(ids := job_ids(connection, keys), job_statuses(connection, ids),
-                              strict=True):  # fmt: skip
-        if status == "started":
-            send_stop_job_command(connection, job_id)
+    ids = job_ids(connection, keys)
+    pipe = connection.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(Job.key_for(job_id), "status", "worker_name")
+    for job_id, (status, worker) in zip(ids, pipe.execute(), strict=True):
+        # Not RQ's send_stop_job_command: it fetches the job again, and a job that ended
+        # since its status was read is then an error. A stop that comes after its job
+        # ended the worker ignores.
+        if status == b"started" and worker:
+            send_command(connection, text(worker), "stop-job", job_id=job_id)
 
 
 def cancel_queued(backend: RQBackend, keys: RunKeys, run: RQRun | None, state: str) -> None:
     """Set the run's state, take its jobs out of the queue, and cancel their tasks (and
     the tasks the caller had yet to send again)."""
     connection = backend.connection
-    connection.hset(keys.meta, "state", state)
+    record: dict[Any, Any] = {"state": state}
+    if run is not None:  # every input it took gets its result: each counts
+        record["total"] = run.next_index
+    connection.hset(keys.meta, mapping=record)
     ids = list(run.jobs) if run is not None else job_ids(connection, keys)
     queue = run.queue.key if run is not None else queue_key(connection, keys)
     pipe = connection.pipeline(transaction=False)

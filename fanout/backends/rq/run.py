@@ -96,10 +96,14 @@ class RQRun(RunState):
         self.seen_count = 0
         self.moved_to: dict[int, str] = {}  # index -> the job it was given back as (split.py)
         self.watch = JobWatch(self)
-        if run_id is None:
-            control.create(self.connection, self.keys, spec, backend)
-            self.lease.take()
-            self.watch.check()
+
+    def begin(self) -> None:
+        """Make the run in Redis: its record, its lease, a first look at the workers.
+        Apart from ``__init__``, so that whoever made the run holds it (and ends it)
+        before anything in Redis can be left behind by a signal."""
+        control.create(self.connection, self.keys, self.spec, self.rq)
+        self.lease.take()
+        self.watch.check()
 
     @property
     def run_id(self) -> str:
