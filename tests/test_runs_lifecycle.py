@@ -4,8 +4,12 @@ Real redis-servers of the tests' own and real ``fanout worker`` processes."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -18,6 +22,7 @@ from tests.helpers import (
     start_worker,
     stop_workers,
     wait_for_workers,
+    wait_until,
 )
 
 
@@ -119,3 +124,81 @@ def test_cancelling_a_run_whose_running_job_ends_meanwhile_raises_nothing(
     assert run.status()["state"] == "cancelled"
     assert connection.llen("rq:queue:fanout") == 0
     run.close()
+
+
+# --------------------------------------------------------------------------- defect 5
+
+
+def enqueue_one_job(
+    url: str, items: list[Any], target: str = "tests.tasks:touch_then_sleep"
+) -> str:
+    """A run of one job holding every one of ``items`` (star), as a caller enqueues it once
+    tasks are measured: a way to have tasks wait behind a running one in their job."""
+    from rq import Queue
+
+    from fanout.backends.rq import control
+    from fanout.backends.rq.protocol import RUN_BATCH, JobArgs, RunKeys
+
+    with fanout.Fanout("rq", redis_url=url) as fo:
+        keys = RunKeys(uuid.uuid4().hex)
+        spec = fo.spec(target, [], star=True)
+        backend: Any = fo.backend
+        control.create(backend.connection, keys, spec, backend)
+        connection = backend.connection
+        connection.hset(keys.meta, mapping={"total": len(items), "enqueued_all": 1, "jobs": 1})
+        connection.hset(keys.jobs, "1", len(items))
+        args = JobArgs(keys.run_id, target, True, None, 0, list(range(len(items))), items, [], None)
+        Queue("fanout", connection=connection).enqueue_call(
+            RUN_BATCH, args=tuple(args), job_id=keys.job_id(1), timeout=-1, result_ttl=0
+        )
+    return keys.run_id
+
+
+def test_a_cancel_stops_the_running_task_reported_by_its_worker_and_runs_nothing_after(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    marks = [tmp_path / f"ran-{i}" for i in range(4)]
+    run_id = enqueue_one_job(
+        server.url, [(str(marks[0]), 60.0)] + [(str(m), 0.0) for m in marks[1:]]
+    )
+    serve(server.url, workers, "c5-1")
+    wait_until(marks[0].exists, 20, "the job's first task runs")
+    result = run_fanout("cancel", run_id, "--redis-url", server.url)
+    assert result.returncode == 0, result.stderr
+    # The counts once the running task has stopped, not those of before the cancel.
+    assert f"run {run_id} cancelled: 0 ok, 0 failed, 4 cancelled;" in result.stderr
+    with fanout.attach(run_id, redis_url=server.url) as run:
+        assert run.status()["failed"] == 0, "a cancelled task counted as failed"
+        results = sorted(run.results(), key=lambda r: r.index)
+    assert [r.error.type if r.error else None for r in results] == ["Cancelled"] * 4
+    first = results[0]
+    assert (first.worker.name, first.attempts) == ("c5-1", 1), first
+    for r in results[1:]:
+        assert (r.worker.name, r.attempts) == ("(not run)", 0), r
+    assert [m.name for m in marks if m.exists()] == ["ran-0"], "a task ran after the cancel"
+
+
+def test_status_says_a_run_finished_or_cut_short_and_results_give_the_runs_time(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    serve(server.url, workers, "s5-1")
+    run = fanout.submit(tasks.sleep_for, [0.4] * 3, redis_url=server.url)
+    wait_until(lambda: run.status()["ok"] == 3, 30, "every task finishes")
+    assert run.status()["state"] == "finished"  # not collected yet, but not running
+    shown = run_fanout("status", run.id, "--redis-url", server.url)
+    assert f"run {run.id} (finished)" in shown.stdout
+    collected = run_fanout("results", run.id, "--redis-url", server.url)
+    assert collected.returncode == 0, collected.stderr
+    summary = collected.stdout.splitlines()[-1]
+    seconds = float(re.search(r" in ([0-9.]+) s ", summary).group(1))  # type: ignore[union-attr]
+    assert seconds >= 1.2, summary  # three tasks of 0.4 s one after another: the run's time
+    run.close()
+
+    with fanout.Fanout("rq", redis_url=server.url, queue="nobody") as fo:
+        with pytest.raises(KeyboardInterrupt):
+            fo.submit(tasks.square, interrupted_after(5))
+        run_id = fo.run_id
+    assert run_id is not None
+    shown = run_fanout("status", run_id, "--redis-url", server.url)
+    assert "cancelled before every input was enqueued" in shown.stdout, shown.stdout
+    assert "so far" not in shown.stdout

@@ -39,7 +39,7 @@ def results_command(
             if redis_url:
                 options["redis_url"] = redis_url
             with Fanout("rq", 0, **options) as fo:
-                view = JsonView() if json_out else HumanView("rq", tracebacks)
+                view = JsonView() if json_out else HumanView("rq", tracebacks, span=True)
                 results = fo.attach(run_id, wait=not no_wait)
                 code = consume(results, view, lambda index: NOT_SHOWN, None, False)
             view.finish(complete=True)
@@ -58,10 +58,12 @@ def results_command(
 def cancel_command(run_id: opt.RunId, redis_url: opt.RedisUrl = None) -> None:
     """Cancel run RUN_ID: its queued tasks are cancelled, its running tasks stopped."""
     with errors_as_exit_codes(), _rq(redis_url) as fo:
-        fo.backend.cancel_run(run_id)
+        fo.backend.cancel_run(run_id)  # returns once its stopped tasks have reported
         status = fo.backend.run_status(run_id)
+    left = status["running"]
+    still = f"; {left} still stopping" if left else ""
     typer.echo(f"run {run_id} cancelled: {status['ok']} ok, {status['failed']} failed,"
-               f" {status['cancelled']} cancelled so far; collect them with: fanout results"
+               f" {status['cancelled']} cancelled{still}; collect them with: fanout results"
                f" {run_id}", err=True)  # fmt: skip
 
 
@@ -93,7 +95,10 @@ def status_command(
 def _print_run(status: dict[str, Any]) -> None:
     counts = ", ".join(f"{status[k]} {k}" for k in ("ok", "failed", "cancelled", "queued",
                                                     "running"))  # fmt: skip
-    whole = "" if status["enqueued_all"] else " (so far: its caller is still enqueueing)"
+    whole, state = "", status["state"]
+    if not status["enqueued_all"]:
+        whole = (" (so far: its caller is still enqueueing)" if state == "running"
+                 else f" (the run was {state} before every input was enqueued)")  # fmt: skip
     sys.stdout.write(f"run {status['run']} ({status['state']}): {status['target']} on queue"
                      f" {status['queue']}\n{status['total']} tasks{whole}: {counts}\n")  # fmt: skip
     for worker in status["workers"]:

@@ -61,9 +61,14 @@ class HumanView:
     """Each task's output prefixed by its worker, then a table, the failed tasks in full
     (with their tracebacks if asked) and a summary line."""
 
-    def __init__(self, backend: str, tracebacks: bool = False) -> None:
+    def __init__(self, backend: str, tracebacks: bool = False, span: bool = False) -> None:
+        """``span``: the summary gives the time from the first task's start to the last
+        one's end (a run collected later), not the time this view has been showing."""
         self.backend = backend
         self.tracebacks = tracebacks
+        self.span = span
+        self.first_start = float("inf")
+        self.last_end = 0.0
         self.rows: list[tuple[TaskResult, Any]] = []
         self.failures: list[tuple[TaskResult, Any]] = []
         self.count = 0
@@ -73,6 +78,9 @@ class HumanView:
 
     def show(self, result: TaskResult, item: Any, out: Print) -> None:
         self.count += 1
+        if result.started_at:
+            self.first_start = min(self.first_start, result.started_at)
+            self.last_end = max(self.last_end, result.finished_at)
         w = result.worker
         if w.name != NOT_RUN:  # a result that no process ran is not a worker's
             self.workers.add((w.host, w.name))
@@ -144,6 +152,8 @@ class HumanView:
 
     def summary(self, interrupted: bool = False) -> str:
         elapsed = time.perf_counter() - self.started
+        if self.span:
+            elapsed = max(0.0, self.last_end - self.first_start) if self.last_end else 0.0
         failed = len(self.failures)
         workers = len(self.workers)
         summary = (

@@ -27,6 +27,7 @@ from fanout.errors import BackendUnavailable, UnknownRun
 from fanout.models import TaskResult
 
 WORKER_START_SECONDS = 30.0
+STOP_WAIT = 5.0  # how long a cancel waits for the tasks it stopped to report
 
 
 class RQBackend(Backend):
@@ -187,6 +188,9 @@ class RQBackend(Backend):
         return found
 
     def cancel_run(self, run_id: str) -> None:
+        """Cancel run ``run_id``: its queued tasks at once, and its running ones stopped;
+        returns once they have reported so (or after ``STOP_WAIT`` seconds: a stock RQ
+        worker's stopped job reports nothing, its driver settles it)."""
         from fanout.backends.rq import control
 
         keys = RunKeys(run_id)
@@ -194,6 +198,12 @@ class RQBackend(Backend):
             if control.record_of(self.connection, keys) is None:
                 raise UnknownRun(run_id, mask_url(self.url))
             control.cancel(self, keys)
+            deadline = time.monotonic() + STOP_WAIT
+            while time.monotonic() < deadline:
+                status = control.status(self, keys)
+                if status is None or status["running"] == 0:
+                    return
+                time.sleep(0.05)
 
     def stop_note(self) -> str:
         run_id = self.last_run_id()

@@ -227,9 +227,12 @@ def status(backend: RQBackend, keys: RunKeys) -> dict[str, Any] | None:
         if s == "started" and (name := connection.hget(Job.key_for(job_id), "worker_name")):
             host = connection.hget(Worker.redis_worker_namespace_prefix + text(name), "hostname")
             workers.append({"name": text(name), "host": text(host) if host else ""})
+    state = record["state"]
+    if state == "running" and record["enqueued_all"] == "1" and done >= total:
+        state = "finished"  # every task has its result; nobody has collected them yet
     return {
         "run": keys.run_id,
-        "state": record["state"],
+        "state": state,
         "target": record["target"],
         "queue": record["queue"],
         "total": total,

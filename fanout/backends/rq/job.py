@@ -34,7 +34,7 @@ from fanout.backends.rq.allowlist import (
     target_module,
 )
 from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
-from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
+from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split
 from fanout.backends.runstate import RunState
@@ -46,6 +46,7 @@ from fanout.targets import resolve_target
 log = logging.getLogger("fanout.worker")
 
 REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
+CANCELLED_WHILE_RUNNING = "the run was cancelled while its job ran"
 # fanout's own errors name the task by its index in the batch: renumbered for the run.
 _OWN_ERRORS = frozenset({"SerializationError", "WorkerLost", "TaskTimeout", "TargetError"})
 
@@ -112,58 +113,94 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
                    timeout=args.timeout, retries=args.retries, attempts=prior)  # fmt: skip
     pusher.check_stop(todo)  # the stop came while the inputs were being unpickled
-    _run_tasks(job, ctx, args, spec, pusher, todo, keep)
+    _Tasks(job, ctx, args, pusher, todo, keep).run_all(spec)
     return len(args.indices)
 
 
-def _run_tasks(
-    job: Job,
-    ctx: WorkerContext,
-    args: JobArgs,
-    spec: MapSpec,
-    pusher: Pusher,
-    todo: list[int],
-    keep: list[int],
-) -> None:
-    """Run the job's tasks (the run's indices ``todo``, at positions ``keep`` of
-    ``args``), pushing their results; past its budget, give the rest back (split.py)."""
-    split = Split(job, args, keep, pusher)
-    executor: Backend = ctx.executor or InlineBackend()
+class _Tasks:
+    """The job's tasks through the worker's task process (or this process, on a stock
+    ``rq worker``): each result pushed; past the job's budget, the rest given back
+    (split.py); on a cancel by the run's caller, the rest cancelled and the running one
+    stopped."""
 
-    def give_back(tasks: list[Task]) -> None:
-        split.give_back(tasks, run.per_task)
-        pusher.pending.difference_update(todo[task.index] for task in tasks)
+    def __init__(self, job: Job, ctx: WorkerContext, args: JobArgs, pusher: Pusher,
+                 todo: list[int], keep: list[int]) -> None:  # fmt: skip
+        """``todo``: the run's index of each task of the inner run; ``keep``: its
+        position in ``args``."""
+        self.job = job
+        self.ctx = ctx
+        self.pusher = pusher
+        self.todo = todo
+        self.split = Split(job, args, keep, pusher)
+        self.executor: Backend = ctx.executor or InlineBackend()
+        self.cancelled = False  # by the run's caller: what has not started is cancelled
+        self.given = 0  # tasks handed back so far, moved or cancelled
+        self.run: RunState | None = None
 
-    def idle() -> None:
-        pusher.idle()
-        if split.due():
-            give_back(executor.give_back(run))
+    def run_all(self, spec: MapSpec) -> None:
+        results: Iterator[TaskResult]
+        if self.ctx.executor is not None:
+            every = PUSH_SECONDS if self.split.deadline is None else CHECK_SECONDS
+            self.run, results = self.ctx.executor.stream(spec, self.idle, every)
+        else:
+            self.run, results = _in_this_process(self.ctx.name, spec)
+        pusher, run = self.pusher, self.run
+        pusher.pending = set(self.todo)
+        try:
+            for result in results:
+                self.split.progress()
+                if self.ctx.stop_requested and result.error is not None:
+                    result = _stopped(result)  # killed because its run was cancelled
+                pusher.add(_record(result, self.todo[result.index]), result)
+                self.stop_if_asked()
+                if pusher.gone:
+                    break  # the caller's run is over: nobody reads what is left
+                if self.split.due():
+                    self.give_back(self.executor.give_back(run))
+            pusher.flush()
+            if run.handed is not None and len(run.handed) > self.given:
+                self.give_back(run.handed[self.given :])  # came back after the split
+        finally:
+            if isinstance(results, Generator):
+                results.close()
+        if self.cancelled:
+            raise JobStopped(f"job {self.job.id} was cancelled by the caller")
 
-    run: RunState
-    results: Iterator[TaskResult]
-    if ctx.executor is not None:
-        every = PUSH_SECONDS if split.deadline is None else CHECK_SECONDS
-        run, results = ctx.executor.stream(spec, idle, every)
-    else:
-        run, results = _in_this_process(ctx.name, spec)
-    pusher.pending = set(todo)
-    try:
-        for result in results:
-            split.progress()
-            if ctx.stop_requested and result.error is not None:
-                result = _stopped(result)  # killed because its run was cancelled
-            pusher.add(_record(result, todo[result.index]), result)
-            pusher.check_stop(todo)
-            if pusher.gone:
-                break  # the caller's run is over: nobody reads what is left
-            if split.due():
-                give_back(executor.give_back(run))
-        pusher.flush()
-        if run.handed is not None and len(run.handed) > split.given:
-            give_back(run.handed[split.given :])  # came back after the split (barrier.py)
-    finally:
-        if isinstance(results, Generator):
-            results.close()
+    def idle(self) -> None:
+        self.stop_if_asked()
+        self.pusher.idle()
+        if self.split.due():
+            assert self.run is not None
+            self.give_back(self.executor.give_back(self.run))
+
+    def give_back(self, tasks: list[Task]) -> None:
+        self.given += len(tasks)
+        if self.cancelled:
+            self.pusher.cancel([self.todo[task.index] for task in tasks], CANCELLED_WHILE_RUNNING)
+            return
+        assert self.run is not None
+        self.split.give_back(tasks, self.run.per_task)
+        self.pusher.pending.difference_update(self.todo[task.index] for task in tasks)
+
+    def stop_if_asked(self) -> None:
+        """The worker was asked to stop this job (``kill_horse``). A cancel by the run's
+        caller: the tasks not started are cancelled, each with its result, and then the
+        one running is stopped, so that its worker reports it (Cancelled, its attempt).
+        Someone's ``rq stop-job``: stopped at once."""
+        if not self.ctx.stop_requested or self.cancelled:
+            return
+        if not self.pusher.stopped_by_caller():
+            self.kill_running()
+            raise JobStopped(f"job {self.job.id} was stopped (rq stop-job)")
+        assert self.run is not None
+        self.cancelled = True
+        self.give_back(self.executor.give_back(self.run))  # first: nothing new may start
+        self.run.break_target(TaskError(CANCELLED, CANCELLED_WHILE_RUNNING))  # no retry
+        self.kill_running()
+
+    def kill_running(self) -> None:
+        if self.ctx.executor is not None:  # else RQ stops the job's work-horse itself
+            self.ctx.executor.kill_running()
 
 
 def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:

@@ -102,11 +102,12 @@ def text(value: Any) -> str:
 
 
 def outcome(record: Record) -> int:
-    """0 ok, 1 failed, 2 cancelled: what the run's counts add a record to."""
+    """0 ok, 1 failed, 2 cancelled (also a task stopped while it ran): what the run's
+    counts add a record to."""
     status, payload = record[1], record[2]
-    if status == NOT_RUN and payload.type == CANCELLED:
-        return 2
-    return 1 if status in (FAILED, NOT_RUN) else 0
+    if status not in (FAILED, NOT_RUN):
+        return 0
+    return 2 if payload.type == CANCELLED else 1
 
 
 def pack_results(

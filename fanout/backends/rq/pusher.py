@@ -90,25 +90,28 @@ class Pusher:
             self.add(not_run_record(index, error, now), None)
         self.flush()
 
+    def stopped_by_caller(self) -> bool:
+        """Was the stop asked for by the run's caller (Ctrl-C, cancel, max_failures:
+        the run's state says so), rather than by someone's ``rq stop-job``?"""
+        try:
+            return self.run_state() in ("cancelled", "halted", None)
+        except Exception:
+            return False
+
     def check_stop(self, todo: list[int]) -> None:
-        """Raise JobStopped if the job was asked to stop: by its caller (Ctrl-C, cancel:
-        the tasks it had not reported are then cancelled, each with its result) or by
+        """Before any task of the job runs: raise JobStopped if the job was asked to stop,
+        by its caller (then each of ``todo`` is cancelled, with its result) or by
         someone's ``rq stop-job``."""
         if not self.ctx.stop_requested:
             return
-        try:
-            by_caller = self.run_state() in ("cancelled", "halted", None)
-        except Exception:
-            by_caller = False
-        if by_caller:
+        if self.stopped_by_caller():
             with contextlib.suppress(Exception):
-                self.cancel(sorted(self.pending), "the run was cancelled while its job ran")
+                self.cancel(todo, "the run was cancelled before its job ran")
             raise JobStopped(f"job {self.job_id} was cancelled by the caller")
         raise JobStopped(f"job {self.job_id} was stopped (rq stop-job)")
 
     def idle(self) -> None:
         """Before waiting for the task process: push what is done, keep RQ informed."""
-        self.check_stop([])
         # Called every PUSH_SECONDS at least while tasks run: one push per interval, not
         # one per task (a round trip each), and none held back longer than that.
         if time.monotonic() - self.last >= PUSH_SECONDS:

@@ -136,11 +136,12 @@ class FanoutWorker(SimpleWorker):
         super().handle_exception(job, *exc_info)
 
     def kill_horse(self, sig: Any = None) -> None:
-        """RQ's stop-job and cold shutdown: end the task running in the task process
-        (there is no work-horse); the job then stops."""
+        """RQ's stop-job (from its command thread): the job, woken, stops the task
+        running in the task process (there is no work-horse) in its own thread, after
+        it has taken back the tasks not started (see ``job.py``)."""
         self.context.stop_requested = True
         if self.context.executor is not None:
-            self.context.executor.kill_running()
+            self.context.executor.wake()
 
 
 class TaskProcess(LocalBackend):
