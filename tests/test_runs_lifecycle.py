@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from redis import Redis
 
 import fanout
 from tests import tasks
 from tests.helpers import (
+    ROOT,
     RedisServer,
     run_fanout,
     start_worker,
@@ -202,3 +205,35 @@ def test_status_says_a_run_finished_or_cut_short_and_results_give_the_runs_time(
     shown = run_fanout("status", run_id, "--redis-url", server.url)
     assert "cancelled before every input was enqueued" in shown.stdout, shown.stdout
     assert "so far" not in shown.stdout
+
+
+# --------------------------------------------------------------------------- defect 32
+
+
+CALLER_OF_ONE_LONG_TASK = """
+import sys
+import fanout
+from tests import tasks
+fanout.run(tasks.touch_then_sleep, [(sys.argv[2], 60)], star=True, backend="rq",
+           redis_url=sys.argv[1])
+"""
+
+
+def test_a_running_jobs_hash_expires_even_if_its_caller_and_its_worker_both_die(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    connection = Redis.from_url(server.url)
+    serve(server.url, workers, "both-1")
+    marker = tmp_path / "started"
+    caller = subprocess.Popen([sys.executable, "-c", CALLER_OF_ONE_LONG_TASK, server.url,
+                               str(marker)], cwd=ROOT)  # fmt: skip
+    wait_until(marker.exists, 20, "the task runs")
+    caller.kill()
+    caller.wait()
+    worker = psutil.Process(workers[0].pid)
+    for process in [worker, *worker.children(recursive=True)]:
+        process.kill()
+    workers[0].wait()
+    (job,) = connection.scan_iter("rq:job:fanout-*")
+    assert connection.hget(job, "status") == b"started"
+    assert connection.ttl(job) > 0, "a running job's hash would stay for ever"

@@ -92,7 +92,7 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     """Run one batch of tasks and push their results; returns the number of tasks."""
     # Results are sealed with the keyring the job was opened with, if it was signed.
     pusher = Pusher(job, RunKeys(args.run_id), ctx, keyring_of(job.serializer))
-    state = pusher.run_state()
+    state = pusher.begin()
     if state is None:
         return 0  # the run is gone (collected, expired): nobody would read a result
     if state != "running":  # cancelled, or halted by max_failures: none of these run

@@ -145,8 +145,8 @@ def unpack_results(data: bytes, keys: RunKeys, keyring: Keyring | None) -> Messa
 # after that must not make its stream again), counting each index once (one BITFIELD per
 # 500 records, not a SETBIT each: a command per task was a third of a run's commands);
 # the run's keys then live ``result_ttl`` (from the run's record) from now.
-# KEYS: stream, done bitmap, run record, jobs hash; ARGV: message, then for each record
-# its index and outcome (0 ok, 1 failed, 2 cancelled).
+# KEYS: stream, done bitmap, run record, jobs hash[, the pushing job's hash]; ARGV:
+# message, then for each record its index and outcome (0 ok, 1 failed, 2 cancelled).
 PUSH_SCRIPT = """
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return 0
@@ -176,15 +176,17 @@ redis.call('HINCRBY', KEYS[3], 'ok', counts[1])
 redis.call('HINCRBY', KEYS[3], 'failed', counts[2])
 redis.call('HINCRBY', KEYS[3], 'cancelled', counts[3])
 local ttl = tonumber(redis.call('HGET', KEYS[3], 'result_ttl') or '604800')
-for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do
+for _, key in ipairs(KEYS) do
   redis.call('EXPIRE', key, ttl)
 end
 return 1
 """
 
 
-def push_keys(keys: RunKeys) -> list[str]:
-    return [keys.results, keys.done, keys.meta, keys.jobs]
+def push_keys(keys: RunKeys, job: str | None = None) -> list[str]:
+    """The push script's keys; ``job``: the RQ hash of the job pushing, which then lives
+    as long as the run does (RQ keeps a running job's hash without an expiry)."""
+    return [keys.results, keys.done, keys.meta, keys.jobs, *([job] if job else [])]
 
 
 def push_args(data: bytes, records: list[Record]) -> list[Any]:

@@ -49,6 +49,7 @@ class Pusher:
     ) -> None:
         connection = job.connection
         self.job_id = job.id
+        self.job_key = job.key
         self.connection = connection
         self.keys = keys
         self.ctx = ctx
@@ -80,6 +81,15 @@ class Pusher:
     def run_state(self) -> str | None:
         """The run's state in its record (running, cancelled, halted), None if it is gone."""
         state = self.connection.hget(self.keys.meta, "state")
+        return None if state is None else text(state)
+
+    def begin(self) -> str | None:
+        """As the job starts: the run's state (``run_state``); and the job's hash, which
+        RQ keeps without an expiry while it runs, is given the run's, so that it goes
+        even if its worker and the run's caller both die (each push renews it)."""
+        state, ttl = self.connection.hmget(self.keys.meta, "state", "result_ttl")
+        if state is not None and ttl is not None:
+            self.connection.expire(Job.key_for(self.job_id), int(ttl))
         return None if state is None else text(state)
 
     def cancel(self, indices: Iterable[int], why: str) -> None:
@@ -138,7 +148,7 @@ class Pusher:
         if self.identity is None:
             self.identity = (self.ctx.name, os.getpid(), os.getppid(), socket.gethostname())
         data = pack_results(self.keys, self.identity, [], None, self.keyring, moves)
-        self.script(keys=push_keys(self.keys), args=push_args(data, []), client=pipe)
+        self.script(keys=push_keys(self.keys, self.job_key), args=push_args(data, []), client=pipe)
 
     def identity_(self) -> Identity:
         assert self.identity is not None
@@ -171,7 +181,7 @@ class Pusher:
         """Push one message; False if the run's data is gone (nobody reads it). A lost or
         full Redis is waited for (``ctx.redis_wait``), heartbeating all the while."""
         outage = Outage(self.ctx.url, self.ctx.redis_wait, f"worker {self.ctx.name}: ")
-        keys, args = push_keys(self.keys), push_args(data, records)
+        keys, args = push_keys(self.keys, self.job_key), push_args(data, records)
         while True:
             try:
                 with translate(self.ctx.url):
