@@ -16,7 +16,10 @@ from fanout.backends.base import Backend, MapSpec
 from fanout.errors import (
     BackendUnavailable,
     FanoutError,
+    IncompleteRun,
     InputError,
+    ResultsGone,
+    RunRemoved,
     SerializationError,
     SignatureError,
     TargetError,
@@ -81,7 +84,10 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     # errors
     "BackendUnavailable",
     "FanoutError",
+    "IncompleteRun",
     "InputError",
+    "ResultsGone",
+    "RunRemoved",
     "SerializationError",
     "SignatureError",
     "TargetError",

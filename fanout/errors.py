@@ -59,8 +59,37 @@ class UnknownRun(FanoutError, ValueError):
         self.run_id = run_id
 
 
+class ResultsGone(UnknownRun):
+    """The run is known, but its results are no longer in Redis: another collection got
+    them all, a cancel dropped them, or they expired."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        FanoutError.__init__(self, message)
+        self.run_id = run_id
+
+
+class IncompleteRun(FanoutError):
+    """The run's caller stopped before it had enqueued every input: its results cover
+    only the inputs it had enqueued (raised once they have all been given)."""
+
+    def __init__(self, run_id: str, total: int) -> None:
+        super().__init__(
+            f"run {run_id} is incomplete: its caller stopped (killed, or cut off from Redis)"
+            f" after enqueueing {total} input{'s' if total != 1 else ''}, before the rest:"
+            " its results are those of these; run the others again (a --journal with"
+            " --resume knows which)"
+        )
+        self.run_id = run_id
+        self.total = total
+
+
 class BackendUnavailable(FanoutError):
     """The backend's service cannot be reached or refused the credentials."""
+
+
+class RunRemoved(BackendUnavailable):
+    """The run was removed from Redis while its caller still ran it (a collector took
+    the caller for dead, it expired, or it was deleted): it cannot go on."""
 
 
 class InputError(FanoutError):

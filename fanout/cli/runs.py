@@ -12,8 +12,9 @@ import typer
 from fanout.api import Fanout
 from fanout.cli import options as opt
 from fanout.cli.commands import app
-from fanout.cli.exitcodes import EXIT_INTERRUPTED, errors_as_exit_codes
+from fanout.cli.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, errors_as_exit_codes, fail
 from fanout.cli.views import NOT_SHOWN, HumanView, JsonView, StdoutClosed, View, consume
+from fanout.errors import IncompleteRun, ResultsGone
 
 
 def _rq(redis_url: str | None) -> Fanout:
@@ -41,7 +42,14 @@ def results_command(
             with Fanout("rq", 0, **options) as fo:
                 view = JsonView() if json_out else HumanView("rq", tracebacks, span=True)
                 results = fo.attach(run_id, wait=not no_wait)
-                code = consume(results, view, lambda index: NOT_SHOWN, None, False)
+                try:
+                    code = consume(results, view, lambda index: NOT_SHOWN, None, False)
+                except IncompleteRun as exc:  # every result it has, then the missing inputs
+                    view.finish(complete=True)
+                    fail(str(exc), EXIT_FAILED)
+                except ResultsGone:  # what was read, then why the rest cannot be
+                    view.finish()
+                    raise
             view.finish(complete=True)
     except KeyboardInterrupt:
         if view is not None:
@@ -96,9 +104,14 @@ def _print_run(status: dict[str, Any]) -> None:
     counts = ", ".join(f"{status[k]} {k}" for k in ("ok", "failed", "cancelled", "queued",
                                                     "running"))  # fmt: skip
     whole, state = "", status["state"]
-    if not status["enqueued_all"]:
-        whole = (" (so far: its caller is still enqueueing)" if state == "running"
-                 else f" (the run was {state} before every input was enqueued)")  # fmt: skip
+    if status["feeding"]:
+        whole = " (so far: its caller is still enqueueing)"
+    elif not status["enqueued_all"] and state == "running":
+        whole = " (its caller stopped before it had enqueued every input: the rest are missing)"
+    elif not status["enqueued_all"]:
+        whole = f" (the run was {state} before every input was enqueued)"
+    if status["dropped"]:
+        whole += "; its results were dropped (nobody had its id to collect them)"
     sys.stdout.write(f"run {status['run']} ({status['state']}): {status['target']} on queue"
                      f" {status['queue']}\n{status['total']} tasks{whole}: {counts}\n")  # fmt: skip
     for worker in status["workers"]:

@@ -19,6 +19,7 @@ from fanout._proc import spawn_fanout_worker, stop_processes
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.rq.connection import connect, mask_url, translate
 from fanout.backends.rq.connection import redis_url as resolve_url
+from fanout.backends.rq.feeder import Feeder
 from fanout.backends.rq.protocol import DEFAULT_QUEUE, RESULT_TTL, RunKeys
 from fanout.backends.rq.run import RQRun
 from fanout.backends.rq.signing import load_keyring, secret_env, serializer_for
@@ -84,7 +85,9 @@ class RQBackend(Backend):
         self.result_ttl = result_ttl
         self.keep = keep
         self.runs: list[RQRun] = []  # runs in progress
+        self.feeder = Feeder(self.connection)  # says in Redis that this caller lives
         self._last_run: str | None = None
+        self._handed_out: set[str] = set()  # ids of runs someone may collect by id
         self._local: list[subprocess.Popen[bytes]] = []
         self._local_names: set[str] = set()
 
@@ -101,7 +104,15 @@ class RQBackend(Backend):
         return run.results(run.step, end)
 
     def last_run_id(self) -> str | None:
+        """The last run's id, now handed out: cut short, that run's results are then
+        kept (an hour) for ``fanout results``, as nobody else could collect them."""
+        if self._last_run is not None:
+            self._handed_out.add(self._last_run)
         return self._last_run
+
+    def handed_out(self, run_id: str) -> bool:
+        """Was run ``run_id``'s id handed out (so that someone may collect it by id)?"""
+        return run_id in self._handed_out
 
     # The driving interface of the drop-ins (backends/base.py).
 
@@ -166,6 +177,7 @@ class RQBackend(Backend):
             raise
         self.runs.remove(run)
         run.lease.release()
+        self._handed_out.add(run.run_id)
         return run.run_id
 
     def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
@@ -206,13 +218,15 @@ class RQBackend(Backend):
                 time.sleep(0.05)
 
     def stop_note(self) -> str:
-        run_id = self.last_run_id()
+        run_id = self._last_run
         if run_id is None:
             return "nothing had started"
         note = f"run {run_id} cancelled: its queued jobs were removed and its running tasks stopped"
         if self.workers:
             note += ", local workers stopped"
-        return f"{note}; collect what finished with: fanout results {run_id}"
+        if not self.handed_out(run_id):  # nobody had its id: its results were dropped
+            return f"{note}; its results were not kept"
+        return f"{note}; collect what finished within an hour with: fanout results {run_id}"
 
     def detach(self) -> None:
         self.detach_runs = True
@@ -222,6 +236,7 @@ class RQBackend(Backend):
         # its end: end it here (cancelled, or left going when detached), not silently.
         for run in list(self.runs):
             self.end_run(run)
+        self.feeder.close()
         self._stop_local_workers()
         self.connection.close()
 

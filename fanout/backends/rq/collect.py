@@ -4,6 +4,7 @@ run — drive it: rebuild its jobs from Redis, watch them, run lost tasks again.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from fanout.backends.rq import control
 from fanout.backends.rq.connection import mask_url
 from fanout.backends.rq.protocol import RQJob, RunKeys
 from fanout.backends.rq.run import RQRun
-from fanout.errors import UnknownRun, WorkerLost
+from fanout.errors import IncompleteRun, ResultsGone, UnknownRun, WorkerLost
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
@@ -27,13 +28,23 @@ def _never(*args: Any) -> None:
 
 class CollectRun(RQRun):
     """A run collected by id: its inputs are in Redis already (or were lost with the
-    caller that had them); its results come from the stream."""
+    caller that had them); its results come from the stream.
+
+    It ends once it has a result for every input the run has, and the run has them all:
+    its caller enqueued every input, or is gone before it did (the run is incomplete:
+    IncompleteRun, once every result is given). It never ends a run whose caller still
+    feeds it. Another collection may complete meanwhile: while this one reads (its
+    token in the run's readers), that one leaves the run's data to it."""
 
     def __init__(self, backend: RQBackend, run_id: str, wait: bool) -> None:
         keys = RunKeys(run_id)
         record = control.record_of(backend.connection, keys)
         if record is None:
             raise UnknownRun(run_id, mask_url(backend.url))
+        if "dropped" in record:
+            raise ResultsGone(run_id, f"run {run_id} was cancelled by its caller, which had"
+                              " not handed its id out, and its results were dropped; fanout"
+                              f" status {run_id} shows its counts")  # fmt: skip
         spec = MapSpec(
             _never, record["target"], iter(()), star=record.get("star") == "1", ordered=False,
             timeout=float(record["timeout"]) if record.get("timeout") else None,
@@ -43,13 +54,18 @@ class CollectRun(RQRun):
         queue = Queue(record["queue"], connection=backend.connection, serializer=backend.serializer)
         super().__init__(backend, spec, run_id=run_id, queue=queue)
         self.exhausted = True  # no inputs of its own: only tasks run again
+        self.feeds = False  # its caller (if alive) does, and says when all are enqueued
         self.wait = wait
         self.total = self.next_index = int(record["total"])  # its inputs: taken already
         self.enqueued_all = record["enqueued_all"] == "1"
+        self.abandoned = False  # its caller is gone (or stopped) before it enqueued all
         self.known: set[str] = set()  # jobs of the run loaded so far
         self.missing: set[int] = set()  # indexes with neither a job nor a result, last check
         self.caught_up = False  # the stream has been read to its end once
         self.gone = False  # the run's data went while collecting it
+        self.reader = uuid.uuid4().hex  # this collector, among the run's readers
+        if wait:
+            control.reading(self.connection, self.keys, self.reader)
         self.drain()
         self.caught_up = True
         if wait:
@@ -60,20 +76,39 @@ class CollectRun(RQRun):
             return False
         if not self.wait or self.gone:
             return self.caught_up
-        # Holding the lease means the caller that enqueued the run is gone: no more of
-        # its inputs will come, what is in Redis is the whole run.
-        inputs_done = self.enqueued_all or self.lease.held
+        inputs_done = self.enqueued_all or self.abandoned
         return inputs_done and self.seen_count >= self.total and not self.retry
 
-    def refresh(self) -> None:
-        """The run's record again (its caller may still be enqueueing), and its jobs
-        made since the last check, with their tasks that have no result yet."""
+    def observe(self) -> None:
+        """The run's record again (its caller may still be enqueueing), at each check:
+        still reading it, this collector says so."""
         record = control.record_of(self.connection, self.keys)
-        if record is None:  # collected by another, or expired: what was read is all
+        if record is None or "dropped" in record:
+            # Another collection got every result (while this one was silent too long
+            # to count as reading), or the run expired: what was read is all there is.
             self.gone = True
+            self.input_error = ResultsGone(
+                self.run_id, f"run {self.run_id}'s results left Redis while this collection"
+                " read them (another collection completed it, or they expired): this one"
+                f" read {self.seen_count} of {self.total}",
+            )  # fmt: skip
             return
+        control.reading(self.connection, self.keys, self.reader)
         self.total = self.next_index = int(record["total"])
         self.enqueued_all = record["enqueued_all"] == "1"
+        if not self.enqueued_all and not self.abandoned:
+            # Its caller is gone before it had enqueued every input: what is in Redis
+            # is all the run will have. Cut short by a cancel (or max_failures), that is
+            # what was asked for; else the rest is missing: IncompleteRun, at the end.
+            self.abandoned = not control.feeding(self.connection, self.keys)
+            if self.abandoned and record["state"] == "running":
+                self.input_error = IncompleteRun(self.run_id, self.total)
+
+    def refresh(self) -> None:
+        """Driving the run (nobody else does): its jobs made since the last check, with
+        their tasks that have no result yet."""
+        if self.gone:
+            return
         ids = [i for i in control.job_ids(self.connection, self.keys) if i not in self.known]
         numbers = [int(n) for i in ids if (n := i.rpartition("-")[2]).isdigit()]
         self.jobs_made = max([self.jobs_made, *numbers])  # the jobs it makes come after
@@ -101,7 +136,7 @@ class CollectRun(RQRun):
     def settle_missing(self) -> None:
         """Tasks with neither a job nor a result on two checks in a row: their job went
         (its input with it): each gets its result, WorkerLost."""
-        if not self.enqueued_all:
+        if not (self.enqueued_all or self.abandoned):
             return
         missing = {
             index for index in range(self.total)
@@ -125,7 +160,9 @@ class CollectRun(RQRun):
 
     def end(self) -> None:
         try:
-            if self.wait and self.done() and not self.rq.keep:
-                control.remove(self.connection, self.keys)
+            if self.wait and self.done() and not self.gone and not self.rq.keep:
+                control.remove(self.connection, self.keys, self.reader)
+            elif self.wait:
+                self.connection.zrem(self.keys.readers, self.reader)
         finally:
             self.lease.release()

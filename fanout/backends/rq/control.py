@@ -18,8 +18,16 @@ from fanout._wire import FAILED, NOT_RUN
 from fanout.backends.base import MapSpec
 from fanout.backends.rq.protocol import (
     CANCELLED,
+    CANCELLED_TTL,
     DEFAULT_QUEUE,
+    DROP_SCRIPT,
+    ENDED_TTL,
+    FEEDER_MS,
     PUSH_SCRIPT,
+    READER_MS,
+    RECORD_SCRIPT,
+    REMOVE_SCRIPT,
+    SHORTEN_SCRIPT,
     JobArgs,
     RunKeys,
     pack_results,
@@ -69,7 +77,35 @@ def create(connection: Any, keys: RunKeys, spec: MapSpec, backend: RQBackend) ->
     pipe = connection.pipeline()
     pipe.hset(keys.meta, mapping=record)
     pipe.expire(keys.meta, backend.result_ttl)
+    pipe.set(keys.feeder, 1, px=FEEDER_MS)  # its caller feeds it (feeder.py keeps it so)
     pipe.execute()
+
+
+def update(connection: Any, keys: RunKeys, fields: dict[str, Any]) -> bool:
+    """Set ``fields`` of the run's record if it exists (False if it is gone: a write
+    here must never make a removed run again, by halves)."""
+    args = [x for pair in fields.items() for x in pair]
+    return bool(connection.register_script(RECORD_SCRIPT)(keys=[keys.meta], args=["set", *args]))
+
+
+def count_jobs(connection: Any, keys: RunKeys, count: int) -> int | None:
+    """Add ``count`` to the run's job counter: the new count, None if the run is gone."""
+    script = connection.register_script(RECORD_SCRIPT)
+    return int(script(keys=[keys.meta], args=["incr", "jobs", count])) or None
+
+
+def server_id(connection: Any) -> str | None:
+    """Which Redis process this is (it changes when Redis restarts, or fails over); None
+    if it will not say."""
+    try:
+        return str(connection.info("server")["run_id"])
+    except Exception:
+        return None
+
+
+def feeding(connection: Any, keys: RunKeys) -> bool:
+    """Does the run's caller live and still have inputs to enqueue?"""
+    return bool(connection.exists(keys.feeder))
 
 
 def record_of(connection: Any, keys: RunKeys) -> dict[str, str] | None:
@@ -142,10 +178,15 @@ def job_args(connection: Any, job_id: str, serializer: Any) -> JobArgs | None:
         return None
 
 
-def cancel(backend: RQBackend, keys: RunKeys, run: RQRun | None = None) -> None:
+def cancel(
+    backend: RQBackend, keys: RunKeys, run: RQRun | None = None, keep: int = CANCELLED_TTL
+) -> None:
     """Cancel a run: its queued tasks get their result (Cancelled, run by no one), its
     running jobs are stopped (their workers cancel what they had not run), and nothing
-    of it stays queued. ``run``: the caller's own RQRun, if it is the one cancelling."""
+    of it stays queued. ``run``: the caller's own RQRun, if it is the one cancelling.
+    ``keep``: seconds (at most) the run's results stay collectable; 0: nobody can
+    collect them (nobody has the run's id), so they are dropped now and the run's
+    record stays ``ENDED_TTL`` as a marker."""
     cancel_queued(backend, keys, run, state="cancelled")
     connection = backend.connection
     ids = job_ids(connection, keys)
@@ -158,16 +199,21 @@ def cancel(backend: RQBackend, keys: RunKeys, run: RQRun | None = None) -> None:
         # ended the worker ignores.
         if status == b"started" and worker:
             send_command(connection, text(worker), "stop-job", job_id=job_id)
+    if keep:  # (not its caller's word that it feeds the run: that is the caller's)
+        data = [key for key in keys.data() if key != keys.feeder]
+        connection.register_script(SHORTEN_SCRIPT)(keys=data, args=[keep])
+    else:
+        connection.register_script(DROP_SCRIPT)(keys=keys.data(), args=[time.time(), ENDED_TTL])
 
 
 def cancel_queued(backend: RQBackend, keys: RunKeys, run: RQRun | None, state: str) -> None:
     """Set the run's state, take its jobs out of the queue, and cancel their tasks (and
     the tasks the caller had yet to send again)."""
     connection = backend.connection
-    record: dict[Any, Any] = {"state": state}
+    record: dict[str, Any] = {"state": state}
     if run is not None:  # every input it took gets its result: each counts
         record["total"] = run.next_index
-    connection.hset(keys.meta, mapping=record)
+    update(connection, keys, record)
     ids = list(run.jobs) if run is not None else job_ids(connection, keys)
     queue = run.queue.key if run is not None else queue_key(connection, keys)
     pipe = connection.pipeline(transaction=False)
@@ -203,10 +249,22 @@ def queue_key(connection: Any, keys: RunKeys) -> str:
     return Queue.redis_queue_namespace_prefix + (text(name) if name else DEFAULT_QUEUE)
 
 
-def remove(connection: Any, keys: RunKeys) -> None:
-    """A completed collection: the run's data goes. Late pushes are then dropped (the
-    push script wants the run's record)."""
-    connection.delete(*keys.data())
+def remove(connection: Any, keys: RunKeys, reader: str = "") -> bool:
+    """A completed collection (by ``reader``, a collector's token; '' for the caller):
+    the run's data goes, unless another collector reads it still (then that one removes
+    it). Late pushes are then dropped (the push script wants the run's record). True if
+    removed."""
+    now = int(time.time() * 1000)
+    script = connection.register_script(REMOVE_SCRIPT)
+    return bool(script(keys=[keys.readers, *keys.data()], args=[reader, now, CANCELLED_TTL]))
+
+
+def reading(connection: Any, keys: RunKeys, reader: str) -> None:
+    """Collector ``reader`` reads the run (for ``READER_MS`` more)."""
+    pipe = connection.pipeline(transaction=False)
+    pipe.zadd(keys.readers, {reader: int(time.time() * 1000) + READER_MS})
+    pipe.pexpire(keys.readers, 2 * READER_MS)
+    pipe.execute()
 
 
 def status(backend: RQBackend, keys: RunKeys) -> dict[str, Any] | None:
@@ -230,6 +288,10 @@ def status(backend: RQBackend, keys: RunKeys) -> dict[str, Any] | None:
     state = record["state"]
     if state == "running" and record["enqueued_all"] == "1" and done >= total:
         state = "finished"  # every task has its result; nobody has collected them yet
+    if "dropped" in record:  # only its record is left: what had not finished never will
+        queued, workers = 0, []
+        record["cancelled"] = str(total - int(record["ok"]) - int(record["failed"]))
+        done = total
     return {
         "run": keys.run_id,
         "state": state,
@@ -237,6 +299,8 @@ def status(backend: RQBackend, keys: RunKeys) -> dict[str, Any] | None:
         "queue": record["queue"],
         "total": total,
         "enqueued_all": record["enqueued_all"] == "1",
+        "feeding": state == "running" and feeding(connection, keys),
+        "dropped": "dropped" in record,
         "ok": int(record["ok"]),
         "failed": int(record["failed"]),
         "cancelled": int(record["cancelled"]),

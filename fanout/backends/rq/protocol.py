@@ -1,11 +1,16 @@
 """What the rq backend keeps in Redis, named once for its client and its workers.
 
 Keys of a run (``RunKeys``); every one expires, ``result_ttl`` after the run's last
-activity (default 7 days), and a completed collection removes them at once::
+activity (default 7 days), and a completed collection removes them at once (a cancelled
+run's live an hour at most; one nobody can collect is dropped at once, its record left
+as a marker for an hour)::
 
     fanout:run:<run>              the run's record (hash): target, queue, total inputs
                                   enqueued, whether all are, jobs made, ok / failed /
-                                  cancelled counts, state (running, cancelled, halted)
+                                  cancelled counts, state (running, cancelled, halted),
+                                  ``dropped`` once it is only a marker. Only its caller
+                                  makes it: every later write wants it to exist, so a
+                                  run removed is never made again by halves
     fanout:run:<run>:results      stream of result messages, each pushed once by a
                                   worker (or the caller); read from any offset, by any
                                   collector, any number of times
@@ -15,6 +20,12 @@ activity (default 7 days), and a completed collection removes them at once::
     fanout:run:<run>:driver       lease of the process watching the run's jobs
     fanout:run:<run>:caller       refreshed by the driver while it waits (its writes are
                                   what tells it Redis has become full)
+    fanout:run:<run>:feeder       set while the run's caller lives and still has inputs
+                                  to enqueue (a thread of its own refreshes it): a
+                                  collector never ends a run that its caller still feeds
+    fanout:run:<run>:readers      sorted set: the collectors reading the run now (score:
+                                  until when); a collection that completes while another
+                                  reads leaves the run's data to that one
     rq:job:fanout-<run>-<n>       an RQ job: one batch of tasks (RQ's own hash; queued
                                   jobs expire with the run, RQ's ``ttl``); ``<n>`` is
                                   the job's field in the jobs hash
@@ -45,7 +56,11 @@ DEFAULT_QUEUE = "fanout"
 RUN_BATCH = "fanout.rqworker.run_batch"  # the RQ function name of every fanout job
 RESULT_TTL = 7 * 24 * 3600  # a run nobody collects expires whole this long after its last use
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
-ENDED_TTL = 3600  # late pushes to a run whose data is gone are dropped this long
+ENDED_TTL = 3600  # a dropped run's record stays this long, as a marker of what happened
+CANCELLED_TTL = 3600  # a cancelled run's results stay collectable this long at most
+FEEDER_MS = 10_000  # a caller silent this long no longer feeds its run (it died)
+FEEDER_BEAT = 2.0  # seconds between two refreshes of a feeding caller's key
+READER_MS = 30_000  # a collector silent this long is no longer reading the run
 
 Identity = tuple[str, int, int, str]  # (name, pid, ppid, host)
 Moves = dict[str, tuple[list[int], list[int]]]  # new job id -> (task indices, attempts)
@@ -63,10 +78,18 @@ class RunKeys:
         self.jobs = f"fanout:run:{run_id}:jobs"
         self.driver = f"fanout:run:{run_id}:driver"
         self.caller = f"fanout:run:{run_id}:caller"
+        self.feeder = f"fanout:run:{run_id}:feeder"
+        self.readers = f"fanout:run:{run_id}:readers"
 
     def data(self) -> list[str]:
-        """The keys holding the run's data (what a completed collection removes)."""
-        return [self.meta, self.results, self.done, self.jobs, self.driver, self.caller]
+        """The keys holding the run's data (what a completed collection removes): the
+        record first."""
+        return [self.meta, *self.parts()]
+
+    def parts(self) -> list[str]:
+        """Every key of the run but its record."""
+        return [self.results, self.done, self.jobs, self.driver, self.caller, self.feeder,
+                self.readers]  # fmt: skip
 
     def job_id(self, name: int | str) -> str:
         """The RQ id of the run's job ``name`` (its field in the jobs hash)."""
@@ -141,14 +164,14 @@ def unpack_results(data: bytes, keys: RunKeys, keyring: Keyring | None) -> Messa
     return loaded
 
 
-# Push a message unless the run's data is gone (collected, or expired: a job that ends
-# after that must not make its stream again), counting each index once (one BITFIELD per
+# Push a message unless the run's data is gone (collected, dropped, or expired: a job
+# that ends after that must not make its stream again), counting each index once (one BITFIELD per
 # 500 records, not a SETBIT each: a command per task was a third of a run's commands);
 # the run's keys then live ``result_ttl`` (from the run's record) from now.
 # KEYS: stream, done bitmap, run record, jobs hash[, the pushing job's hash]; ARGV:
 # message, then for each record its index and outcome (0 ok, 1 failed, 2 cancelled).
 PUSH_SCRIPT = """
-if redis.call('EXISTS', KEYS[3]) == 0 then
+if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HEXISTS', KEYS[3], 'dropped') == 1 then
   return 0
 end
 local counts = {0, 0, 0}
@@ -195,6 +218,70 @@ def push_args(data: bytes, records: list[Record]) -> list[Any]:
         args += (record[0], outcome(record))
     return args
 
+
+# The run's record, changed only if it exists (a write that made it again would make a
+# run without its target or state, whose jobs no worker would run). KEYS: record;
+# ARGV: 'set' or 'incr', then field, value pairs. Returns 0 if the record is gone, else
+# 1 ('set') or the field's new value ('incr', one field).
+RECORD_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if ARGV[1] == 'incr' then
+  return redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+# A cancelled run kept for its collectors: every key of it expires within ARGV[1]
+# seconds, and so do later pushes (its result_ttl). KEYS: the record, then the others.
+SHORTEN_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local ttl = math.min(tonumber(ARGV[1]),
+                     tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[1]))
+redis.call('HSET', KEYS[1], 'result_ttl', ttl)
+for _, key in ipairs(KEYS) do
+  redis.call('EXPIRE', key, ttl)
+end
+return 1
+"""
+
+# A run nobody can collect: its data goes, its record stays ARGV[2] seconds as a marker
+# (marked dropped at ARGV[1]: pushes are refused, status and results say what happened).
+# KEYS: the record, then the others.
+DROP_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'dropped', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+return 1
+"""
+
+# A collection that has every result: it stops reading (ARGV[1]: its token, '' for the
+# caller's own run), and removes the run's data unless another collector still reads it
+# (ARGV[2]: now, in ms), which then will; the data meanwhile lives ARGV[3] s at most.
+# KEYS: the readers set, the record, the others. Returns 1 if removed.
+REMOVE_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) > 0 then
+  for i = 2, #KEYS do
+    if redis.call('TTL', KEYS[i]) > tonumber(ARGV[3]) then
+      redis.call('EXPIRE', KEYS[i], ARGV[3])
+    end
+  end
+  return 0
+end
+redis.call('DEL', unpack(KEYS))
+return 1
+"""
 
 # Jobs RQ still has as queued, but in neither the queue nor its intermediate list (a
 # lost dequeue, a failover that lost the last writes, a hand-run LPOP): put them back at

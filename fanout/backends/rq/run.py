@@ -11,6 +11,7 @@ sees exactly what the caller saw.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import signal
@@ -27,10 +28,13 @@ from fanout._proc import signals_deferred
 from fanout._wire import INDEX, Task, TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
-from fanout.backends.rq.connection import Outage, RedisLost, translate
+from fanout.backends.rq.connection import Outage, RedisLost, mask_url, translate
 from fanout.backends.rq.protocol import (
     CANCELLED,
+    CANCELLED_TTL,
+    ENDED_TTL,
     FAILURE_TTL,
+    RECORD_SCRIPT,
     RUN_BATCH,
     JobArgs,
     Moves,
@@ -41,7 +45,7 @@ from fanout.backends.rq.protocol import (
 from fanout.backends.rq.watch import JobWatch
 from fanout.backends.runstate import ORDER_WINDOW, RunState
 from fanout.backends.sizing import guided
-from fanout.errors import BackendUnavailable
+from fanout.errors import BackendUnavailable, RunRemoved
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
@@ -95,13 +99,18 @@ class RQRun(RunState):
         self.lease = control.Lease(self.connection, self.keys)
         self.seen_count = 0
         self.moved_to: dict[int, str] = {}  # index -> the job it was given back as (split.py)
+        self.feeds = True  # this process enqueues the run's inputs (its caller)
+        self.server: str | None = None  # the Redis process the run was made in
         self.watch = JobWatch(self)
+        self.record_script = self.connection.register_script(RECORD_SCRIPT)
 
     def begin(self) -> None:
         """Make the run in Redis: its record, its lease, a first look at the workers.
         Apart from ``__init__``, so that whoever made the run holds it (and ends it)
         before anything in Redis can be left behind by a signal."""
+        self.server = control.server_id(self.connection)
         control.create(self.connection, self.keys, self.spec, self.rq)
+        self.rq.feeder.add(self.keys.feeder)  # until every input is enqueued
         self.lease.take()
         self.watch.check()
 
@@ -152,31 +161,46 @@ class RQRun(RunState):
                     break
                 batches.append(batch)
                 room -= len(batch)
+        # The input's end is said with its last jobs, in the same transaction: a caller
+        # that dies (or loses Redis) right after leaves no doubt that the run is whole.
+        last = self.feeds and self.exhausted and not self.retry and not self.enqueued_all
         if batches:
-            self.enqueue(batches)
+            self.enqueue(batches, last)
             self.unsent = []
-        elif self.exhausted and not self.retry and not self.enqueued_all:
-            self.enqueued_all = True
-            self.connection.hset(self.keys.meta, "enqueued_all", 1)
+        elif last:
+            if not control.update(self.connection, self.keys, {"enqueued_all": 1}):
+                self.record_lost()  # made again with enqueued_all, or RunRemoved
+            self.all_in()
 
-    def enqueue(self, batches: list[TaskBatch]) -> None:
+    def all_in(self) -> None:
+        """Every input is in Redis: this caller feeds the run no more."""
+        self.enqueued_all = True
+        self.rq.feeder.discard(self.keys.feeder)
+
+    def enqueue(self, batches: list[TaskBatch], last: bool = False) -> None:
+        """Enqueue ``batches`` as jobs; ``last``: the input has no more after them."""
         # Whole or not at all: jobs in Redis that this run does not know of (or the
         # other way round) would be cancelled, or waited for, by nobody.
         with signals_deferred():
-            self._enqueue(batches)
+            self._enqueue(batches, last)
+        if last:
+            self.all_in()
 
-    def _enqueue(self, batches: list[TaskBatch]) -> None:
+    def _enqueue(self, batches: list[TaskBatch], last: bool) -> None:
         spec = self.spec
         assert spec.target is not None
-        last = int(self.connection.hincrby(self.keys.meta, "jobs", len(batches)))
-        if last - len(batches) < self.jobs_made:
+        made = control.count_jobs(self.connection, self.keys, len(batches))
+        if made is None:  # the run is gone from Redis: never enqueue for a run not there
+            self.record_lost()
+            made = control.count_jobs(self.connection, self.keys, len(batches)) or 0
+        if made - len(batches) < self.jobs_made:
             # A failover lost the counter's last steps: a job number is never used twice.
-            last = self.jobs_made + len(batches)
-            self.connection.hset(self.keys.meta, "jobs", last)
-        self.jobs_made = last
+            made = self.jobs_made + len(batches)
+            control.update(self.connection, self.keys, {"jobs": made})
+        self.jobs_made = made
         datas: list[Any] = []
         sizes: dict[Any, Any] = {}  # job number -> task count
-        for number, tasks in enumerate(batches, last - len(batches) + 1):
+        for number, tasks in enumerate(batches, made - len(batches) + 1):
             job_id = self.keys.job_id(number)
             budget = None if self.per_task is None else self.per_task * len(tasks)
             args = JobArgs.of(self.run_id, spec.target, spec.star, spec.timeout, spec.retries,
@@ -200,7 +224,8 @@ class RQRun(RunState):
         pipe = self.connection.pipeline()
         self.queue.enqueue_many(datas, pipeline=pipe)
         pipe.hset(self.keys.jobs, mapping=sizes)
-        pipe.hset(self.keys.meta, "total", self.next_index)
+        record: list[Any] = ["total", self.next_index, *(["enqueued_all", 1] if last else [])]
+        self.record_script(keys=[self.keys.meta], args=["set", *record], client=pipe)
         for key in (self.keys.jobs, self.keys.meta):  # the run lives result_ttl from now
             pipe.expire(key, self.rq.result_ttl)
         pipe.execute()
@@ -272,15 +297,35 @@ class RQRun(RunState):
         self.seen[byte] |= 1 << (index & 7)
         self.seen_count += 1
 
+    def observe(self) -> None:
+        """At each check, whoever drives the run: what others changed of it (the
+        caller changes it itself)."""
+
     def refresh(self) -> None:
-        """Before each check of the run's jobs: a run record that Redis lost (a restart
-        without persistence) is made again, or no worker could push a result."""
+        """Before each check of the run's jobs, by the process that drives it."""
         if not self.connection.exists(self.keys.meta):
-            control.create(self.connection, self.keys, self.spec, self.rq)
-            record: dict[Any, Any] = {"total": self.next_index, "jobs": self.jobs_made,
-                                      "enqueued_all": int(self.enqueued_all)}  # fmt: skip
-            self.connection.hset(self.keys.meta, mapping=record)
-            log.warning("run %s: Redis had lost the run's record; made again", self.run_id)
+            self.record_lost()
+
+    def record_lost(self) -> None:
+        """The run's record is gone while its caller runs it. Redis restarted (or failed
+        over) without it: it is made again — or no worker would run a job of it, nor
+        push a result. Else the run was removed (by a collector that took this caller
+        for dead, an expiry, a hand): RunRemoved, rather than a run made again by halves
+        (no state: every job dropped) and fed for ever."""
+        server = control.server_id(self.connection)
+        if server is None or server == self.server:
+            raise RunRemoved(
+                f"run {self.run_id} was removed from Redis at {mask_url(self.rq.url)} while"
+                " this caller still ran it (a collector took it for dead, it expired, or it"
+                " was deleted); its results so far were shown: run the rest again"
+            )
+        self.server = server
+        control.create(self.connection, self.keys, self.spec, self.rq)
+        record = {"total": self.next_index, "jobs": self.jobs_made,
+                  "enqueued_all": int(self.enqueued_all)}  # fmt: skip
+        control.update(self.connection, self.keys, record)
+        log.warning("run %s: Redis had lost the run's record (it restarted); made again",
+                    self.run_id)  # fmt: skip
 
     def handle(self, data: bytes) -> None:
         keyring = self.rq.keyring
@@ -417,31 +462,39 @@ class RQRun(RunState):
             if len(self.jobs) == jobs:
                 break
 
-    def expire_jobs(self) -> None:
-        """Jobs a worker took have no expiry in RQ while they run: give them the run's,
-        so that one whose worker dies (or cannot finish it: Redis full) does not stay."""
+    def expire_jobs(self, ttl: int) -> None:
+        """Jobs a worker took have no expiry in RQ while they run: give them ``ttl``, so
+        that one whose worker dies (or cannot finish it: Redis full) does not stay."""
         if self.jobs:
             pipe = self.connection.pipeline(transaction=False)
             for job_id in self.jobs:
-                pipe.expire(Job.key_for(job_id), self.rq.result_ttl)
+                pipe.expire(Job.key_for(job_id), ttl)
             pipe.execute()
 
     def end(self) -> None:
         """However the map ends: a complete run's data is removed (a completed
         collection), an unfinished one is cancelled (Ctrl-C) or, with ``detach``, left
-        going, collectable by its id."""
+        going, collectable by its id. A cancelled run's results are kept for collection
+        (an hour) only if its id was handed out (``Fanout.run_id``, which ``fanout run``
+        prints): nobody else can collect them, so they are dropped at once."""
         try:
-            self.expire_jobs()
             if self.done():
+                self.expire_jobs(self.rq.result_ttl)
                 if not self.rq.keep:
                     control.remove(self.connection, self.keys)
             elif self.rq.detach_runs:
+                self.expire_jobs(self.rq.result_ttl)
                 self.enqueue_the_rest()
             else:
-                control.cancel(self.rq, self.keys, self)
+                keep = CANCELLED_TTL if self.rq.handed_out(self.run_id) else 0
+                self.expire_jobs(keep or ENDED_TTL)
+                control.cancel(self.rq, self.keys, self, keep=keep)
         except (BackendUnavailable, redis.RedisError, OSError):
             pass  # Redis lost or full: the error that ended the run says so already
         except Exception as exc:  # the run's end must not hide why it ended
             log.warning("run %s: could not finish it in Redis: %s", self.run_id, exc)
         finally:
+            self.rq.feeder.discard(self.keys.feeder)
+            with contextlib.suppress(Exception):  # no more inputs from this caller
+                self.connection.delete(self.keys.feeder)
             self.lease.release()

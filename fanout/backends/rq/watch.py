@@ -69,6 +69,7 @@ class JobWatch:
         run = self.run
         self.last_check = time.monotonic()
         self.check_memory()
+        run.observe()
         if not run.lease.take():
             return  # another process drives the run: this one only reads
         run.refresh()
