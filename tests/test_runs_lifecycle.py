@@ -5,6 +5,7 @@ Real redis-servers of the tests' own and real ``fanout worker`` processes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -435,3 +436,28 @@ def test_a_running_jobs_hash_expires_even_if_its_caller_and_its_worker_both_die(
     (job,) = connection.scan_iter("rq:job:fanout-*")
     assert connection.hget(job, "status") == b"started"
     assert connection.ttl(job) > 0, "a running job's hash would stay for ever"
+
+
+# --------------------------------------------------------------------------- defect 33
+
+
+def test_a_worker_that_cannot_import_the_target_gives_its_jobs_to_one_that_can(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    # A stale worker of a rolling deploy: its code has no tests.tasks (it runs from
+    # elsewhere). It registers first, so that it is the first to take the run's jobs.
+    env = dict(os.environ, FANOUT_REDIS_URL=server.url)
+    stale = subprocess.Popen([sys.executable, "-m", "fanout", "worker", "--name", "stale-1"],
+                             cwd=tmp_path, env=env)  # fmt: skip
+    workers.append(stale)
+    wait_for_workers(server.url, ["stale-1"])
+    serve(server.url, workers, "fresh-1")
+    results = fanout.run(tasks.square, range(12), backend="rq", redis_url=server.url)
+    assert sorted((r.index, r.value) for r in results) == [(i, i * i) for i in range(12)]
+    assert {r.worker.name for r in results} == {"fresh-1"}
+
+    stop_workers(workers[1:])  # only the stale worker is left: nobody can load it
+    del workers[1:]
+    results = fanout.run(tasks.square, range(3), backend="rq", redis_url=server.url)
+    assert {r.error.type for r in results if r.error} == {"TargetError"}
+    assert all("stale-1" in r.error.message for r in results if r.error)

@@ -36,7 +36,7 @@ from fanout.backends.rq.allowlist import (
 from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
-from fanout.backends.rq.split import CHECK_SECONDS, Split
+from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
 from fanout.backends.runstate import RunState
 from fanout.dropin.calls import TARGET as CALLS_TARGET
 from fanout.errors import TargetError, TargetNotAllowed
@@ -72,6 +72,14 @@ class WorkerContext:
         self.stop_requested = False  # set from RQ's command thread (stop-job)
         self.since = utcformat(now())  # when this process began to serve (RQ's time format)
 
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` in a job, heartbeating (a worker that refused a job before)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+            if self.heartbeat is not None:
+                self.heartbeat()
+
     @classmethod
     def of_stock_worker(cls, job: Job) -> WorkerContext:
         """A stock ``rq worker``: its name, ``FANOUT_ALLOW``, tasks run in-process."""
@@ -101,9 +109,12 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     try:
         fn = _load_target(args.target, ctx.allow)
     except TargetError as exc:
-        # Say so in every task's result: the caller then fails the run at once
-        # instead of finding failed jobs one by one.
-        error = TaskError(type(exc).__name__, f"on RQ worker {ctx.name}: {exc}")
+        if give_back_unloadable(job, args, pusher, ctx.name, ctx.pause):
+            return len(args.indices)  # for a worker that can load it
+        # No worker can: say so in every task's result; the caller then fails the run
+        # at once instead of finding failed jobs one by one.
+        where = ", ".join(dict.fromkeys((*args.refused, ctx.name)))
+        error = TaskError(type(exc).__name__, f"on RQ worker {where}: {exc}")
         for index in args.indices:
             pusher.add(not_run_record(index, error, time.time()), None)
         pusher.flush()

@@ -111,6 +111,14 @@ class JobArgs(NamedTuple):
     # Seconds of work the job was sized for (None: not measured yet): a job that runs
     # well past it gives the tasks it has not started back (split.py).
     budget: float | None = None
+    # The workers that could not load the target for these tasks, once each time they
+    # gave them back for another (split.py): a job the caller makes has none.
+    refused: tuple[str, ...] = ()
+
+    def wire(self) -> tuple[Any, ...]:
+        """The job's arguments as RQ stores them: without ``refused`` when there are
+        none, so that a worker older than it still runs the job."""
+        return tuple(self) if self.refused else tuple(self)[:-1]
 
     @classmethod
     def of(cls, run_id: str, target: str, star: bool, timeout: float | None, retries: int,

@@ -208,7 +208,7 @@ class RQRun(RunState):
             datas.append(
                 Queue.prepare_data(
                     RUN_BATCH,
-                    args=tuple(args),
+                    args=args.wire(),
                     job_id=job_id,
                     timeout=-1,  # per-task timeouts are fanout's, not RQ's job timeout
                     ttl=self.rq.result_ttl,  # a job nobody took by then is not run

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rq import Queue, Worker
@@ -38,6 +38,9 @@ SPLIT_SLACK = 0.2  # seconds
 STALL_FACTOR = 4.0
 STALL_SECONDS = 0.1
 CHECK_SECONDS = 0.05  # how often a job that may split looks at its pace
+MAX_REFUSALS = 20  # give-backs of a job whose target a worker could not load, at most
+REFUSED_PAUSE = 0.5  # a worker meeting again a job it refused waits this, doubling
+MAX_REFUSED_PAUSE = 5.0
 TARGET_JOB_SECONDS = 1.0  # as the caller sizes its jobs (run.py)
 
 
@@ -83,28 +86,7 @@ class Split:
         budget = self.args.budget or 0.0
         per = per_task or budget / len(self.args.indices) or time.monotonic() - self.started
         parts = self._parts(tasks, per)
-        connection = self.job.connection
-        meta = self.pusher.keys.meta
-        ttl = int(text(connection.hget(meta, "result_ttl") or RESULT_TTL))
-        moves: Moves = {}
-        datas = []
-        sizes: dict[Any, Any] = {}  # job name -> task count
-        for part in parts:
-            # A name of its own, not the caller's job counter: a failover that lost the
-            # counter's last steps must not make two jobs of one id.
-            name = f"s{uuid.uuid4().hex[:16]}"
-            job_id = self.pusher.keys.job_id(name)
-            args = self._args(part, per)
-            moves[job_id] = (args.indices, [t.attempts for t in part])
-            sizes[name] = len(part)
-            datas.append(self._job_data(job_id, name, args, ttl))
-        queue = Queue(self.job.origin, connection=connection, serializer=self.job.serializer)
-        pipe = connection.pipeline(transaction=True)
-        queue.enqueue_many(list(reversed(datas)), pipeline=pipe)  # the first part first
-        pipe.hset(self.pusher.keys.jobs, mapping=sizes)
-        pipe.expire(self.pusher.keys.jobs, ttl)
-        self.pusher.push_moves(moves, pipe)
-        pipe.execute()
+        enqueue_jobs(self.job, self.pusher, [self._args(part, per) for part in parts])
 
     def _parts(self, tasks: list[Task], per: float) -> list[list[Task]]:
         """``tasks`` cut into jobs of about ``TARGET_JOB_SECONDS``, fewer tasks each near
@@ -137,16 +119,65 @@ class Split:
             per * len(part),
         )  # fmt: skip
 
-    def _job_data(self, job_id: str, name: str, args: JobArgs, ttl: int) -> Any:
-        return Queue.prepare_data(
-            RUN_BATCH,
-            args=tuple(args),
-            job_id=job_id,
-            timeout=-1,  # per-task timeouts are fanout's, not RQ's job timeout
-            ttl=ttl,
-            result_ttl=0,
-            failure_ttl=FAILURE_TTL,
-            description=f"fanout run {args.run_id} job {name} ({len(args.indices)} tasks,"
-            f" given back by job {self.job.id})",
-            at_front=True,
-        )
+
+def give_back_unloadable(job: Job, args: JobArgs, pusher: Pusher, worker: str,
+                         pause: Callable[[float], None]) -> bool:  # fmt: skip
+    """``worker`` cannot load the job's target (its code is older or newer than the
+    caller's, its allowlist is narrower): give the whole job back, at the front of the
+    queue, for a worker that can. False (the job's tasks then fail) once every worker
+    serving the queue has refused it, or after ``MAX_REFUSALS`` give-backs. A worker
+    that meets again a job it refused waits a little (``pause``, a doubling time) first,
+    so that the others, busy, get a chance at it."""
+    refused = (*args.refused, worker)
+    connection = job.connection
+    queue = Queue(job.origin, connection=connection)
+    serving = {w.name for w in Worker.all(connection=connection, queue=queue)}
+    if serving <= set(refused) or len(refused) > MAX_REFUSALS:
+        return False
+    again = args.refused.count(worker)
+    if again:
+        pause(min(REFUSED_PAUSE * 2 ** (again - 1), MAX_REFUSED_PAUSE))
+    enqueue_jobs(job, pusher, [args._replace(refused=refused)])
+    return True
+
+
+def enqueue_jobs(job: Job, pusher: Pusher, parts: list[JobArgs]) -> None:
+    """Enqueue ``parts`` (each a new job's arguments) as jobs of ``job``'s run at the front
+    of its queue, the first part first; and push, in the same transaction, the message
+    that says which tasks moved to which job (whoever drives or collects the run waits
+    for them there)."""
+    connection = job.connection
+    ttl = int(text(connection.hget(pusher.keys.meta, "result_ttl") or RESULT_TTL))
+    moves: Moves = {}
+    datas = []
+    sizes: dict[Any, Any] = {}  # job name -> task count
+    for args in parts:
+        # A name of its own, not the caller's job counter: a failover that lost the
+        # counter's last steps must not make two jobs of one id.
+        name = f"s{uuid.uuid4().hex[:16]}"
+        job_id = pusher.keys.job_id(name)
+        moves[job_id] = (args.indices, list(args.attempts or [0] * len(args.indices)))
+        sizes[name] = len(args.indices)
+        datas.append(_job_data(job, job_id, name, args, ttl))
+    queue = Queue(job.origin, connection=connection, serializer=job.serializer)
+    pipe = connection.pipeline(transaction=True)
+    queue.enqueue_many(list(reversed(datas)), pipeline=pipe)  # the first part first
+    pipe.hset(pusher.keys.jobs, mapping=sizes)
+    pipe.expire(pusher.keys.jobs, ttl)
+    pusher.push_moves(moves, pipe)
+    pipe.execute()
+
+
+def _job_data(job: Job, job_id: str, name: str, args: JobArgs, ttl: int) -> Any:
+    return Queue.prepare_data(
+        RUN_BATCH,
+        args=args.wire(),
+        job_id=job_id,
+        timeout=-1,  # per-task timeouts are fanout's, not RQ's job timeout
+        ttl=ttl,
+        result_ttl=0,
+        failure_ttl=FAILURE_TTL,
+        description=f"fanout run {args.run_id} job {name} ({len(args.indices)} tasks,"
+        f" given back by job {job.id})",
+        at_front=True,
+    )
