@@ -461,3 +461,29 @@ def test_a_worker_that_cannot_import_the_target_gives_its_jobs_to_one_that_can(
     results = fanout.run(tasks.square, range(3), backend="rq", redis_url=server.url)
     assert {r.error.type for r in results if r.error} == {"TargetError"}
     assert all("stale-1" in r.error.message for r in results if r.error)
+
+
+# --------------------------------------------------------------------------- defect 9
+
+
+@pytest.mark.slow
+def test_a_killed_busy_workers_name_is_free_again_at_once_on_its_host(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    connection = Redis.from_url(server.url)
+    serve(server.url, workers, "nine-1")
+    marker = tmp_path / "started"
+    run = fanout.submit(tasks.touch_then_sleep, [(str(marker), 60)], star=True,
+                        redis_url=server.url)  # fmt: skip
+    run.close()
+    wait_until(marker.exists, 20, "nine-1 is busy")
+    wait_until(lambda: connection.ttl("rq:worker:nine-1") <= 60, 10, "a heartbeat mid-job")
+    worker = psutil.Process(workers[0].pid)
+    for process in [worker, *worker.children(recursive=True)]:
+        process.kill()  # the worker and its task process, mid-task
+    workers[0].wait()
+    # Its registration says it lives for at most a minute more, as the message says...
+    assert 0 < connection.ttl("rq:worker:nine-1") <= 60
+    # ... and on its own host, where its process is seen gone, the name is free at once.
+    serve(server.url, workers, "nine-1")
+    assert workers[1].poll() is None

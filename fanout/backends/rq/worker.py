@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import redis
 from rq import Worker
 from rq.exceptions import StopRequested
+from rq.utils import utcparse
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
@@ -42,11 +43,17 @@ from fanout.backends.rq.connection import (
     url_passwords,
 )
 from fanout.backends.rq.job import REDIS_WAIT, FanoutJob, WorkerContext
+from fanout.backends.rq.protocol import text
 from fanout.backends.rq.pusher import JobStopped
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
 from fanout.errors import SignatureError, TargetNotAllowed
 
 HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
+# A fanout worker's registration (its name) lives this long after its last heartbeat,
+# idle or busy (RQ's own is minutes: 7 for a job without a timeout). More than a
+# caller's dead_after (30 s by default): the heartbeat's silence says first.
+REGISTRATION_TTL = 60
+TAKE_OVER_AFTER = 3 * HEARTBEAT_SECONDS  # a registration silent this long has no process
 # RQ beats three times between two jobs, three commands each: a beat this soon after
 # the last adds nothing (callers read beats against HEARTBEAT_SECONDS).
 BEAT_AGAIN_SECONDS = 0.5
@@ -80,7 +87,12 @@ class FanoutWorker(SimpleWorker):
         if pipeline is None and timeout is None and now - self._beat_at < BEAT_AGAIN_SECONDS:
             return
         self._beat_at = now
-        super().heartbeat(timeout, pipeline)
+        super().heartbeat(min(timeout or REGISTRATION_TTL, REGISTRATION_TTL), pipeline)
+
+    def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+        # RQ's is 7 minutes for a job without a timeout (fanout's: tasks time out in the
+        # task process): a killed worker's name, and its job, would stay that long.
+        return REGISTRATION_TTL
 
     def execute_job(self, job: Any, queue: Any) -> None:
         ctx = self.context
@@ -327,13 +339,37 @@ def _max_value_bytes(connection: Any) -> int:
 
 
 def _refuse_a_taken_name(connection: Any, name: str, url: str) -> None:
-    """RQ refuses a name that a live worker holds; say so before saying anything else."""
+    """RQ refuses a name that a live worker holds; say so before saying anything else.
+    A registration left by a worker of this host whose process is gone (killed, its
+    machine restarted) is taken over once its heartbeats have stopped: a worker started
+    again under its fixed name (systemd, a container restarted) serves at once."""
     key = Worker.redis_worker_namespace_prefix + name
-    if connection.exists(key) and not connection.hexists(key, "death"):
-        raise ValueError(
-            f"a worker named {name!r} is already registered on {mask_url(url)}; give this"
-            " one another --name (a killed worker's name frees up within a minute)"
-        )
+    if not connection.exists(key) or connection.hexists(key, "death"):
+        return
+    host, pid, beat = (text(v) if v else "" for v in connection.hmget(key, "hostname", "pid",
+                                                                   "last_heartbeat"))  # fmt: skip
+    silent = time.time() - utcparse(beat).timestamp() if beat else 0.0
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        time.sleep(max(0.0, TAKE_OVER_AFTER - silent))  # a live one would beat meanwhile
+        if connection.hget(key, "last_heartbeat") in (None, beat.encode()):
+            connection.delete(key)  # callers take the job it had for lost (see watch.py)
+            return
+    raise ValueError(
+        f"a worker named {name!r} is already registered on {mask_url(url)} (its last"
+        f" heartbeat {silent:.0f} s ago); give this one another --name, or wait: the name"
+        f" of a fanout worker that was killed is free {REGISTRATION_TTL} s after its last"
+        " heartbeat (at once on its own host)"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
 
 
 def safety_warnings(url: str, keyring: Keyring | None, allow: tuple[str, ...]) -> list[str]:
