@@ -164,9 +164,12 @@ def _sentinel_master(url: str, socket_timeout: float | None) -> Redis:
     )  # fmt: skip
     if config.sentinel_password:
         sentinel_kwargs["password"] = config.sentinel_password
-    sentinel = Sentinel(config.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    # redis-py types Sentinel from 8.2 on (untyped before): called as Any, the same code
+    # checks on both.
+    sentinel_class: Any = Sentinel
+    sentinel = sentinel_class(config.sentinels, sentinel_kwargs=sentinel_kwargs)
     config.master["connection_class"] = _connection_class(ssl=config.master.pop("ssl"))
-    master: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master: Redis = sentinel.master_for(
         config.service,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
