@@ -249,12 +249,16 @@ class RunState(Sizing):
     def requeue(self, tasks: Iterable[Task]) -> None:
         """Tasks a worker held but never started (it was lost, or they were taken back
         from it): first in line, in their order, with no attempt counted."""
+        back = list(tasks)
         if self.handed is not None:
-            back = list(tasks)
             self.handed += back
             self.outstanding -= len(back)
             return
-        self.retry.extendleft(reversed(list(tasks)))
+        # In input order among the others waiting: tasks come back from several workers
+        # one after another, and the lowest index is the one the ideal schedule runs next.
+        line = sorted([*back, *self.retry], key=_index)
+        self.retry.clear()
+        self.retry.extend(line)
 
     def hand_back(self) -> list[Task]:
         """Give up every task no worker holds — those waiting to go again and the rest
@@ -405,6 +409,10 @@ class RunState(Sizing):
                 self.retry.clear()
         if self.input_error is not None:
             raise self.input_error
+
+
+def _index(task: Task) -> int:
+    return task.index
 
 
 def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:

@@ -25,7 +25,7 @@ SLOW_TASK_SECONDS = 0.05
 # A task that has run this long, or twice as long as the run's tasks take, runs longer
 # than its batch assumed: its worker gets no more, and what it holds unstarted is taken
 # back for an idle worker.
-OVERDUE_SECONDS = 0.002
+OVERDUE_SECONDS = 0.02
 OVERDUE_FACTOR = 2.0
 
 _batch_ids = itertools.count()

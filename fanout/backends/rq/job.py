@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.job import Job
 from rq.utils import now, utcformat
@@ -131,8 +132,15 @@ def _run_tasks(
     executor: Backend = ctx.executor or InlineBackend()
 
     def give_back(tasks: list[Task]) -> None:
-        split.give_back(tasks, run.per_task)
         pusher.pending.difference_update(todo[task.index] for task in tasks)
+        try:
+            split.give_back(tasks, run.per_task)
+        except (redis.RedisError, OSError) as exc:
+            # Not run here either way: the transaction that enqueues them went through
+            # (the run's stream says where they went) or it did not (the caller runs them
+            # again once this job is gone without their results).
+            log.warning("job %s: could not give %d tasks back (%s); the caller runs them"
+                        " again", job.id, len(tasks), exc)  # fmt: skip
 
     def idle() -> None:
         pusher.idle()
