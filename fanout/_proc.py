@@ -4,6 +4,7 @@ and starting ``fanout worker`` processes (for ``--workers N`` and ``--processes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -137,10 +138,12 @@ def on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _terminate_with_parent() -> None:
-    # A local `fanout worker` gets RQ's warm shutdown (SIGTERM) when its caller dies.
+def _terminate_with_parent(parent: int) -> None:
+    # A local `fanout worker` gets RQ's warm shutdown (SIGTERM) when its caller dies;
+    # one whose caller died before the request took effect never starts.
     with contextlib.suppress(OSError):
-        die_with_parent(signal.SIGTERM)
+        if not die_with_parent(signal.SIGTERM, parent):
+            os._exit(0)
 
 
 def spawn_fanout_worker(
@@ -159,7 +162,9 @@ def spawn_fanout_worker(
     args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name]
     args += ["--quiet"] if quiet else []
     args += ["--redis-wait", repr(redis_wait)] if redis_wait is not None else []
-    preexec: Callable[[], None] | None = _terminate_with_parent if tied_to_parent else None
+    preexec: Callable[[], None] | None = None
+    if tied_to_parent:
+        preexec = functools.partial(_terminate_with_parent, os.getpid())
     return subprocess.Popen(
         args + (["--burst"] if burst else []),
         env=env,

@@ -3,14 +3,32 @@ on SIGTERM, what it reaps, and what ``--workers N`` costs a run."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import psutil
 import pytest
+import redis
+from redis.client import PubSub
 
 import fanout
+from fanout.backends.rq.worker import FanoutWorker
 from tests import tasks
-from tests.helpers import RedisServer, start_worker, stop_workers, wait_for_workers
+from tests.helpers import (
+    RedisServer,
+    finish,
+    registered_workers,
+    start_python,
+    start_worker,
+    stop_workers,
+    wait_for_workers,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -39,3 +57,126 @@ def test_a_task_on_a_fanout_worker_runs_fanout_itself(
         assert r.ok, r.error
         assert r.worker.name == "nesting-1"
         assert r.value["inner"] == [[x * x, r.worker.pid] for x in range(3)]
+
+
+def test_a_stopping_worker_ends_its_command_listener_even_when_it_took_the_reply_first(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RQ unsubscribes, then stops its command listener. A listener that handled the
+    reply first waited 60 s for a subscription that never came, and the stop (redis-py
+    8.2's, which joins it) with it: ``fanout worker`` took ~60 s to exit on SIGTERM in 5
+    of 8 tries on a loaded machine. Here the listener always takes the reply first."""
+    unsubscribe = PubSub.unsubscribe
+
+    def unsubscribe_then_lose_the_race(self: PubSub, *args: Any) -> Any:
+        sent = unsubscribe(self, *args)
+        wait_until(lambda: not self.subscribed, 10, "the listener handled the reply")
+        return sent
+
+    connection = redis.Redis(port=redis_server.port)
+    worker = FanoutWorker(["listener-test"], connection=connection, name="listener-test")
+    worker.subscribe()
+    listener = worker.pubsub_thread
+    assert listener is not None
+    wait_until(lambda: worker.pubsub is not None and worker.pubsub.subscribed, 10, "subscribed")
+    monkeypatch.setattr(PubSub, "unsubscribe", unsubscribe_then_lose_the_race)
+    stopping = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopping.start()
+    stopping.join(10)
+    try:
+        assert not stopping.is_alive(), "the worker still waits for its command listener"
+        listener.join(5)
+        assert not listener.is_alive()
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_worker_that_ran_jobs_exits_on_sigterm_within_seconds_every_time(
+    redis_server: RedisServer, processes: int
+) -> None:
+    """The end-to-end twin of the test above, in a loop: the race is lost now and then."""
+    url = redis_server.url
+    for attempt in range(4):
+        queue = f"sigterm-{processes}-{attempt}"
+        names = [queue] if processes == 1 else [f"{queue}-{i}" for i in (1, 2)]
+        worker = start_worker(url, queue, "--queue", queue, "--processes", str(processes),
+                              "--quiet")  # fmt: skip
+        try:
+            wait_for_workers(url, names)
+            results = fanout.run(tasks.square, range(20), backend="rq", redis_url=url, queue=queue)
+            assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+            tree = psutil.Process(worker.pid).children(recursive=True)
+            signalled = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(30)
+            seconds = time.monotonic() - signalled
+        finally:
+            stop_workers([worker])
+        assert seconds < 5, f"try {attempt + 1}: the worker took {seconds:.1f} s to exit"
+        assert worker.returncode == 0
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert not alive, f"left behind: {alive}"
+        assert not set(names) & registered_workers(url)
+
+
+CALLER_WITH_WORKERS = """
+import signal
+import sys
+import fanout
+from tests import tasks
+
+with fanout.Fanout(backend="rq", workers=2, redis_url=sys.argv[1], queue=sys.argv[2]) as fo:
+    assert all(r.ok for r in fo.map(tasks.square, range(20)))
+    print("ran", flush=True)
+    signal.pause()  # until the test kills it
+"""
+
+
+@pytest.mark.slow
+def test_the_workers_of_a_sigkilled_caller_exit_within_seconds(redis_server: RedisServer) -> None:
+    """Its ``--workers N`` get SIGTERM when it dies: they used to live ~60 s more."""
+    url = redis_server.url
+    caller = start_python("-c", CALLER_WITH_WORKERS, url, "orphaned")
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == "ran\n"
+        workers = psutil.Process(caller.pid).children()
+        names = {
+            w
+            for w in registered_workers(url)
+            if w.endswith(tuple(f"-{caller.pid}-{i}" for i in (1, 2)))
+        }
+        assert len(workers) == len(names) == 2, (workers, names)
+        caller.kill()
+        killed = time.monotonic()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        seconds = time.monotonic() - killed
+    finally:
+        caller.kill()
+        finish(caller)
+    assert not alive, f"left behind: {alive}"
+    assert seconds < 5, f"its workers took {seconds:.1f} s to exit"
+    assert not names & registered_workers(url)
+
+
+def test_the_workers_of_a_sigkilled_processes_n_parent_exit(redis_server: RedisServer) -> None:
+    """``fanout worker --processes 2`` forwards a SIGTERM to its workers; SIGKILLed, it
+    forwards nothing: they get the SIGTERM from the kernel (they served on for ever)."""
+    url = redis_server.url
+    parent = start_worker(url, "pool", "--queue", "pool", "--processes", "2", "--quiet")
+    workers: list[psutil.Process] = []
+    alive: list[psutil.Process] = []
+    try:
+        wait_for_workers(url, ["pool-1", "pool-2"])
+        workers = psutil.Process(parent.pid).children()
+        parent.kill()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+    finally:
+        stop_workers([parent])
+        for worker in alive:  # no longer our children: the leftover check cannot see them
+            worker.kill()
+    assert not alive, f"left behind: {alive}"
+    assert not {"pool-1", "pool-2"} & registered_workers(url)
