@@ -4,6 +4,7 @@ on SIGTERM, what it reaps, and what ``--workers N`` costs a run."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import threading
@@ -162,6 +163,7 @@ def test_the_workers_of_a_sigkilled_caller_exit_within_seconds(redis_server: Red
     assert not names & registered_workers(url)
 
 
+@pytest.mark.slow
 def test_the_workers_of_a_sigkilled_processes_n_parent_exit(redis_server: RedisServer) -> None:
     """``fanout worker --processes 2`` forwards a SIGTERM to its workers; SIGKILLed, it
     forwards nothing: they get the SIGTERM from the kernel (they served on for ever)."""
@@ -180,3 +182,32 @@ def test_the_workers_of_a_sigkilled_processes_n_parent_exit(redis_server: RedisS
             worker.kill()
     assert not alive, f"left behind: {alive}"
     assert not {"pool-1", "pool-2"} & registered_workers(url)
+
+
+def zombie_or_alive(pid: int) -> bool:
+    """True while ``pid`` exists at all, a zombie included (nobody reaped it yet)."""
+    try:
+        psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_task_process_killed_between_jobs_is_reaped_and_replaced(
+    redis_server: RedisServer, own_workers: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """It stayed a zombie until the worker's next job."""
+    url = redis_server.url
+    worker = own_workers(url, "reaper-1", "--queue", "reaper", "--quiet")
+    wait_for_workers(url, ["reaper-1"])
+    options: dict[str, Any] = {"backend": "rq", "redis_url": url, "queue": "reaper"}
+    (first,) = fanout.run(tasks.pid_of, [0], **options)
+    task_process = first.value
+    assert psutil.Process(task_process).ppid() == worker.pid
+    os.kill(task_process, signal.SIGKILL)
+    wait_until(lambda: not zombie_or_alive(task_process), 10, "the task process reaped")
+    (second,) = fanout.run(tasks.pid_of, [0], **options)
+    assert second.ok, second.error
+    assert second.value != task_process
+    assert second.worker.ppid == worker.pid

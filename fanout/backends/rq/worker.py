@@ -89,6 +89,10 @@ class FanoutWorker(SimpleWorker):
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if self.context.heartbeat is None and self.context.executor is not None:
+            # No job runs (RQ's idle loop beats every 2 s): a task process killed
+            # meanwhile is reaped now, not left a zombie until the next job.
+            self.context.executor.reap()
         now = time.monotonic()
         if pipeline is None and timeout is None and now - self._beat_at < BEAT_AGAIN_SECONDS:
             return
