@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -101,9 +102,28 @@ def stop_processes(
             process.send_signal(signum)
         deadline = time.monotonic() + grace
         for process in alive:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.0, deadline - time.monotonic()))
+            _wait(process, deadline)
     return alive
+
+
+def _wait(process: subprocess.Popen[Any], deadline: float) -> None:
+    """Wait for ``process`` to exit, until ``deadline`` (time.monotonic()). Woken by its
+    exit (a pidfd, on Linux): ``Popen.wait`` polls, by then every 50 ms, and a worker
+    exits in about that long."""
+    remaining = max(0.0, deadline - time.monotonic())
+    pidfd = None
+    if process.poll() is None:  # not reaped: its pid is still its own
+        with contextlib.suppress(AttributeError, OSError):
+            pidfd = os.pidfd_open(process.pid)
+    if pidfd is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(remaining)
+        return
+    try:
+        select.select([pidfd], [], [], remaining)
+    finally:
+        os.close(pidfd)
+    process.poll()
 
 
 def describe_exit(code: int | None) -> str:
