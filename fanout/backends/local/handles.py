@@ -37,6 +37,10 @@ from fanout.models import WorkerInfo
 # worker of another pool holding our task pipe open would keep our workers from ever
 # seeing end-of-file, so every worker closes all of them at start.
 _caller_fds: set[int] = set()
+# A forked child (a worker whose task runs fanout itself) is no caller of these pools:
+# it closes them or never uses them, and their numbers come back for its own files,
+# which its workers must keep.
+os.register_at_fork(after_in_child=_caller_fds.clear)
 
 
 class WorkerHandle:

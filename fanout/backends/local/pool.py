@@ -426,6 +426,15 @@ class Pool:
         worker.end_leftovers()
         worker.release()
 
+    def reap(self) -> None:
+        """Between runs: settle the workers that died idle (killed from outside), so
+        that none stays a zombie until the next run starts (replacements start on demand)."""
+        if self.closed or self.runs:
+            return  # a run's loop settles its deaths itself
+        for worker in list(self.workers):
+            if not worker.process.is_alive():
+                deaths.bury(self, worker)
+
     def abandon(self, run: LocalRun) -> None:
         """A run ended: drop it, end workers still busy with its tasks.
 

@@ -28,6 +28,9 @@ from fanout.models import TaskResult
 
 DEFAULT_QUEUE = "fanout"
 WORKER_START_SECONDS = 30.0
+# How often a caller looks for the registration of the workers it started: each look
+# is one cheap read, and a run waits for them all before it enqueues.
+REGISTRATION_POLL_SECONDS = 0.01
 
 
 class RQBackend(Backend):
@@ -227,7 +230,7 @@ class RQBackend(Backend):
                 self._stop_local_workers()
                 why = "exited" if dead else f"did not register within {WORKER_START_SECONDS} s"
                 raise BackendUnavailable(f"a local fanout worker {why}; see its message above")
-            time.sleep(0.05)
+            time.sleep(REGISTRATION_POLL_SECONDS)
 
     def _stop_local_workers(self) -> None:
         """SIGTERM (RQ's warm shutdown), again (cold), then SIGKILL; a worker killed
