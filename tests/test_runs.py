@@ -234,9 +234,10 @@ def test_a_command_that_cannot_reach_redis_prints_no_run_id() -> None:
     [
         (["run", "tests.tasks:square", "1", "--detach"], "--backend rq"),
         (["run", "tests.tasks:square", "1", "--detach", "--backend", "inline"], "inline"),
-        (["run", "tests.tasks:square", "1", "--resume"], "journal"),
+        (["run", "tests.tasks:square", "1", "--resume"], "--resume needs --journal PATH"),
+        (["run", "tests.tasks:square", "1", "--resume-failed"], "--resume-failed needs --journal"),
     ],
-    ids=["detach-local", "detach-inline", "resume-without-journal"],
+    ids=["detach-local", "detach-inline", "resume-without-journal", "resume-failed-alone"],
 )
 def test_durable_options_where_they_cannot_work_are_one_line_and_exit_2(
     args: list[str], fragment: str
@@ -270,8 +271,8 @@ def test_max_failures_stops_the_run_and_cancels_what_had_not_started(
         request.getfixturevalue("rq_workers")
     items = [(str(log), "fail")] + [(str(log), 0.0)] * 30
     results = fanout.run(tasks.record_run, items, star=True, max_failures=1, **options)
-    # Only the inputs taken before the stop are tasks of the run: each has its result.
-    assert sorted(r.index for r in results) == list(range(len(results)))
+    # Every input has its result, also those the run never took (DESIGN: Fail fast).
+    assert [r.index for r in results] == list(range(31))
     assert len(executions(log)) < 31, "the run did not stop"
     assert results[0].error is not None
     assert results[0].error.type == "ValueError"
@@ -287,8 +288,38 @@ def test_max_failures_on_the_command_line_exits_1(tmp_path: Path) -> None:
                         "--max-failures", "1", "--json")  # fmt: skip
     assert result.returncode == 1
     shown = records(result.stdout)
-    assert 1 <= len(shown) < 21
-    assert sorted(r["index"] for r in shown) == list(range(len(shown)))
+    assert sorted(r["index"] for r in shown) == list(range(21))
+    assert len(executions(log)) < 21, "the run did not stop"
+
+
+def test_max_failures_stops_a_long_local_run_and_cancels_the_rest() -> None:
+    """Issue 22, defect 3: `--range 1000 --max-failures 2` ran all 1,000 tasks on local,
+    and the inputs never taken had no result."""
+    result = run_fanout("run", "fanout.testing.tasks:fail_slowly", "--range", "1000",
+                        "--workers", "2", "--max-failures", "2", "--json")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    shown = records(result.stdout)
+    assert [r["index"] for r in shown] == list(range(1000))
+    ran = [r for r in shown if r["error"]["type"] == "ValueError"]
+    cancelled = [r for r in shown if r["error"]["type"] == "Cancelled"]
+    assert 2 <= len(ran) <= 4  # the two failures, and what the two workers were running
+    assert len(ran) + len(cancelled) == 1000
+    assert {(r["attempts"], r["worker"]["name"]) for r in cancelled} == {(0, "(not run)")}
+
+
+@pytest.mark.parametrize("option", [["--max-failures", "1"], ["--journal", "J"]])
+def test_detach_refuses_what_only_an_attached_caller_can_do(
+    option: list[str], tmp_path: Path
+) -> None:
+    """--max-failures and --journal need this process to see every result; --detach
+    leaves: one line, exit 2, before anything is enqueued (no Redis needed)."""
+    option = [str(tmp_path / o) if o == "J" else o for o in option]
+    result = run_fanout("run", "tests.tasks:square", "1", "--backend", "rq", "--detach",
+                        "--redis-url", "redis://127.0.0.1:9/0", *option)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"fanout: error: {option[0]}")
+    assert "--detach" in result.stderr
 
 
 # --------------------------------------------------------------------------- journal, resume

@@ -14,8 +14,12 @@ is the identity of the process that ran the task (inside it, ``os.getpid() == pi
 ``multiprocessing.current_process().name == name``).
 
 **Halting.** With ``spec.max_failures`` set, the failed result that reaches it halts the
-run: no new input is taken, tasks not yet handed to a worker are cancelled, tasks a
-worker already holds finish and are reported.
+run: nothing new is sent; tasks not yet started are cancelled — those waiting, those a
+worker holds unstarted where the backend can take them back (``RunState.requeue``
+cancels what comes back), and every input not yet taken, read on to its end — each with
+its one result (``Cancelled``, attempts 0, worker ``(not run)``); tasks running finish
+and are reported. ``RunState`` does all of this once the backend calls ``take_batch``
+(or ``settle_the_rest``) after the halt.
 
 **Attempts.** ``attempts`` counts the times the target was started for the task: 1 for
 a task that ran once; 1 + n after n retries (``spec.retries`` bounds n; a retry follows

@@ -75,6 +75,7 @@ def execute(settings: RunSettings) -> NoReturn:
     view: View | None = None
     try:
         with errors_as_exit_codes():
+            _check_combinations(settings)
             inputs = InputSource(*settings.inputs)
             fo = Fanout(settings.backend, settings.workers, **settings.options)
             fanouts.append(fo)
@@ -112,6 +113,25 @@ def _announce(fo: Fanout) -> None:
     """``run <ID>`` on stderr, once the run exists (on a backend whose runs have ids)."""
     if fo.run_id is not None:
         typer.echo(f"run {fo.run_id}", err=True)
+
+
+def _check_combinations(settings: RunSettings) -> None:
+    """Options that cannot go together, said in the command line's words before anything
+    is made or enqueued. What only a caller that sees every result can do, --detach
+    cannot."""
+    given = settings.map_options
+    if given.get("resume") and given.get("journal") is None:
+        flag = "--resume-failed" if given["resume"] == "failed" else "--resume"
+        raise ValueError(f"{flag} needs --journal PATH: the journal of the run to resume")
+    if not settings.detach:
+        return
+    for flag, key in (("--max-failures", "max_failures"), ("--journal", "journal")):
+        if given.get(key) is not None:
+            raise ValueError(
+                f"{flag} needs this process to see every result, and --detach leaves at once:"
+                f" leave out --detach (a run left by a closed terminal still goes on), or"
+                f" {flag} (collect later with: fanout results RUN_ID --json)"
+            )
 
 
 def _detach(fo: Fanout, settings: RunSettings, inputs: InputSource) -> NoReturn:

@@ -232,6 +232,30 @@ class BackendContract:
                 next(results)
         assert seen == [1, 4]
 
+    def test_max_failures_halts_and_every_input_gets_one_result(
+        self, run: Run, worker_processes: int
+    ) -> None:
+        """After the N-th failure no new input is taken and tasks not yet started are
+        cancelled; running ones finish. Every input, taken or not, gets its one result:
+        those that never started ``Cancelled``, attempts 0, run by no one."""
+        count = 30
+        results = run(tasks.fail_slowly, range(count), max_failures=2)
+        assert [r.index for r in results] == list(range(count))
+        ran = [r for r in results if r.error is not None and r.error.type != "Cancelled"]
+        cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+        assert len(ran) + len(cancelled) == count
+        assert all(r.error is not None and r.error.type == "ValueError" for r in ran)
+        # The two failures, and at most what the workers were running when they came in.
+        assert 2 <= len(ran) <= 2 + 2 * worker_processes, len(ran)
+        for r in cancelled:
+            assert (r.attempts, r.worker.name, r.worker.pid) == (0, "(not run)", 0)
+            assert r.error is not None
+            assert "max_failures" in r.error.message
+
+    def test_max_failures_counts_failures_not_successes(self, run: Run) -> None:
+        results = run(tasks.divide, [1, 0, 2, 0, 4], max_failures=3)
+        assert [r.ok for r in results] == [True, False, True, False, True]
+
     def test_a_fanout_is_reused_across_maps(
         self, make_fanout: MakeFanout, backend_class: type[Backend], worker_processes: int
     ) -> None:
