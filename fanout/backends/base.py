@@ -48,8 +48,8 @@ started is taken back for an idle one when it turns out slower than its batch as
 (``RunState.requeue`` puts it back at the front of the line, no attempt counted).
 
 **Input.** ``spec.items`` is consumed lazily, with a bounded number of tasks in flight
-(an endless iterator works). When it raises, the results of the tasks already taken are
-yielded first and the exception is raised afterwards.
+(an endless iterator works). When it raises (``SystemExit`` included), the results of
+the tasks already taken are yielded first and the exception is raised afterwards.
 
 **Options.** ``__init__(workers=None, **options)`` takes the worker count (None: the
 backend's default) and the backend's own keyword options. ``Fanout`` checks the options

@@ -111,8 +111,10 @@ class RunState(Sizing):
         fresh: list[Any] = []
         try:
             fresh.extend(itertools.islice(self.source, room))  # keeps what came before an error
-        except Exception as exc:
-            # Stop reading input; tasks already taken still finish and are yielded.
+        except (Exception, SystemExit) as exc:
+            # Stop reading input; tasks already taken still finish and are yielded, then
+            # it is raised. SystemExit too (sys.exit() in a generator): in-flight results
+            # are not dropped. Ctrl-C still cancels the run where it lands.
             self.exhausted = True
             self.input_error = exc
         else:

@@ -256,6 +256,26 @@ class BackendContract:
         results = run(tasks.divide, [1, 0, 2, 0, 4], max_failures=3)
         assert [r.ok for r in results] == [True, False, True, False, True]
 
+    def test_input_iterator_raising_system_exit_delivers_taken_tasks_then_exits(
+        self, make_fanout: MakeFanout
+    ) -> None:
+        """``sys.exit()`` inside the input generator: the tasks it gave before are run
+        and yielded, then the SystemExit goes on (nothing in flight is dropped)."""
+
+        def items() -> Iterator[int]:
+            yield from range(5)
+            raise SystemExit(3)
+
+        seen: list[int] = []
+
+        def consume(results: Iterator[TaskResult]) -> None:
+            seen.extend(r.value for r in results)
+
+        with make_fanout() as fo, pytest.raises(SystemExit) as exited:
+            consume(fo.map(tasks.square, items(), ordered=False))
+        assert exited.value.code == 3
+        assert sorted(seen) == [0, 1, 4, 9, 16]
+
     def test_a_fanout_is_reused_across_maps(
         self, make_fanout: MakeFanout, backend_class: type[Backend], worker_processes: int
     ) -> None:
