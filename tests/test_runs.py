@@ -364,26 +364,62 @@ def test_a_journal_cut_mid_line_is_read_to_its_last_whole_line(tmp_path: Path) -
     assert all(json.loads(line) for line in journal.read_text().splitlines())
 
 
+@pytest.mark.parametrize("resume", [["--resume"], []], ids=["resume", "fresh"])
 @pytest.mark.parametrize(
     ("journal_text", "fragment"),
     [
         ('{"not": "a journal"}\n', "not a fanout journal"),
         ('{"fanout_journal": 1, "target": "other.module:f"}\n', "other.module:f"),
+        ("import os\nos.remove('x')\n", "not a fanout journal"),
+        ("print('no newline at the end')", "not a fanout journal"),
     ],
-    ids=["not-fanout", "other-target"],
+    ids=["not-fanout", "other-target", "python-file", "one-line"],
 )
 def test_a_journal_that_is_not_this_runs_is_one_line_and_exit_2(
-    tmp_path: Path, journal_text: str, fragment: str
+    tmp_path: Path, journal_text: str, fragment: str, resume: list[str]
 ) -> None:
+    """Issue 22, defect 4: without --resume, --journal appended to any file (a .py file,
+    another target's journal). It is refused, and left as it was."""
     journal = tmp_path / "journal.jsonl"
     journal.write_text(journal_text)
     log = tmp_path / "ran"
     result = run_fanout("run", "tests.tasks:record_run", json.dumps([str(log), 1]), "--star",
-                        "--journal", str(journal), "--resume")  # fmt: skip
+                        "--journal", str(journal), *resume)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not log.exists()
+    assert journal.read_text() == journal_text
+
+
+def test_a_second_run_on_a_journal_without_resume_is_refused(tmp_path: Path) -> None:
+    """Issue 22, defect 4: a second run without --resume appended a second line for
+    every index. It is refused (resume from it, or give another path)."""
+    log, journal = tmp_path / "ran", tmp_path / "journal.jsonl"
+    items = [json.dumps([str(log), x]) for x in ("a", "b")]
+    first = run_fanout("run", "tests.tasks:record_run", *items, "--star", "--journal",
+                       str(journal))  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    before = journal.read_text()
+    assert len(before.splitlines()) == 3  # its first line, and one per index
+    again = run_fanout("run", "tests.tasks:record_run", *items, "--star", "--journal",
+                       str(journal))  # fmt: skip
+    assert again.returncode == 2, again.stderr
+    assert len(again.stderr.splitlines()) == 1
+    assert "--resume" in again.stderr
+    assert journal.read_text() == before
+    assert executions(log) == ["a", "b"]  # nothing ran the second time
+
+
+def test_a_journal_with_no_results_yet_is_taken_as_it_is(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text('{"fanout_journal": 1, "target": "tests.tasks:square"}\n')
+    result = run_fanout("run", "tests.tasks:square", "3", "--journal", str(journal))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line).get("value") for line in journal.read_text().splitlines()] == [
+        None,
+        9,
+    ]
 
 
 def test_a_changed_input_stops_the_resumed_run_before_anything_runs(tmp_path: Path) -> None:
