@@ -108,12 +108,16 @@ def test_an_empty_run_says_so() -> None:
 
 
 def test_lines_takes_each_input_line_as_a_string(tmp_path) -> None:
+    """Blank lines too (issue 22, defect 21: they were skipped, so task i stopped being
+    line i + 1)."""
     paths = tmp_path / "paths.txt"
-    paths.write_text("/srv/a b.txt\n\n[x]/y\n")
+    paths.write_text("/srv/a b.txt\n\n  \n[x]/y\n")
     result = run_fanout("run", "tests.tasks:identity", "--input", str(paths), "--lines", "--json")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["value"] for line in result.stdout.splitlines()] == [
         "/srv/a b.txt",
+        "",
+        "  ",
         "[x]/y",
     ]
 

@@ -98,10 +98,10 @@ def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
 
 
 def read_lines(source: str) -> Iterator[str]:
-    """``--lines``: each line of ``source`` is one input, a plain string (blank lines
-    are skipped)."""
+    """``--lines``: each line of ``source`` is one input, a plain string, blank lines
+    too (task ``i`` is line ``i + 1``)."""
     stream, label = _open(source)
-    return (line.rstrip("\r\n") for _, line in _decoded(stream, label) if line.strip())
+    return (line.rstrip("\r\n") for _, line in _decoded(stream, label))
 
 
 def read_json_lines(source: str) -> Iterator[Any]:
