@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -247,8 +248,12 @@ def _inputs(
 
 
 def _check_limits(timeout: float | None, retries: int, max_failures: int | None) -> None:
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+    ):
+        raise ValueError(
+            f"timeout must be a number of seconds above 0, got {timeout!r} (None: no limit)"
+        )
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 1):

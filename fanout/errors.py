@@ -94,7 +94,8 @@ class TaskFailed(FanoutError):
     """Raised by ``TaskResult.unwrap()`` for a failed task; carries the remote error."""
 
     def __init__(self, index: int, error: TaskError) -> None:
-        super().__init__(f"task {index} failed: {error.type}: {error.message}")
+        said = f"{error.type}: {error.message}" if error.message else error.type
+        super().__init__(f"task {index} failed: {said}")
         self.index = index
         self.error = error
         self.traceback = error.traceback

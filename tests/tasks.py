@@ -274,3 +274,8 @@ def pace(arg: Any) -> int:
         with open(os.path.join(folder, f"{index}-{os.getpid()}-{time.perf_counter_ns()}"), "w"):
             pass
     return os.getpid()
+
+
+def raise_interrupt(_: Any = None) -> None:
+    """A task whose exception has no message: ``KeyboardInterrupt()``."""
+    raise KeyboardInterrupt()

@@ -19,6 +19,7 @@ import fanout
 from fanout.cli.views import HumanView
 from fanout.models import TaskResult, WorkerInfo
 from tests.helpers import (
+    CuttableProxy,
     RedisServer,
     free_port,
     run_fanout,
@@ -191,3 +192,42 @@ def test_ctrl_c_says_what_it_did_and_the_stopped_jobs_say_who_stopped_them(
         result = job.latest_result()
         text = (result.exc_string if result else "") or job.exc_info or ""
         assert "cancelled by the caller" in text, text
+
+
+# --------------------------------------------------------------------------- issue 22
+
+
+@pytest.mark.slow
+def test_redis_lost_for_good_shows_the_results_that_finished_before_exit_3() -> None:
+    """Defect 15: when Redis went for good mid-run, human mode printed none of the results
+    that had finished (--json did); defect 17: the "trying again" line had no prefix."""
+    server = RedisServer()
+    proxy = CuttableProxy(server.port)  # the caller's way to Redis; the worker's stays
+    worker = start_worker(server.url, "lost-1")
+    proc = None
+    try:
+        wait_for_workers(server.url, ["lost-1"])
+        proc = start_cli("run", "tests.tasks:say_then_sleep", "0", "0", "6", "--backend", "rq",
+                         "--redis-url", proxy.url, "--redis-wait", "1", "--unordered")  # fmt: skip
+        assert proc.stdout is not None
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)  # type: ignore[union-attr, arg-type]
+        reader.start()
+        wait_until(lambda: sum("slept 0" in line for line in seen) == 2, 30, "two tasks end")
+        proxy.cut()
+        reader.join(30)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        assert proc.wait(30) == 3, stderr
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        stop_workers([worker])
+        server.stop()
+    rows = sorted(line.split()[0] for line in seen if re.match(r"^[01] ", line))
+    assert rows == ["0", "1"], seen
+    assert seen[-1].startswith("2 tasks: 2 ok, 0 failed")
+    lines = stderr.splitlines()
+    assert lines[-1].startswith("fanout: error: lost Redis at"), stderr
+    assert any(line.startswith("fanout: lost Redis at") and "trying again" in line
+               for line in lines), stderr  # fmt: skip

@@ -60,6 +60,7 @@ def run_command(
     redis_url: opt.RunRedisUrl = None,
     queue: opt.RunQueue = None,
     secret_file: opt.RunSecretFile = None,
+    redis_wait: opt.RunRedisWait = None,
     timeout: opt.Timeout = None,
     retries: opt.Retries = 0,
     max_failures: opt.MaxFailures = None,
@@ -74,7 +75,8 @@ def run_command(
     resume_failed: opt.ResumeFailed = False,
 ) -> None:
     """Run TARGET once per input and report every result with the process that made it."""
-    given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file}
+    given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file,
+             "redis_wait": redis_wait}  # fmt: skip
     settings = RunSettings(
         target,
         (items, range_, repeat, input_, lines),

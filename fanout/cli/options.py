@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
+
+# Where rq commands connect without --redis-url, said in every --help (as
+# backends/rq/connection.py's DEFAULT_REDIS_URL: importing it would import redis and rq).
+_REDIS_DEFAULT = "$FANOUT_REDIS_URL, else redis://localhost:6379/0"
 
 
 class RunCommand(TyperCommand):
@@ -13,6 +18,22 @@ class RunCommand(TyperCommand):
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return ["[OPTIONS]", "TARGET", "[ITEM]..."]
+
+
+def _seconds(value: float | None) -> float | None:
+    """A time limit: a number of seconds above 0 (inf and nan are none)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(
+            f"{value} is not a number of seconds above 0 (leave the option out for no limit)"
+        )
+    return value
+
+
+def _wait(value: float | None) -> float | None:
+    """How long to wait: 0 or more seconds, inf for as long as it takes."""
+    if value is not None and not value >= 0:  # nan and negatives
+        raise typer.BadParameter(f"{value} is not a number of seconds (0 or more, or inf)")
+    return value
 
 
 RUN_EXAMPLES = """Examples:
@@ -84,7 +105,12 @@ Workers = Annotated[
 ]
 Timeout = Annotated[
     float | None,
-    typer.Option("--timeout", metavar="SECONDS", help="End a task running longer than this."),
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=_seconds,
+        help="End a task running longer than this.",
+    ),
 ]
 Retries = Annotated[
     int, typer.Option("--retries", metavar="N", min=0, help="Retry a failed task N times.")
@@ -111,7 +137,17 @@ Daemon = Annotated[
 RunRedisUrl = Annotated[
     str | None,
     typer.Option(
-        "--redis-url", metavar="URL", help="rq: the Redis server (else $FANOUT_REDIS_URL)."
+        "--redis-url", metavar="URL", help=f"rq: the Redis server [default: {_REDIS_DEFAULT}]."
+    ),
+]
+RunRedisWait = Annotated[
+    float | None,
+    typer.Option(
+        "--redis-wait",
+        metavar="SECONDS",
+        callback=_wait,
+        help="rq: how long to keep reconnecting to a lost Redis before the run gives up"
+        " (exit 3) [default: 30].",
     ),
 ]
 RunQueue = Annotated[
@@ -130,8 +166,8 @@ RunSecretFile = Annotated[
 # `fanout worker` and `fanout status`.
 RedisUrl = Annotated[
     str | None,
-    typer.Option("--redis-url", envvar="FANOUT_REDIS_URL", metavar="URL", help="The Redis server.",
-                 show_default=False),
+    typer.Option("--redis-url", envvar="FANOUT_REDIS_URL", metavar="URL",
+                 help=f"The Redis server [default: {_REDIS_DEFAULT}].", show_default=False),
 ]  # fmt: skip
 WorkerQueue = Annotated[str, typer.Option("--queue", metavar="NAME", help="The queue to serve.")]
 WorkerName = Annotated[
@@ -145,6 +181,7 @@ RedisWait = Annotated[
     typer.Option(
         "--redis-wait",
         metavar="SECONDS",
+        callback=_wait,
         help="How long a job's results wait for a lost or full Redis before the job fails.",
     ),
 ]

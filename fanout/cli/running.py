@@ -24,8 +24,9 @@ from fanout.cli.exitcodes import (
     errors_as_exit_codes,
 )
 from fanout.cli.inputs import InputSource
-from fanout.cli.views import HumanView, JsonView, StdoutClosed, View, consume
-from fanout.errors import InputError
+from fanout.cli.progress import consume
+from fanout.cli.views import HumanView, JsonView, StdoutClosed, View
+from fanout.errors import FanoutError
 
 
 @dataclass
@@ -94,8 +95,10 @@ def execute(settings: RunSettings) -> NoReturn:
                 show_bar = sys.stderr.isatty() if show_bar is None else show_bar
                 try:
                     code = consume(results, view, inputs.taken, inputs.total, show_bar)
-                except InputError:
-                    view.finish()  # bad input part-way: show the tasks that ran before it
+                except FanoutError:
+                    # Bad input part-way, Redis lost for good: first the tasks that
+                    # finished before it, then the one line that says why it ended.
+                    view.finish()
                     raise
             view.finish(complete=True)
     except (KeyboardInterrupt, _Terminated) as exc:

@@ -13,7 +13,9 @@ from fanout.api import Fanout
 from fanout.cli import options as opt
 from fanout.cli.commands import app
 from fanout.cli.exitcodes import EXIT_INTERRUPTED, errors_as_exit_codes
-from fanout.cli.views import NOT_SHOWN, HumanView, JsonView, StdoutClosed, View, consume
+from fanout.cli.progress import consume
+from fanout.cli.views import NOT_SHOWN, HumanView, JsonView, StdoutClosed, View, stdout_console
+from fanout.errors import FanoutError
 
 
 def _rq(redis_url: str | None) -> Fanout:
@@ -41,7 +43,11 @@ def results_command(
             with Fanout("rq", 0, **options) as fo:
                 view = JsonView() if json_out else HumanView("rq", tracebacks)
                 results = fo.attach(run_id, wait=not no_wait)
-                code = consume(results, view, lambda index: NOT_SHOWN, None, False)
+                try:
+                    code = consume(results, view, lambda index: NOT_SHOWN, None, False)
+                except FanoutError:
+                    view.finish()  # what was collected, then why it stopped (Redis lost)
+                    raise
             view.finish(complete=True)
     except KeyboardInterrupt:
         if view is not None:
@@ -101,11 +107,10 @@ def _print_run(status: dict[str, Any]) -> None:
 
 
 def _print_status(status: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False, markup=False)  # names are shown as given
+    console = stdout_console()  # names are shown as given
     found = f" (master {status['master']}, found by Sentinel)" if status.get("master") else ""
     console.print(f"Redis {status['redis']}{found}")
     queues = Table("queue", "length", box=None, header_style="bold")
