@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -133,8 +132,8 @@ class Fanout:
             )
             book = Journal(os.fspath(journal), label, resume)
             results = journaled(book, spec.items, ordered, run_on)
-        with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
-            self._active = weakref.ref(results)
+        results = _keeping(self, results)
+        self._active = weakref.ref(results)
         return results
 
     def submit(
@@ -157,7 +156,7 @@ class Fanout:
         """The results of run ``run_id``, each index once: those in at once, the rest as
         they finish (``wait``); a complete collection removes the run's data."""
         self._refuse_if_closed()
-        return self._backend.attach(run_id, wait)
+        return _keeping(self, self._backend.attach(run_id, wait))
 
     @property
     def run_id(self) -> str | None:
@@ -230,6 +229,17 @@ class Fanout:
         tb: TracebackType | None,
     ) -> None:
         self.close(cancel=exc_type is not None)
+
+
+def _keeping(owner: Fanout, results: Iterator[TaskResult]) -> Iterator[TaskResult]:
+    """``results``, holding ``owner`` until they end: ``for r in Fanout().map(...)``
+    keeps its Fanout (whose collection would end the workers) for as long as it runs."""
+    try:
+        yield from results
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # ends the run now, as leaving the map early does
 
 
 def _inputs(

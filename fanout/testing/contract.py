@@ -276,6 +276,17 @@ class BackendContract:
         assert exited.value.code == 3
         assert sorted(seen) == [0, 1, 4, 9, 16]
 
+    def test_a_map_keeps_its_fanout_alive(self, fanout_options: dict[str, Any]) -> None:
+        """``for r in fanout.Fanout().map(...)``: nothing else holds the Fanout, and the
+        map must not lose its workers to the garbage collector."""
+        import gc
+
+        values = []
+        for r in fanout.Fanout(**fanout_options).map(tasks.square, range(20)):
+            gc.collect()
+            values.append(r.value)
+        assert values == [x * x for x in range(20)]
+
     def test_a_fanout_is_reused_across_maps(
         self, make_fanout: MakeFanout, backend_class: type[Backend], worker_processes: int
     ) -> None:
