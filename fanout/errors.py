@@ -59,6 +59,11 @@ class UnknownRun(FanoutError, ValueError):
         self.run_id = run_id
 
 
+class BadRedisURL(FanoutError, ValueError):
+    """A Redis URL that cannot be right: an unknown scheme, a port or database that is no
+    number (its password masked in the message)."""
+
+
 class BackendUnavailable(FanoutError):
     """The backend's service cannot be reached or refused the credentials."""
 

@@ -18,6 +18,7 @@ from redis import Redis
 import fanout
 from fanout.cli.views import HumanView
 from fanout.models import TaskResult, WorkerInfo
+from tests import tasks
 from tests.helpers import (
     CuttableProxy,
     RedisServer,
@@ -231,3 +232,30 @@ def test_redis_lost_for_good_shows_the_results_that_finished_before_exit_3() -> 
     assert lines[-1].startswith("fanout: error: lost Redis at"), stderr
     assert any(line.startswith("fanout: lost Redis at") and "trying again" in line
                for line in lines), stderr  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("garbage", "redis+sentinel://"),
+        ("http://127.0.0.1:9/0", "redis+sentinel://"),
+        ("redis://127.0.0.1:9/abc", "'abc'"),
+        ("redis://127.0.0.1:9/0?db=two", "'two'"),
+        ("redis+sentinel://127.0.0.1:9/service/abc", "'abc'"),
+    ],
+    ids=["no-scheme", "http", "db-path", "db-query", "sentinel-db"],
+)
+@pytest.mark.parametrize("command", ["run", "status", "worker"])
+def test_a_bad_redis_url_is_a_usage_error(url: str, fragment: str, command: str) -> None:
+    """Defect 14: a bad Redis URL was exit 3 (as if Redis were down), its scheme list
+    left out redis+sentinel://, and `redis://host:port/abc` silently used database 0."""
+    args = ["run", "tests.tasks:square", "1", "--backend", "rq"] if command == "run" else [command]
+    result = run_fanout(*args, "--redis-url", url)
+    one_line(result, 2, "bad Redis URL", fragment)
+
+
+def test_a_bad_redis_url_raises_bad_redis_url_before_anything_runs() -> None:
+    with pytest.raises(fanout.BadRedisURL, match="database must be a number") as caught:
+        fanout.run(tasks.square, [1], backend="rq", redis_url="redis://:s3cret@127.0.0.1:9/x")
+    assert isinstance(caught.value, ValueError)
+    assert "s3cret" not in str(caught.value)
