@@ -8,8 +8,10 @@ of its own and runs the tasks in the worker's process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -33,7 +35,7 @@ from fanout.backends.rq.allowlist import (
     restricted_loads,
     target_module,
 )
-from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
+from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split
@@ -84,6 +86,8 @@ def run_batch(*args: Any) -> int:
     """RQ job function (``fanout.rqworker.run_batch``) for a stock ``rq worker``."""
     job = get_current_job()
     assert job is not None, "run_batch runs as an RQ job"
+    with contextlib.suppress(Exception):  # a name for the horse if it dies (watch.py)
+        job.connection.hset(job.key, HORSE_PID, os.getpid())
     return execute_batch(job, WorkerContext.of_stock_worker(job), JobArgs(*args))
 
 
