@@ -152,11 +152,19 @@ class Fanout:
                          star=star, repeat=repeat)  # fmt: skip
         return self._backend.submit(spec)
 
-    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+    def attach(
+        self,
+        run_id: str,
+        wait: bool = True,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> Iterator[TaskResult]:
         """The results of run ``run_id``, each index once: those in at once, the rest as
-        they finish (``wait``); a complete collection removes the run's data."""
+        they finish (``wait``); in the order they were reported, or in index order
+        (``ordered``); a complete collection removes the run's data. ``inputs``: see
+        :meth:`Backend.attach <fanout.backends.base.Backend.attach>`."""
         self._refuse_if_closed()
-        return _keeping(self, self._backend.attach(run_id, wait))
+        return _keeping(self, self._backend.attach(run_id, wait, ordered, inputs))
 
     @property
     def run_id(self) -> str | None:

@@ -208,8 +208,17 @@ class Backend(ABC):
         """Enqueue every input of ``spec`` as a run that goes on without the caller."""
         raise self._no_durable_runs()
 
-    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
-        """The results of run ``run_id``, each index once (``wait``: until all are in)."""
+    def attach(
+        self,
+        run_id: str,
+        wait: bool = True,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> Iterator[TaskResult]:
+        """The results of run ``run_id``, each index once (``wait``: until all are in);
+        as they were reported, or in index order (``ordered``). ``inputs``, if given, is
+        filled with index -> input of the tasks whose inputs the backend still has (for
+        display)."""
         raise self._no_durable_runs()
 
     def run_status(self, run_id: str) -> dict[str, Any]:

@@ -425,7 +425,8 @@ class RunState(Sizing):
                     yield popleft()
                 if self.done():
                     break
-                step()
+                if not ready:  # done() may have released what it held
+                    step()
         finally:
             self.finished = True
             try:
