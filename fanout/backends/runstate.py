@@ -105,6 +105,8 @@ class RunState(Sizing):
         if isinstance(self.source, Feed):
             taken = self.source.take(room)
             self.exhausted = self.source.drained()
+            if self.exhausted and self.source.error is not None:
+                self.input_error = self.source.error
             self.next_index += len(taken)
             self.outstanding += len(taken)
             return start, taken

@@ -88,8 +88,9 @@ def execute(settings: RunSettings) -> NoReturn:
                     if settings.json_out
                     else HumanView(fo.backend_name, settings.tracebacks)
                 )
-                results = fo.map(settings.target, inputs.items(keep=not settings.json_out),
-                                 repeat=inputs.repeat, **settings.map_options)  # fmt: skip
+                items = inputs.items(keep=not settings.json_out, wake=fo.backend.wake)
+                results = fo.map(settings.target, items, repeat=inputs.repeat,
+                                 **settings.map_options)  # fmt: skip
                 _announce(fo)
                 show_bar = settings.progress
                 show_bar = sys.stderr.isatty() if show_bar is None else show_bar
