@@ -14,7 +14,7 @@ REDIS_DEFAULT = "$FANOUT_REDIS_URL, else redis://localhost:6379/0"
 
 
 class RunCommand(TyperCommand):
-    """``fanout run``, with its usage line as the README writes it."""
+    """``fanout run``, with its usage line as docs/cli.md writes it."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return ["[OPTIONS]", "TARGET", "[ITEM]..."]
