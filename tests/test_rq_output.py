@@ -259,3 +259,14 @@ def test_a_bad_redis_url_raises_bad_redis_url_before_anything_runs() -> None:
         fanout.run(tasks.square, [1], backend="rq", redis_url="redis://:s3cret@127.0.0.1:9/x")
     assert isinstance(caught.value, ValueError)
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_workers_first_line_names_the_redis_it_serves(redis_server: RedisServer) -> None:
+    """Defect 18: a worker without FANOUT_REDIS_URL joined whatever Redis was on
+    localhost:6379; its first line says which one it serves."""
+    result = run_fanout("worker", "--burst", "--queue", "first-line", "--redis-url",
+                        redis_server.url)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert re.fullmatch(rf"fanout worker \S+ \(pid \d+\) serving queue 'first-line' on"
+                        rf" {re.escape(redis_server.url)}", first), first  # fmt: skip
