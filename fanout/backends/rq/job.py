@@ -99,7 +99,8 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     if state is None:
         return 0  # the run is gone (collected, expired): nobody would read a result
     if state != "running":  # cancelled, or halted by max_failures: none of these run
-        pusher.cancel(args.indices, f"the run was {state} before a worker took the task")
+        pusher.cancel(args.indices, _STOPPED.get(state, f"the run was {state} before the"
+                                                        " task started"))  # fmt: skip
         return len(args.indices)
     try:
         fn = _load_target(args.target, ctx.allow)
@@ -130,26 +131,21 @@ def _run_tasks(
     keep: list[int],
 ) -> None:
     """Run the job's tasks (the run's indices ``todo``, at positions ``keep`` of
-    ``args``), pushing their results; past its budget, give the rest back (split.py)."""
+    ``args``), pushing their results; past its budget, give the rest back (split.py);
+    once its run has halted or been cancelled, cancel the rest (``_Handover``)."""
     split = Split(job, args, keep, pusher)
-    executor: Backend = ctx.executor or InlineBackend()
-
-    def give_back(tasks: list[Task]) -> None:
-        split.give_back(tasks, run.per_task)
-        pusher.pending.difference_update(todo[task.index] for task in tasks)
+    handover = _Handover(split, pusher, todo, ctx.executor or InlineBackend())
 
     def idle() -> None:
         pusher.idle()
-        if split.due():
-            give_back(executor.give_back(run))
+        handover.if_due()
 
-    run: RunState
     results: Iterator[TaskResult]
     if ctx.executor is not None:
         every = PUSH_SECONDS if split.deadline is None else CHECK_SECONDS
-        run, results = ctx.executor.stream(spec, idle, every)
+        handover.run, results = ctx.executor.stream(spec, idle, every)
     else:
-        run, results = _in_this_process(ctx.name, spec)
+        handover.run, results = _in_this_process(ctx.name, spec)
     pusher.pending = set(todo)
     try:
         for result in results:
@@ -160,14 +156,56 @@ def _run_tasks(
             pusher.check_stop(todo)
             if pusher.gone:
                 break  # the caller's run is over: nobody reads what is left
-            if split.due():
-                give_back(executor.give_back(run))
+            handover.if_due()
         pusher.flush()
-        if run.handed is not None and len(run.handed) > split.given:
-            give_back(run.handed[split.given :])  # came back after the split (barrier.py)
+        handover.the_rest()
     finally:
         if isinstance(results, Generator):
             results.close()
+
+
+class _Handover:
+    """The tasks of a job that leave it before they start: given back as new jobs when
+    the job runs late (split.py), cancelled once a push has found its run halted
+    (max_failures) or cancelled. Those that are running finish."""
+
+    def __init__(self, split: Split, pusher: Pusher, todo: list[int], executor: Backend) -> None:
+        self.split = split
+        self.pusher = pusher
+        self.todo = todo
+        self.executor = executor
+        self.run: RunState | None = None  # the job's inner run, once it is made
+        self.handed = 0  # tasks of run.handed dealt with
+
+    def if_due(self) -> None:
+        run = self.run
+        assert run is not None
+        stopped = self.pusher.state in _STOPPED and run.handed is None
+        if stopped or self.split.due():
+            self.hand(self.executor.give_back(run))
+
+    def the_rest(self) -> None:
+        """Tasks that came back after the hand-over (barrier.py)."""
+        run = self.run
+        if run is not None and run.handed is not None and len(run.handed) > self.handed:
+            self.hand(run.handed[self.handed :])
+
+    def hand(self, tasks: list[Task]) -> None:
+        self.handed += len(tasks)
+        todo, pusher = self.todo, self.pusher
+        if pusher.state in _STOPPED:
+            pusher.cancel([todo[task.index] for task in tasks], _STOPPED[pusher.state])
+        else:
+            assert self.run is not None
+            self.split.give_back(tasks, self.run.per_task)
+        pusher.pending.difference_update(todo[task.index] for task in tasks)
+
+
+# A run in one of these states runs no task of a job that has not started yet.
+_STOPPED = {
+    "halted": "the run stopped (max_failures) before the task started",
+    "cancelled": "the run was cancelled before the task started",
+}
 
 
 def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:

@@ -180,7 +180,7 @@ local ttl = tonumber(redis.call('HGET', KEYS[3], 'result_ttl') or '604800')
 for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do
   redis.call('EXPIRE', key, ttl)
 end
-return 1
+return redis.call('HGET', KEYS[3], 'state') or 'running'
 """
 
 
