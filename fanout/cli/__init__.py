@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> None:
 def log_to_stderr() -> None:
     """fanout's warnings (a lost Redis, no worker serving a queue) as the CLI's other
     lines are: ``fanout: ...`` on stderr. The library itself leaves logging to its user."""
+    logger = logging.getLogger("fanout")
+    if any(getattr(h, "fanout_cli", False) for h in logger.handlers):
+        return  # main() called again in this process
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("fanout: %(message)s"))
-    logger = logging.getLogger("fanout")
+    handler.fanout_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False  # once, even if a task configures the root logger
