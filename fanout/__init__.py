@@ -15,6 +15,7 @@ from fanout.backends import backend_names, register_backend
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import (
     BackendUnavailable,
+    BadRedisURL,
     FanoutError,
     InputError,
     SerializationError,
@@ -81,6 +82,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     # errors
     "BackendUnavailable",
     "FanoutError",
+    "BadRedisURL",
     "InputError",
     "SerializationError",
     "SignatureError",

@@ -300,3 +300,18 @@ def nested_run(n: int) -> dict[str, Any]:
             for r in inner
         ],
     }
+
+
+def raise_interrupt(_: Any = None) -> None:
+    """A task whose exception has no message: ``KeyboardInterrupt()``."""
+    raise KeyboardInterrupt()
+
+
+def note_pid_or_die(folder: str, x: int) -> int:
+    """Write this process's pid to ``folder/<x>``; for a negative ``x`` then die of SIGKILL
+    (the pid a lost task's result should name)."""
+    with open(os.path.join(folder, str(x)), "w") as fh:
+        fh.write(str(os.getpid()))
+    if x < 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

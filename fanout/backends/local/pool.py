@@ -136,6 +136,9 @@ class Pool:
     def dispatch(self) -> None:
         """Hand out batches, one run after another, while workers have room; then, if a
         worker is left idle, take back work that others hold unstarted, and hand it out."""
+        for run in self.runs:
+            if run.halted is not None:
+                self.recall(run)
         while not self.closed:
             sent = False
             for run in list(self.runs):
@@ -177,6 +180,19 @@ class Pool:
                     owner.requeue(tasks)
                     taken = True
         return taken
+
+    def recall(self, run: LocalRun) -> None:
+        """``run`` halted (max_failures): take back what workers hold of it unstarted, so
+        that those tasks are cancelled rather than run, and settle what is left of its
+        input, a part per round, whether or not a worker is free."""
+        for worker in self.workers:
+            if worker.stopping or worker.kill_reason is not None or not worker.unstarted():
+                continue
+            if any(batch.run is run for batch in worker.inflight):
+                for owner, tasks in worker.take_back().items():
+                    if tasks and not owner.finished:
+                        owner.requeue(tasks)
+        run.settle_the_rest()
 
     def give_back(self, run: LocalRun) -> list[Task]:
         """Take back what workers hold of ``run`` unstarted, and hand back every task of

@@ -52,7 +52,7 @@ class LocalRun(RunState):
         # A worker sends finished results once they hold this much work (0: each): each
         # at once with a timeout (the caller times the next task from it), or when the
         # input is live (submit: every call's caller waits for its own result).
-        each = spec.timeout is not None or isinstance(spec.items, Feed)
+        each = spec.timeout is not None or (isinstance(spec.items, Feed) and spec.items.prompt)
         self.flush_seconds = 0.0 if each else flush_seconds
 
     def batch_size(self) -> int:

@@ -156,14 +156,20 @@ class RQBackend(Backend):
                 run.lease.release()
         return run.run_id
 
-    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+    def attach(
+        self,
+        run_id: str,
+        wait: bool = True,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> Iterator[TaskResult]:
         """The results of run ``run_id``, each index once: those finished at once, the
         rest as they finish (``wait``); the collector drives the run while nobody else
         does. A complete collection removes the run's data unless ``keep``."""
         from fanout.backends.rq.collect import CollectRun
 
         with translate(self.url):
-            run = CollectRun(self, run_id, wait)
+            run = CollectRun(self, run_id, wait, ordered, inputs)
         return run.results(run.step, run.end)
 
     def run_status(self, run_id: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
+from fanout.backends.rq.allowlist import plain_loads
 from fanout.backends.rq.connection import mask_url
 from fanout.backends.rq.protocol import RQJob, RunKeys
 from fanout.backends.rq.run import RQRun
@@ -27,13 +28,22 @@ class CollectRun(RQRun):
     """A run collected by id: its inputs are in Redis already (or were lost with the
     caller that had them); its results come from the stream."""
 
-    def __init__(self, backend: RQBackend, run_id: str, wait: bool) -> None:
+    def __init__(
+        self,
+        backend: RQBackend,
+        run_id: str,
+        wait: bool,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> None:
+        """``ordered``: yield in index order; ``inputs``: filled with the input of each
+        task whose job is still in Redis (those of finished jobs are gone with them)."""
         keys = RunKeys(run_id)
         record = control.record_of(backend.connection, keys)
         if record is None:
             raise UnknownRun(run_id, mask_url(backend.url))
         spec = MapSpec(
-            _never, record["target"], iter(()), star=record.get("star") == "1", ordered=False,
+            _never, record["target"], iter(()), star=record.get("star") == "1", ordered=ordered,
             timeout=float(record["timeout"]) if record.get("timeout") else None,
             retries=int(record.get("retries") or 0),
         )  # fmt: skip
@@ -46,6 +56,9 @@ class CollectRun(RQRun):
         self.missing: set[int] = set()  # indexes with neither a job nor a result, last check
         self.caught_up = False  # the stream has been read to its end once
         self.gone = False  # the run's data went while collecting it
+        self.inputs = inputs
+        if inputs is not None:
+            self.note_inputs(control.job_ids(self.connection, self.keys))
         self.drain()
         self.caught_up = True
         if wait:
@@ -54,12 +67,41 @@ class CollectRun(RQRun):
     def done(self) -> bool:
         if self.ready:
             return False
+        if self.collected() and self.reorder:
+            # Ordered, with gaps no result will fill (--no-wait; inputs lost with their
+            # caller): what is held, in index order.
+            self.ready.extend(self.reorder.pop(index) for index in sorted(self.reorder))
+            return False
+        return self.collected()
+
+    def collected(self) -> bool:
         if not self.wait or self.gone:
             return self.caught_up
         # Holding the lease means the caller that enqueued the run is gone: no more of
         # its inputs will come, what is in Redis is the whole run.
         inputs_done = self.enqueued_all or self.lease.held
         return inputs_done and self.seen_count >= self.total and not self.retry
+
+    def note_inputs(self, ids: list[str]) -> None:
+        """The inputs of jobs ``ids`` (those still in Redis), for whoever shows them;
+        a pickled one only if it unpickles as plain data (a collector imports nothing
+        for a display)."""
+        assert self.inputs is not None
+        for job_id in ids:
+            args = control.job_args(self.connection, job_id, self.rq.serializer)
+            if args is None:
+                continue
+            pickled = set(args.pickled)
+            for pos, index in enumerate(args.indices):
+                if self.is_seen(index):
+                    continue
+                item = args.items[pos]
+                if pos in pickled:
+                    try:
+                        item = plain_loads(item)
+                    except Exception:  # noqa: S112 - not plain data: not shown
+                        continue
+                self.inputs[index] = item
 
     def refresh(self) -> None:
         """The run's record again (its caller may still be enqueueing), and its jobs
@@ -71,6 +113,8 @@ class CollectRun(RQRun):
         self.total = self.next_index = int(record["total"])
         self.enqueued_all = record["enqueued_all"] == "1"
         ids = [i for i in control.job_ids(self.connection, self.keys) if i not in self.known]
+        if self.inputs is not None:
+            self.note_inputs(ids)
         numbers = [int(n) for i in ids if (n := i.rpartition("-")[2]).isdigit()]
         self.jobs_made = max([self.jobs_made, *numbers])  # the jobs it makes come after
         for job_id, status in zip(ids, control.job_statuses(self.connection, ids), strict=True):

@@ -8,8 +8,10 @@ of its own and runs the tasks in the worker's process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -34,7 +36,7 @@ from fanout.backends.rq.allowlist import (
     restricted_loads,
     target_module,
 )
-from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
+from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split
@@ -85,6 +87,8 @@ def run_batch(*args: Any) -> int:
     """RQ job function (``fanout.rqworker.run_batch``) for a stock ``rq worker``."""
     job = get_current_job()
     assert job is not None, "run_batch runs as an RQ job"
+    with contextlib.suppress(Exception):  # a name for the horse if it dies (watch.py)
+        job.connection.hset(job.key, HORSE_PID, os.getpid())
     return execute_batch(job, WorkerContext.of_stock_worker(job), JobArgs(*args))
 
 
@@ -96,7 +100,8 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     if state is None:
         return 0  # the run is gone (collected, expired): nobody would read a result
     if state != "running":  # cancelled, or halted by max_failures: none of these run
-        pusher.cancel(args.indices, f"the run was {state} before a worker took the task")
+        pusher.cancel(args.indices, _STOPPED.get(state, f"the run was {state} before the"
+                                                        " task started"))  # fmt: skip
         return len(args.indices)
     try:
         fn = _load_target(args.target, ctx.allow)
@@ -127,33 +132,21 @@ def _run_tasks(
     keep: list[int],
 ) -> None:
     """Run the job's tasks (the run's indices ``todo``, at positions ``keep`` of
-    ``args``), pushing their results; past its budget, give the rest back (split.py)."""
+    ``args``), pushing their results; past its budget, give the rest back (split.py);
+    once its run has halted or been cancelled, cancel the rest (``_Handover``)."""
     split = Split(job, args, keep, pusher)
-    executor: Backend = ctx.executor or InlineBackend()
-
-    def give_back(tasks: list[Task]) -> None:
-        pusher.pending.difference_update(todo[task.index] for task in tasks)
-        try:
-            split.give_back(tasks, run.per_task)
-        except (redis.RedisError, OSError) as exc:
-            # Not run here either way: the transaction that enqueues them went through
-            # (the run's stream says where they went) or it did not (the caller runs them
-            # again once this job is gone without their results).
-            log.warning("job %s: could not give %d tasks back (%s); the caller runs them"
-                        " again", job.id, len(tasks), exc)  # fmt: skip
+    handover = _Handover(split, pusher, todo, ctx.executor or InlineBackend(), job.id)
 
     def idle() -> None:
         pusher.idle()
-        if split.due():
-            give_back(executor.give_back(run))
+        handover.if_due()
 
-    run: RunState
     results: Iterator[TaskResult]
     if ctx.executor is not None:
         every = PUSH_SECONDS if split.deadline is None else CHECK_SECONDS
-        run, results = ctx.executor.stream(spec, idle, every)
+        handover.run, results = ctx.executor.stream(spec, idle, every)
     else:
-        run, results = _in_this_process(ctx.name, spec)
+        handover.run, results = _in_this_process(ctx.name, spec)
     pusher.pending = set(todo)
     try:
         for result in results:
@@ -164,14 +157,66 @@ def _run_tasks(
             pusher.check_stop(todo)
             if pusher.gone:
                 break  # the caller's run is over: nobody reads what is left
-            if split.due():
-                give_back(executor.give_back(run))
+            handover.if_due()
         pusher.flush()
-        if run.handed is not None and len(run.handed) > split.given:
-            give_back(run.handed[split.given :])  # came back after the split (barrier.py)
+        handover.the_rest()
     finally:
         if isinstance(results, Generator):
             results.close()
+
+
+class _Handover:
+    """The tasks of a job that leave it before they start: given back as new jobs when
+    the job runs late (split.py), cancelled once a push has found its run halted
+    (max_failures) or cancelled. Those that are running finish."""
+
+    def __init__(
+        self, split: Split, pusher: Pusher, todo: list[int], executor: Backend, job_id: str
+    ) -> None:
+        self.job_id = job_id
+        self.split = split
+        self.pusher = pusher
+        self.todo = todo
+        self.executor = executor
+        self.run: RunState | None = None  # the job's inner run, once it is made
+        self.handed = 0  # tasks of run.handed dealt with
+
+    def if_due(self) -> None:
+        run = self.run
+        assert run is not None
+        stopped = self.pusher.state in _STOPPED and run.handed is None
+        if stopped or self.split.due():
+            self.hand(self.executor.give_back(run))
+
+    def the_rest(self) -> None:
+        """Tasks that came back after the hand-over (barrier.py)."""
+        run = self.run
+        if run is not None and run.handed is not None and len(run.handed) > self.handed:
+            self.hand(run.handed[self.handed :])
+
+    def hand(self, tasks: list[Task]) -> None:
+        self.handed += len(tasks)
+        todo, pusher = self.todo, self.pusher
+        if pusher.state in _STOPPED:
+            pusher.cancel([todo[task.index] for task in tasks], _STOPPED[pusher.state])
+        else:
+            assert self.run is not None
+            try:
+                self.split.give_back(tasks, self.run.per_task)
+            except (redis.RedisError, OSError) as exc:
+                # Not run here either way: the transaction that enqueues them went
+                # through (the run's stream says where they went) or it did not (the
+                # caller runs them again once this job is gone without their results).
+                log.warning("job %s: could not give %d tasks back (%s); the caller runs"
+                            " them again", self.job_id, len(tasks), exc)  # fmt: skip
+        pusher.pending.difference_update(todo[task.index] for task in tasks)
+
+
+# A run in one of these states runs no task of a job that has not started yet.
+_STOPPED = {
+    "halted": "the run stopped (max_failures) before the task started",
+    "cancelled": "the run was cancelled before the task started",
+}
 
 
 def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:

@@ -45,6 +45,9 @@ RUN_BATCH = "fanout.rqworker.run_batch"  # the RQ function name of every fanout 
 RESULT_TTL = 7 * 24 * 3600  # a run nobody collects expires whole this long after its last use
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
 ENDED_TTL = 3600  # late pushes to a run whose data is gone are dropped this long
+# A field of a job's RQ hash: the pid of the stock `rq worker` work-horse that runs it
+# (RQ keeps none), so that a horse that dies before any push is still named.
+HORSE_PID = "fanout_horse_pid"
 
 Identity = tuple[str, int, int, str]  # (name, pid, ppid, host)
 Moves = dict[str, tuple[list[int], list[int]]]  # new job id -> (task indices, attempts)
@@ -177,7 +180,7 @@ local ttl = tonumber(redis.call('HGET', KEYS[3], 'result_ttl') or '604800')
 for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do
   redis.call('EXPIRE', key, ttl)
 end
-return 1
+return redis.call('HGET', KEYS[3], 'state') or 'running'
 """
 
 

@@ -55,6 +55,9 @@ class Pusher:
         self.keyring = keyring
         self.script = connection.register_script(PUSH_SCRIPT)
         self.gone = False  # the run has ended: nobody reads its results any more
+        # The run's state as the last push found it: "halted" (max_failures) or
+        # "cancelled" means the job's tasks that have not started are not to run.
+        self.state = "running"
         self.records: list[Record] = []
         self.attempts: list[int] = []  # attempts made for each record's task
         self.pending: set[int] = set()  # the job's tasks without a record yet
@@ -172,7 +175,10 @@ class Pusher:
         while True:
             try:
                 with translate(self.ctx.url):
-                    return bool(self.script(keys=keys, args=args))
+                    reply = self.script(keys=keys, args=args)
+                if reply:
+                    self.state = text(reply)
+                return bool(reply)
             except (RedisLost, RedisFull) as exc:
                 outage.hit(exc)  # keep the results, try again
                 if self.ctx.heartbeat is not None:

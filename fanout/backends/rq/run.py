@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -146,7 +147,9 @@ class RQRun(RunState):
             self.unsent = []
         elif self.exhausted and not self.retry and not self.enqueued_all:
             self.enqueued_all = True
-            self.connection.hset(self.keys.meta, "enqueued_all", 1)
+            # The total too: a halted run's inputs never enqueued have their results.
+            self.connection.hset(self.keys.meta, mapping={"enqueued_all": 1,
+                                                          "total": self.next_index})  # fmt: skip
 
     def enqueue(self, batches: list[TaskBatch]) -> None:
         # Whole or not at all: jobs in Redis that this run does not know of (or the
@@ -390,6 +393,14 @@ class RQRun(RunState):
         info = self.not_run_info or WorkerInfo.not_run(self.backend)
         self.not_run_info = info
         self.publish([TaskResult(index, False, None, error, info, attempts, now, now, 0.0)])
+
+    def fail_many_in_caller(self, indices: Iterable[int], error: TaskError) -> None:
+        now = time.time()
+        info = self.not_run_info or WorkerInfo.not_run(self.backend)
+        self.not_run_info = info
+        results = [TaskResult(i, False, None, error, info, 0, now, now, 0.0) for i in indices]
+        for start in range(0, len(results), 1000):
+            self.publish(results[start : start + 1000])
 
     def publish(self, results: list[TaskResult]) -> None:
         control.publish(self.connection, self.keys, self.rq.keyring, results)
