@@ -7,7 +7,9 @@ import them, as remote backends require.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 
 def inc(x: int) -> int:
@@ -25,5 +27,21 @@ def spin(seconds: float) -> float:
 
 def nap(seconds: float) -> float:
     """An I/O-bound task: sleep for ``seconds`` (RQ's usual kind of job)."""
+    time.sleep(seconds)
+    return seconds
+
+
+def nap_on_host(seconds: float) -> float:
+    """``nap`` on a host ``$FANOUT_BENCH_SLOWDOWN`` times slower (default 1): sleep for
+    ``seconds`` times that factor and return ``seconds``. ``uneven.py`` starts one of
+    its rq workers with ``FANOUT_BENCH_SLOWDOWN=3``."""
+    time.sleep(seconds * float(os.environ.get("FANOUT_BENCH_SLOWDOWN", "1")))
+    return seconds
+
+
+def mark_and_nap(seconds: float, path: str) -> float:
+    """Create the file ``path`` (so the caller sees this task has started), then sleep
+    for ``seconds``."""
+    Path(path).touch()
     time.sleep(seconds)
     return seconds

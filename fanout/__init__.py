@@ -15,6 +15,7 @@ from fanout.backends import backend_names, register_backend
 from fanout.backends.base import Backend, MapSpec
 from fanout.errors import (
     BackendUnavailable,
+    BadRedisURL,
     FanoutError,
     IncompleteRun,
     InputError,
@@ -84,6 +85,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     # errors
     "BackendUnavailable",
     "FanoutError",
+    "BadRedisURL",
     "IncompleteRun",
     "InputError",
     "ResultsGone",

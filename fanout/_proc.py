@@ -4,7 +4,9 @@ and starting ``fanout worker`` processes (for ``--workers N`` and ``--processes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -100,9 +102,28 @@ def stop_processes(
             process.send_signal(signum)
         deadline = time.monotonic() + grace
         for process in alive:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.0, deadline - time.monotonic()))
+            _wait(process, deadline)
     return alive
+
+
+def _wait(process: subprocess.Popen[Any], deadline: float) -> None:
+    """Wait for ``process`` to exit, until ``deadline`` (time.monotonic()). Woken by its
+    exit (a pidfd, on Linux): ``Popen.wait`` polls, by then every 50 ms, and a worker
+    exits in about that long."""
+    remaining = max(0.0, deadline - time.monotonic())
+    pidfd = None
+    if process.poll() is None:  # not reaped: its pid is still its own
+        with contextlib.suppress(AttributeError, OSError):
+            pidfd = os.pidfd_open(process.pid)
+    if pidfd is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(remaining)
+        return
+    try:
+        select.select([pidfd], [], [], remaining)
+    finally:
+        os.close(pidfd)
+    process.poll()
 
 
 def describe_exit(code: int | None) -> str:
@@ -137,10 +158,12 @@ def on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _terminate_with_parent() -> None:
-    # A local `fanout worker` gets RQ's warm shutdown (SIGTERM) when its caller dies.
+def _terminate_with_parent(parent: int) -> None:
+    # A local `fanout worker` gets RQ's warm shutdown (SIGTERM) when its caller dies;
+    # one whose caller died before the request took effect never starts.
     with contextlib.suppress(OSError):
-        die_with_parent(signal.SIGTERM)
+        if not die_with_parent(signal.SIGTERM, parent):
+            os._exit(0)
 
 
 def spawn_fanout_worker(
@@ -159,7 +182,9 @@ def spawn_fanout_worker(
     args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name]
     args += ["--quiet"] if quiet else []
     args += ["--redis-wait", repr(redis_wait)] if redis_wait is not None else []
-    preexec: Callable[[], None] | None = _terminate_with_parent if tied_to_parent else None
+    preexec: Callable[[], None] | None = None
+    if tied_to_parent:
+        preexec = functools.partial(_terminate_with_parent, os.getpid())
     return subprocess.Popen(
         args + (["--burst"] if burst else []),
         env=env,

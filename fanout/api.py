@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -132,8 +132,8 @@ class Fanout:
             )
             book = Journal(os.fspath(journal), label, resume)
             results = journaled(book, spec.items, ordered, run_on)
-        with contextlib.suppress(TypeError):  # an iterator that takes no weak reference
-            self._active = weakref.ref(results)
+        results = _keeping(self, results)
+        self._active = weakref.ref(results)
         return results
 
     def submit(
@@ -152,11 +152,19 @@ class Fanout:
                          star=star, repeat=repeat)  # fmt: skip
         return self._backend.submit(spec)
 
-    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+    def attach(
+        self,
+        run_id: str,
+        wait: bool = True,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> Iterator[TaskResult]:
         """The results of run ``run_id``, each index once: those in at once, the rest as
-        they finish (``wait``); a complete collection removes the run's data."""
+        they finish (``wait``); in the order they were reported, or in index order
+        (``ordered``); a complete collection removes the run's data. ``inputs``: see
+        :meth:`Backend.attach <fanout.backends.base.Backend.attach>`."""
         self._refuse_if_closed()
-        return self._backend.attach(run_id, wait)
+        return _keeping(self, self._backend.attach(run_id, wait, ordered, inputs))
 
     @property
     def run_id(self) -> str | None:
@@ -231,6 +239,17 @@ class Fanout:
         self.close(cancel=exc_type is not None)
 
 
+def _keeping(owner: Fanout, results: Iterator[TaskResult]) -> Iterator[TaskResult]:
+    """``results``, holding ``owner`` until they end: ``for r in Fanout().map(...)``
+    keeps its Fanout (whose collection would end the workers) for as long as it runs."""
+    try:
+        yield from results
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # ends the run now, as leaving the map early does
+
+
 def _inputs(
     items: Iterable[Any] | None, repeat: int | None, star: bool
 ) -> tuple[Iterable[Any], bool]:
@@ -247,8 +266,12 @@ def _inputs(
 
 
 def _check_limits(timeout: float | None, retries: int, max_failures: int | None) -> None:
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+    ):
+        raise ValueError(
+            f"timeout must be a number of seconds above 0, got {timeout!r} (None: no limit)"
+        )
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 1):

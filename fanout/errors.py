@@ -83,6 +83,11 @@ class IncompleteRun(FanoutError):
         self.total = total
 
 
+class BadRedisURL(FanoutError, ValueError):
+    """A Redis URL that cannot be right: an unknown scheme, a port or database that is no
+    number (its password masked in the message)."""
+
+
 class BackendUnavailable(FanoutError):
     """The backend's service cannot be reached or refused the credentials."""
 
@@ -123,7 +128,8 @@ class TaskFailed(FanoutError):
     """Raised by ``TaskResult.unwrap()`` for a failed task; carries the remote error."""
 
     def __init__(self, index: int, error: TaskError) -> None:
-        super().__init__(f"task {index} failed: {error.type}: {error.message}")
+        said = f"{error.type}: {error.message}" if error.message else error.type
+        super().__init__(f"task {index} failed: {said}")
         self.index = index
         self.error = error
         self.traceback = error.traceback

@@ -13,6 +13,11 @@ Resuming (``resume=True``) skips every index the journal holds and runs the rest
 ``resume="failed"`` skips only the ``ok`` ones. The inputs up to the journal's last index
 are read and checked first, so a changed input stops the run before anything runs.
 The results cover every index: the journal's and the new run's together.
+
+A journal is never mixed with anything else: a file that is not a fanout journal, or the
+journal of another target, is refused (and left as it is), and so is a journal that
+holds results when the run does not resume from it (a second line per index would
+follow); resume from it, or give another path to start afresh.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from fanout.models import TaskError, TaskResult, WorkerInfo
 
 FORMAT = 1
 Resume = bool | Literal["failed"]
+HEADER_BYTES = 64 << 10  # a journal's first line is short: more is not a journal
 
 
 def fingerprint(item: Any) -> str:
@@ -75,23 +81,48 @@ class Journal:
     def __init__(self, path: str | Path, target: str, resume: Resume = False) -> None:
         self.path = Path(path)
         self.target = target
-        self.done: dict[int, dict[str, Any]] = {}  # index -> line, for the indexes to skip
-        if resume:
-            self.done = self._read(resume)
+        self.resume = resume
+        # index -> line, for the indexes to skip
+        self.done: dict[int, dict[str, Any]] = self._read(resume) if self._check() else {}
         self.file: BinaryIO = self._open_for_append()
+
+    def _check(self) -> bool:
+        """Whether PATH holds results already (it is this target's journal, else an
+        InputError); without ``resume`` holding results is refused too."""
+        try:
+            with self.path.open("rb") as file:
+                first = file.readline(HEADER_BYTES)
+                more = bool(file.read(1))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise InputError(f"cannot read the journal {self.path}: {exc.strerror}") from None
+        if not first:
+            return False  # an empty file: it becomes the journal
+        if not first.endswith(b"\n"):
+            raise self._not_a_journal()
+        self._check_header(first)
+        if more and not self.resume:
+            raise InputError(
+                f"the journal {self.path} holds results of {self.target} already: resume"
+                " from it (--resume, or resume=True), or give another journal path to start"
+                " afresh"
+            )
+        return more
+
+    def _not_a_journal(self) -> InputError:
+        return InputError(
+            f"{self.path} is not a fanout journal (its first line says nothing of one); give"
+            " a path that is new, or a journal fanout wrote"
+        )
 
     def _read(self, resume: Resume) -> dict[int, dict[str, Any]]:
         try:
             data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}  # nothing done yet: resuming runs everything
         except OSError as exc:
             raise InputError(f"cannot read the journal {self.path}: {exc.strerror}") from None
         lines = data.split(b"\n")
         complete = lines[:-1]  # the last piece has no newline: cut short, or empty
-        if not complete:
-            return {}
-        self._check_header(complete[0])
         done: dict[int, dict[str, Any]] = {}
         for number, line in enumerate(complete[1:], 2):
             try:
@@ -111,8 +142,7 @@ class Journal:
             header = json.loads(line)
             version, target = header["fanout_journal"], header["target"]
         except (ValueError, KeyError, TypeError):
-            raise InputError(f"{self.path} is not a fanout journal (its first line says"
-                             " nothing of one)") from None  # fmt: skip
+            raise self._not_a_journal() from None
         if version != FORMAT:
             raise InputError(f"{self.path} is a fanout journal of format {version}, not {FORMAT}")
         if target != self.target:

@@ -29,12 +29,17 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.id!r}, backend={self._fanout.backend_name!r})"
 
-    def results(self, wait: bool = True) -> Iterator[TaskResult]:
+    def results(self, wait: bool = True, ordered: bool = False) -> Iterator[TaskResult]:
         """Every task's result, each index once: those finished now at once, the rest as
         they finish (``wait=False``: only those finished now). Collecting is repeatable
         until a collection completes; that one removes the run's data (unless the
-        backend was given ``keep=True``)."""
-        return self._fanout.attach(self.id, wait)
+        backend was given ``keep=True``).
+
+        Order: by default, the order in which they were reported (workers push results
+        as they finish; a task lost, cancelled or retried reports later), not input
+        order. ``ordered=True``: in index order, each result held back until every
+        earlier index has its own (a slow first task holds back all the others)."""
+        return self._fanout.attach(self.id, wait, ordered)
 
     def status(self) -> dict[str, Any]:
         """The run's counts (total, ok, failed, cancelled, queued, running) and the

@@ -1,8 +1,11 @@
-"""Shared fixtures.
+"""Shared fixtures, and the test tiers.
 
 - ``backend`` runs the contract tests on every backend; for ``rq`` it brings a real
   ``redis-server`` on a free port and two real ``fanout worker`` processes.
 - Redis-backed tests skip when ``redis-server`` is missing, but fail when ``CI`` is set.
+- Tiers: plain ``pytest`` runs the fast tier, every test but those marked ``slow`` (the
+  fault drills that take seconds each); ``--tier all`` (or ``FANOUT_TEST_TIER=all``, which
+  ``.ci/run`` sets) runs them too. A ``-m`` expression of your own picks tests itself.
 
 Helpers the test modules import are in ``tests/helpers.py``.
 """
@@ -30,6 +33,46 @@ from tests.helpers import (
 )
 
 BACKENDS = ["local", "inline", "rq"]
+TIERS = ("fast", "all")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        choices=TIERS,
+        default=None,
+        help="fast: every test but the slow fault drills (the default); all: every test"
+        " (.ci/run). Default: $FANOUT_TEST_TIER, else fast.",
+    )
+
+
+def tier(config: pytest.Config) -> str:
+    chosen = config.getoption("--tier") or os.environ.get("FANOUT_TEST_TIER") or "fast"
+    if chosen not in TIERS:
+        raise pytest.UsageError(f"FANOUT_TEST_TIER={chosen!r}: use one of {', '.join(TIERS)}")
+    return str(chosen)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if tier(config) == "all" or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config.stash[_SLOW_LEFT] = len(slow)
+
+
+_SLOW_LEFT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    left = config.stash.get(_SLOW_LEFT, 0)
+    if left:
+        terminalreporter.write_line(
+            f"fanout: fast tier: {left} slow fault drills left out"
+            " (run every test with: pytest --tier all, as .ci/run does)"
+        )
 
 
 @pytest.fixture(autouse=True)

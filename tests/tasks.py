@@ -274,3 +274,44 @@ def pace(arg: Any) -> int:
         with open(os.path.join(folder, f"{index}-{os.getpid()}-{time.perf_counter_ns()}"), "w"):
             pass
     return os.getpid()
+
+
+def square_if_open(fd: int, x: int) -> int:
+    """``x * x``, once ``fd`` is found open in this process (OSError if not)."""
+    os.fstat(fd)
+    return x * x
+
+
+def nested_run(n: int) -> dict[str, Any]:
+    """A task that runs fanout itself (local, two workers) with a file of its own open,
+    which its inner tasks check: this process's pid, and for each inner task its value
+    and its worker's parent pid, or its error in words."""
+    import fanout
+
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        inner = fanout.run(square_if_open, [(fd, x) for x in range(n)], star=True, workers=2)
+    finally:
+        os.close(fd)
+    return {
+        "pid": os.getpid(),
+        "inner": [
+            [r.value, r.worker.ppid] if r.error is None else f"{r.error.type}: {r.error.message}"
+            for r in inner
+        ],
+    }
+
+
+def raise_interrupt(_: Any = None) -> None:
+    """A task whose exception has no message: ``KeyboardInterrupt()``."""
+    raise KeyboardInterrupt()
+
+
+def note_pid_or_die(folder: str, x: int) -> int:
+    """Write this process's pid to ``folder/<x>``; for a negative ``x`` then die of SIGKILL
+    (the pid a lost task's result should name)."""
+    with open(os.path.join(folder, str(x)), "w") as fh:
+        fh.write(str(os.getpid()))
+    if x < 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

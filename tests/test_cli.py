@@ -432,6 +432,50 @@ def test_input_dash_reads_stdin() -> None:
     assert values_by_index(json_records(result.stdout)) == {0: 1, 1: 4, 2: 9}
 
 
+def trickle(*args: str) -> None:
+    """Feed ``fanout run ... --input -`` one line at a time, each only once the result of
+    the one before it is out, stdin left open all along: a run that waits to fill a
+    batch from its input shows nothing (issue 22, defect 29: 0-1 of 300 after 9 s)."""
+    proc = subprocess.Popen(
+        [*COMMAND, "tests.tasks:square", "--input", "-", "--json", *args], cwd=ROOT,
+        env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        for n in range(6):  # past the first measurements, which make batches grow
+            proc.stdin.write(f"{n}\n")
+            proc.stdin.flush()
+            wait_until(lambda n=n: len(seen) > n, 20, f"the result of line {n + 1}")
+        proc.stdin.close()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr
+    assert [json.loads(line)["value"] for line in seen] == [n * n for n in range(6)]
+
+
+@pytest.mark.parametrize("backend", ["local", "inline"])
+def test_input_dash_streams_results_while_the_input_trickles(backend: str) -> None:
+    trickle("--backend", backend, *(["--workers", "2"] if backend == "local" else []))
+
+
+@pytest.mark.slow
+def test_input_dash_streams_results_while_the_input_trickles_on_rq(
+    redis_server: Any, rq_workers: list[str]
+) -> None:
+    trickle("--backend", "rq", "--redis-url", redis_server.url)
+
+
 def test_star_unpacks_each_item_as_positional_args() -> None:
     result = run_cli("tests.tasks:add", "--star", "[1, 2]", "[3, 4]", "--json")
     assert result.returncode == 0, result.stderr

@@ -16,6 +16,8 @@ import threading
 import psutil
 import pytest
 
+from fanout.cli.views import HumanView
+from fanout.models import TaskError, TaskResult, WorkerInfo
 from tests.helpers import ROOT, cli_env, finish, run_fanout, start_cli, wait_until
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -108,12 +110,16 @@ def test_an_empty_run_says_so() -> None:
 
 
 def test_lines_takes_each_input_line_as_a_string(tmp_path) -> None:
+    """Blank lines too (issue 22, defect 21: they were skipped, so task i stopped being
+    line i + 1)."""
     paths = tmp_path / "paths.txt"
-    paths.write_text("/srv/a b.txt\n\n[x]/y\n")
+    paths.write_text("/srv/a b.txt\n\n  \n[x]/y\n")
     result = run_fanout("run", "tests.tasks:identity", "--input", str(paths), "--lines", "--json")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["value"] for line in result.stdout.splitlines()] == [
         "/srv/a b.txt",
+        "",
+        "  ",
         "[x]/y",
     ]
 
@@ -202,3 +208,114 @@ def test_json_lines_on_a_terminal_are_never_wrapped() -> None:
 def test_a_target_that_is_not_callable_is_named_in_plain_words() -> None:
     result = run_fanout("run", "sys:maxsize", "1")
     assert "is an int, not a callable" in one_line_error(result)
+
+
+# --------------------------------------------------------------------------- issue 22
+
+
+def test_a_closed_stdout_in_human_mode_ends_quietly_with_141() -> None:
+    """Defect 11: rich's own broken-pipe handler exited 1 (which says a task failed)."""
+    # 3,000 failures listed in full: far more than a pipe holds, so the table is still
+    # being written when the reader goes.
+    proc = start_cli("run", "tests.tasks:fail", "--range", "3000", "--workers", "2")
+    assert proc.stdout is not None
+    head = [proc.stdout.readline() for _ in range(3)]
+    assert head[0].split()[:2] == ["#", "input"]
+    proc.stdout.close()  # as `| head -3` does
+    _, stderr = finish(proc, 30)
+    assert proc.returncode == 141, stderr
+    assert stderr == ""
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "0"])
+def test_a_timeout_that_is_no_number_of_seconds_is_one_line(value: str) -> None:
+    """Defect 12: --timeout inf printed a traceback (OverflowError), nan a cryptic line."""
+    line = one_line_error(run_fanout("run", "tests.tasks:square", "1", "--timeout", value),
+                          "--timeout", "seconds above 0")  # fmt: skip
+    assert "Traceback" not in line
+
+
+def test_a_library_timeout_that_is_not_finite_is_refused_before_anything_runs() -> None:
+    import fanout
+    from tests import tasks
+
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds above 0"):
+            fanout.run(tasks.square, [1], backend="inline", timeout=value)
+
+
+def test_an_exception_without_a_message_is_shown_without_a_colon() -> None:
+    """Defect 17: `KeyboardInterrupt()` was shown as `KeyboardInterrupt: `."""
+    result = run_fanout("run", "tests.tasks:raise_interrupt", "1", "--workers", "1")
+    assert result.returncode == 1, result.stderr
+    assert "KeyboardInterrupt" in result.stdout
+    assert "KeyboardInterrupt:" not in result.stdout
+    assert "task 0, input 1: KeyboardInterrupt\n" in result.stdout
+
+
+def test_a_summary_where_no_process_ran_a_task_says_so() -> None:
+    """Defect 17: "on 0 rq workers" when every result was decided without a worker."""
+    info = WorkerInfo.not_run("rq", "box")
+    error = TaskError("TargetError", "on RQ worker w1: no module named 'x'")
+    view = HumanView("rq")
+    for index in range(2):
+        view.show(TaskResult(index, False, None, error, info, 0, 0.0, 0.0, 0.0), index, print)
+    summary = view.summary()
+    assert "on 0" not in summary
+    assert summary.startswith("2 tasks: 0 ok, 2 failed in ")
+    assert summary.endswith("; no rq worker ran any")
+
+
+def test_cancelled_tasks_are_counted_and_listed_by_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run halted by --max-failures: its cancelled tasks in one line per reason (with
+    their indexes), not a line each, and counted apart in the summary."""
+    ran = WorkerInfo("worker-1", 10, 1, "box", "local")
+    failed = TaskError("ValueError", "bad input 0")
+    cancelled = TaskError("Cancelled", "the run stopped after 1 failed task (max_failures=1)")
+    view = HumanView("local")
+    view.show(TaskResult(0, False, None, failed, ran, 1, 0.0, 0.0, 0.0), 0, print)
+    for index in [*range(1, 6), 8]:
+        info = WorkerInfo.not_run("local", "box")
+        view.show(TaskResult(index, False, None, cancelled, info, 0, 0.0, 0.0, 0.0), index, print)
+    view.show(TaskResult(6, True, 6, None, ran, 1, 0.0, 0.0, 0.0), 6, print)
+    view.finish(complete=True)
+    out = capsys.readouterr().out
+    assert "  task 0, input 0: ValueError: bad input 0" in out
+    assert f"cancelled, 6 tasks (1-5, 8): {cancelled.message}" in out
+    assert "task 1, input" not in out
+    assert out.splitlines()[-1].startswith("8 tasks: 1 ok, 1 failed, 6 cancelled in ")
+
+
+def test_warnings_of_the_library_carry_the_fanout_prefix_on_the_command_line() -> None:
+    """Defect 17: "no worker is serving queue ..." and "lost Redis ... trying again" went
+    out through logging's last resort, without `fanout: `."""
+    code = (
+        "import logging, sys; from fanout.cli import log_to_stderr; log_to_stderr();"
+        " logging.getLogger('fanout.anything').warning('no worker is serving queue %r', 'q')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env=cli_env(), timeout=30)  # fmt: skip
+    assert result.stderr == "fanout: no worker is serving queue 'q'\n"
+
+
+@pytest.mark.parametrize("command", ["run", "worker", "status", "results", "cancel"])
+def test_help_shows_the_default_redis_url(command: str) -> None:
+    """Defect 18: without FANOUT_REDIS_URL, rq commands joined whatever Redis was on
+    localhost:6379, and no --help said so."""
+    from fanout.backends.rq.connection import DEFAULT_REDIS_URL
+
+    result = run_fanout(command, "--help", env={"COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    assert f"$FANOUT_REDIS_URL, else {DEFAULT_REDIS_URL}" in " ".join(result.stdout.split())
+
+
+def test_progress_forced_where_stderr_is_no_terminal_prints_plain_lines() -> None:
+    """Defect 19: --progress showed nothing when stderr was not a terminal (a CI log)."""
+    result = run_fanout("run", "tests.tasks:square", "--range", "5", "--json", "--progress")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(r"fanout: 5/5 tasks done, 0 failed, \d+\.\d s", lines[-1]), lines
+    assert "\x1b" not in result.stderr  # no escape codes in a log
+    assert len(result.stdout.splitlines()) == 5

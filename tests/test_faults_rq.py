@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -65,7 +66,7 @@ def kill_whole_worker(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
-    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     env = dict(os.environ)
     workers.append(
@@ -77,7 +78,9 @@ def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
     )  # fmt: skip
     wait_for_workers(server.url, ["stock-h"])
     started = time.monotonic()
-    results = fanout.run(tasks.square_or_die, [1, -1, 3], backend="rq", redis_url=server.url)
+    folder = str(tmp_path)
+    results = fanout.run(tasks.note_pid_or_die, [(folder, 1), (folder, -1), (folder, 3)],
+                         star=True, backend="rq", redis_url=server.url)  # fmt: skip
     assert time.monotonic() - started < 20
     exactly_one_each(results, 3)
     assert [r.ok for r in results] == [True, False, True]
@@ -86,10 +89,11 @@ def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
     assert error.type == "WorkerLost"
     assert "stock-h" in error.message
     assert "task 1" in error.message
-    # What is known of the work-horse that died: its worker, that worker's pid (its
-    # parent), its host; not a blank identity.
+    # What is known of the work-horse that died: its worker, its own pid (issue 22,
+    # defect 17: it was 0), that worker's pid (its parent), its host.
     lost = results[1].worker
     assert (lost.name, lost.ppid, lost.host) == ("stock-h", workers[-1].pid, socket.gethostname())
+    assert lost.pid == int((tmp_path / "-1").read_text())
 
 
 @pytest.mark.slow

@@ -284,3 +284,15 @@ def test_an_input_that_cannot_be_sent_is_not_run_by_anyone() -> None:
     assert (bad.worker.name, bad.worker.pid, bad.worker.ppid) == ("(not run)", 0, 0)
     assert bad.worker.host == __import__("socket").gethostname()
     assert bad.worker.backend == "local"
+
+
+def test_a_task_of_a_no_daemon_worker_runs_fanout_itself() -> None:
+    """Its inner workers are forked from a worker: each used to exit after its first task
+    (the flag that ends a task's forked copy was inherited), failing every inner task
+    with ``WorkerLost: exited with code 0``. And they closed the files of the task that
+    started them, where the numbers of the outer pool's pipes had come back. Twice on
+    one worker: the second inner run starts where the first one's descriptors were."""
+    results = fanout.run(tasks.nested_run, [4, 4], workers=1, daemon=False)
+    for r in results:
+        assert r.ok, r.error
+        assert r.value["inner"] == [[x * x, r.value["pid"]] for x in range(4)]

@@ -693,8 +693,8 @@ def test_password_in_url_query_is_never_printed(own_redis: Callable[..., RedisSe
     assert "s3cret" not in result.stdout + result.stderr
 
 
-def test_malformed_redis_url_is_backend_unavailable() -> None:
-    with pytest.raises(fanout.BackendUnavailable, match="bad Redis URL") as caught:
+def test_malformed_redis_url_is_a_bad_redis_url() -> None:
+    with pytest.raises(fanout.BadRedisURL, match="bad Redis URL") as caught:
         fanout.run(
             tasks.square, [1], backend="rq", redis_url="redis://:s3cret@127.0.0.1:notaport/0"
         )

@@ -18,7 +18,9 @@ from redis import Redis
 import fanout
 from fanout.cli.views import HumanView
 from fanout.models import TaskResult, WorkerInfo
+from tests import tasks
 from tests.helpers import (
+    CuttableProxy,
     RedisServer,
     free_port,
     run_fanout,
@@ -191,3 +193,80 @@ def test_ctrl_c_says_what_it_did_and_the_stopped_jobs_say_who_stopped_them(
         result = job.latest_result()
         text = (result.exc_string if result else "") or job.exc_info or ""
         assert "cancelled by the caller" in text, text
+
+
+# --------------------------------------------------------------------------- issue 22
+
+
+@pytest.mark.slow
+def test_redis_lost_for_good_shows_the_results_that_finished_before_exit_3() -> None:
+    """Defect 15: when Redis went for good mid-run, human mode printed none of the results
+    that had finished (--json did); defect 17: the "trying again" line had no prefix."""
+    server = RedisServer()
+    proxy = CuttableProxy(server.port)  # the caller's way to Redis; the worker's stays
+    worker = start_worker(server.url, "lost-1")
+    proc = None
+    try:
+        wait_for_workers(server.url, ["lost-1"])
+        proc = start_cli("run", "tests.tasks:say_then_sleep", "0", "0", "6", "--backend", "rq",
+                         "--redis-url", proxy.url, "--redis-wait", "1", "--unordered")  # fmt: skip
+        assert proc.stdout is not None
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)  # type: ignore[union-attr, arg-type]
+        reader.start()
+        wait_until(lambda: sum("slept 0" in line for line in seen) == 2, 30, "two tasks end")
+        proxy.cut()
+        reader.join(30)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        assert proc.wait(30) == 3, stderr
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        stop_workers([worker])
+        server.stop()
+    rows = sorted(line.split()[0] for line in seen if re.match(r"^[01] ", line))
+    assert rows == ["0", "1"], seen
+    assert seen[-1].startswith("2 tasks: 2 ok, 0 failed")
+    lines = stderr.splitlines()
+    assert lines[-1].startswith("fanout: error: lost Redis at"), stderr
+    assert any(line.startswith("fanout: lost Redis at") and "trying again" in line
+               for line in lines), stderr  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("garbage", "redis+sentinel://"),
+        ("http://127.0.0.1:9/0", "redis+sentinel://"),
+        ("redis://127.0.0.1:9/abc", "'abc'"),
+        ("redis://127.0.0.1:9/0?db=two", "'two'"),
+        ("redis+sentinel://127.0.0.1:9/service/abc", "'abc'"),
+    ],
+    ids=["no-scheme", "http", "db-path", "db-query", "sentinel-db"],
+)
+@pytest.mark.parametrize("command", ["run", "status", "worker"])
+def test_a_bad_redis_url_is_a_usage_error(url: str, fragment: str, command: str) -> None:
+    """Defect 14: a bad Redis URL was exit 3 (as if Redis were down), its scheme list
+    left out redis+sentinel://, and `redis://host:port/abc` silently used database 0."""
+    args = ["run", "tests.tasks:square", "1", "--backend", "rq"] if command == "run" else [command]
+    result = run_fanout(*args, "--redis-url", url)
+    one_line(result, 2, "bad Redis URL", fragment)
+
+
+def test_a_bad_redis_url_raises_bad_redis_url_before_anything_runs() -> None:
+    with pytest.raises(fanout.BadRedisURL, match="database must be a number") as caught:
+        fanout.run(tasks.square, [1], backend="rq", redis_url="redis://:s3cret@127.0.0.1:9/x")
+    assert isinstance(caught.value, ValueError)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_workers_first_line_names_the_redis_it_serves(redis_server: RedisServer) -> None:
+    """Defect 18: a worker without FANOUT_REDIS_URL joined whatever Redis was on
+    localhost:6379; its first line says which one it serves."""
+    result = run_fanout("worker", "--burst", "--queue", "first-line", "--redis-url",
+                        redis_server.url)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert re.fullmatch(rf"fanout worker \S+ \(pid \d+\) serving queue 'first-line' on"
+                        rf" {re.escape(redis_server.url)}", first), first  # fmt: skip

@@ -112,6 +112,50 @@ def test_submit_attach_status_and_results_in_the_library(
     run.close()
 
 
+@pytest.mark.slow
+def test_results_shows_the_inputs_of_the_jobs_still_in_redis(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Issue 22, defect 20: `fanout results` showed `-` as every input; the inputs are in
+    the run's jobs while they are in Redis (a finished job's go with it)."""
+    detached = run_fanout("run", "tests.tasks:identity", '"a b"', '{"k": [1, 2]}', "7",
+                          "--backend", "rq", "--redis-url", server.url, "--detach")  # fmt: skip
+    assert detached.returncode == 0, detached.stderr
+    run_id = RUN_LINE.search(detached.stderr).group(1)  # type: ignore[union-attr]
+    collector = start_cli("results", run_id, "--redis-url", server.url)
+    try:
+        # The collector drives the run once it has read its jobs (and their inputs).
+        connection = Redis.from_url(server.url)
+        driver = f"fanout:run:{run_id}:driver"
+        wait_until(lambda: connection.exists(driver), 20, "the collector reads the run")
+        serve(server, workers, "in-1")
+        stdout, stderr = finish(collector, 30)
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+    assert collector.returncode == 0, stderr
+    rows = {line.split()[0]: line for line in stdout.splitlines() if re.match(r"^[0-2] ", line)}
+    assert rows["0"].split()[1:4] == ["'a", "b'", "'a"], rows["0"]
+    assert "{'k': [1, 2]}" in rows["1"]
+    assert rows["2"].split()[1:3] == ["7", "7"]
+
+
+@pytest.mark.slow
+def test_run_results_come_in_index_order_when_asked(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Issue 22, defect 20: Run.results() had no ordered option (its order, as the
+    results were reported, is now documented)."""
+    run = fanout.submit(tasks.sleep_for, [0.5, 0.0, 0.0, 0.0], redis_url=server.url)
+    serve(server, workers, "o-1", "o-2")
+    wait_until(lambda: run.status()["ok"] >= 3, 20, "the quick tasks finish")
+    held = list(fanout.attach(run.id, redis_url=server.url).results(wait=False, ordered=True))
+    assert [r.index for r in held] == [1, 2, 3]  # what is in, in index order: no wait
+    results = list(run.results(ordered=True))
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    run.close()
+
+
 CALLER = """
 import sys
 import fanout
@@ -234,9 +278,10 @@ def test_a_command_that_cannot_reach_redis_prints_no_run_id() -> None:
     [
         (["run", "tests.tasks:square", "1", "--detach"], "--backend rq"),
         (["run", "tests.tasks:square", "1", "--detach", "--backend", "inline"], "inline"),
-        (["run", "tests.tasks:square", "1", "--resume"], "journal"),
+        (["run", "tests.tasks:square", "1", "--resume"], "--resume needs --journal PATH"),
+        (["run", "tests.tasks:square", "1", "--resume-failed"], "--resume-failed needs --journal"),
     ],
-    ids=["detach-local", "detach-inline", "resume-without-journal"],
+    ids=["detach-local", "detach-inline", "resume-without-journal", "resume-failed-alone"],
 )
 def test_durable_options_where_they_cannot_work_are_one_line_and_exit_2(
     args: list[str], fragment: str
@@ -270,14 +315,30 @@ def test_max_failures_stops_the_run_and_cancels_what_had_not_started(
         request.getfixturevalue("rq_workers")
     items = [(str(log), "fail")] + [(str(log), 0.0)] * 30
     results = fanout.run(tasks.record_run, items, star=True, max_failures=1, **options)
-    # Only the inputs taken before the stop are tasks of the run: each has its result.
-    assert sorted(r.index for r in results) == list(range(len(results)))
+    # Every input has its result, also those the run never took (DESIGN: Fail fast).
+    assert [r.index for r in results] == list(range(31))
     assert len(executions(log)) < 31, "the run did not stop"
     assert results[0].error is not None
     assert results[0].error.type == "ValueError"
     cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
     assert all((r.attempts, r.worker.name) == (0, "(not run)") for r in cancelled)
     assert len(executions(log)) == len(results) - len(cancelled)  # cancelled: never ran
+
+
+def test_max_failures_cancels_what_a_running_rq_job_has_not_started(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    """A job holds about a second of tasks: once a push finds its run halted, the
+    worker cancels those it has not started instead of running them all."""
+    serve(server, workers, "h-1")
+    items = [0.05] * 5 + [-1.0] + [0.05] * 60  # sleep_for(-1) fails at once
+    results = fanout.run(tasks.sleep_for, items, max_failures=1, backend="rq",
+                         redis_url=server.url)  # fmt: skip
+    assert [r.index for r in results] == list(range(len(items)))
+    cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+    by_the_worker = [r for r in cancelled if "before the task started" in r.error.message]  # type: ignore[union-attr]
+    assert by_the_worker, [r.error.message for r in cancelled[:3]]  # type: ignore[union-attr]
+    assert all((r.attempts, r.worker.name) == (0, "(not run)") for r in cancelled)
 
 
 def test_max_failures_on_the_command_line_exits_1(tmp_path: Path) -> None:
@@ -287,8 +348,38 @@ def test_max_failures_on_the_command_line_exits_1(tmp_path: Path) -> None:
                         "--max-failures", "1", "--json")  # fmt: skip
     assert result.returncode == 1
     shown = records(result.stdout)
-    assert 1 <= len(shown) < 21
-    assert sorted(r["index"] for r in shown) == list(range(len(shown)))
+    assert sorted(r["index"] for r in shown) == list(range(21))
+    assert len(executions(log)) < 21, "the run did not stop"
+
+
+def test_max_failures_stops_a_long_local_run_and_cancels_the_rest() -> None:
+    """Issue 22, defect 3: `--range 1000 --max-failures 2` ran all 1,000 tasks on local,
+    and the inputs never taken had no result."""
+    result = run_fanout("run", "fanout.testing.tasks:fail_slowly", "--range", "1000",
+                        "--workers", "2", "--max-failures", "2", "--json")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    shown = records(result.stdout)
+    assert [r["index"] for r in shown] == list(range(1000))
+    ran = [r for r in shown if r["error"]["type"] == "ValueError"]
+    cancelled = [r for r in shown if r["error"]["type"] == "Cancelled"]
+    assert 2 <= len(ran) <= 4  # the two failures, and what the two workers were running
+    assert len(ran) + len(cancelled) == 1000
+    assert {(r["attempts"], r["worker"]["name"]) for r in cancelled} == {(0, "(not run)")}
+
+
+@pytest.mark.parametrize("option", [["--max-failures", "1"], ["--journal", "J"]])
+def test_detach_refuses_what_only_an_attached_caller_can_do(
+    option: list[str], tmp_path: Path
+) -> None:
+    """--max-failures and --journal need this process to see every result; --detach
+    leaves: one line, exit 2, before anything is enqueued (no Redis needed)."""
+    option = [str(tmp_path / o) if o == "J" else o for o in option]
+    result = run_fanout("run", "tests.tasks:square", "1", "--backend", "rq", "--detach",
+                        "--redis-url", "redis://127.0.0.1:9/0", *option)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"fanout: error: {option[0]}")
+    assert "--detach" in result.stderr
 
 
 # --------------------------------------------------------------------------- journal, resume
@@ -333,26 +424,62 @@ def test_a_journal_cut_mid_line_is_read_to_its_last_whole_line(tmp_path: Path) -
     assert all(json.loads(line) for line in journal.read_text().splitlines())
 
 
+@pytest.mark.parametrize("resume", [["--resume"], []], ids=["resume", "fresh"])
 @pytest.mark.parametrize(
     ("journal_text", "fragment"),
     [
         ('{"not": "a journal"}\n', "not a fanout journal"),
         ('{"fanout_journal": 1, "target": "other.module:f"}\n', "other.module:f"),
+        ("import os\nos.remove('x')\n", "not a fanout journal"),
+        ("print('no newline at the end')", "not a fanout journal"),
     ],
-    ids=["not-fanout", "other-target"],
+    ids=["not-fanout", "other-target", "python-file", "one-line"],
 )
 def test_a_journal_that_is_not_this_runs_is_one_line_and_exit_2(
-    tmp_path: Path, journal_text: str, fragment: str
+    tmp_path: Path, journal_text: str, fragment: str, resume: list[str]
 ) -> None:
+    """Issue 22, defect 4: without --resume, --journal appended to any file (a .py file,
+    another target's journal). It is refused, and left as it was."""
     journal = tmp_path / "journal.jsonl"
     journal.write_text(journal_text)
     log = tmp_path / "ran"
     result = run_fanout("run", "tests.tasks:record_run", json.dumps([str(log), 1]), "--star",
-                        "--journal", str(journal), "--resume")  # fmt: skip
+                        "--journal", str(journal), *resume)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not log.exists()
+    assert journal.read_text() == journal_text
+
+
+def test_a_second_run_on_a_journal_without_resume_is_refused(tmp_path: Path) -> None:
+    """Issue 22, defect 4: a second run without --resume appended a second line for
+    every index. It is refused (resume from it, or give another path)."""
+    log, journal = tmp_path / "ran", tmp_path / "journal.jsonl"
+    items = [json.dumps([str(log), x]) for x in ("a", "b")]
+    first = run_fanout("run", "tests.tasks:record_run", *items, "--star", "--journal",
+                       str(journal))  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    before = journal.read_text()
+    assert len(before.splitlines()) == 3  # its first line, and one per index
+    again = run_fanout("run", "tests.tasks:record_run", *items, "--star", "--journal",
+                       str(journal))  # fmt: skip
+    assert again.returncode == 2, again.stderr
+    assert len(again.stderr.splitlines()) == 1
+    assert "--resume" in again.stderr
+    assert journal.read_text() == before
+    assert sorted(executions(log)) == ["a", "b"]  # nothing ran the second time
+
+
+def test_a_journal_with_no_results_yet_is_taken_as_it_is(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text('{"fanout_journal": 1, "target": "tests.tasks:square"}\n')
+    result = run_fanout("run", "tests.tasks:square", "3", "--journal", str(journal))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line).get("value") for line in journal.read_text().splitlines()] == [
+        None,
+        9,
+    ]
 
 
 def test_a_changed_input_stops_the_resumed_run_before_anything_runs(tmp_path: Path) -> None:

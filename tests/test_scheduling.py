@@ -100,8 +100,8 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counts: Counter[str] = Counter()
     take_back, gave_back = WorkerHandle.take_back, WorkerHandle.gave_back
 
-    def counted_take_back(self: WorkerHandle) -> Any:
-        got = take_back(self)
+    def counted_take_back(self: WorkerHandle, keep: int = 0) -> Any:
+        got = take_back(self, keep)
         counts["take_back calls"] += 1
         counts["taken"] += sum(len(tasks) for tasks in got.values())
         return got

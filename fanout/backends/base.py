@@ -14,8 +14,12 @@ is the identity of the process that ran the task (inside it, ``os.getpid() == pi
 ``multiprocessing.current_process().name == name``).
 
 **Halting.** With ``spec.max_failures`` set, the failed result that reaches it halts the
-run: no new input is taken, tasks not yet handed to a worker are cancelled, tasks a
-worker already holds finish and are reported.
+run: nothing new is sent; tasks not yet started are cancelled — those waiting, those a
+worker holds unstarted where the backend can take them back (``RunState.requeue``
+cancels what comes back), and every input not yet taken, read on to its end — each with
+its one result (``Cancelled``, attempts 0, worker ``(not run)``); tasks running finish
+and are reported. ``RunState`` does all of this once the backend calls ``take_batch``
+(or ``settle_the_rest``) after the halt.
 
 **Attempts.** ``attempts`` counts the times the target was started for the task: 1 for
 a task that ran once; 1 + n after n retries (``spec.retries`` bounds n; a retry follows
@@ -44,8 +48,8 @@ started is taken back for an idle one when it turns out slower than its batch as
 (``RunState.requeue`` puts it back at the front of the line, no attempt counted).
 
 **Input.** ``spec.items`` is consumed lazily, with a bounded number of tasks in flight
-(an endless iterator works). When it raises, the results of the tasks already taken are
-yielded first and the exception is raised afterwards.
+(an endless iterator works). When it raises (``SystemExit`` included), the results of
+the tasks already taken are yielded first and the exception is raised afterwards.
 
 **Options.** ``__init__(workers=None, **options)`` takes the worker count (None: the
 backend's default) and the backend's own keyword options. ``Fanout`` checks the options
@@ -204,8 +208,17 @@ class Backend(ABC):
         """Enqueue every input of ``spec`` as a run that goes on without the caller."""
         raise self._no_durable_runs()
 
-    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
-        """The results of run ``run_id``, each index once (``wait``: until all are in)."""
+    def attach(
+        self,
+        run_id: str,
+        wait: bool = True,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> Iterator[TaskResult]:
+        """The results of run ``run_id``, each index once (``wait``: until all are in);
+        as they were reported, or in index order (``ordered``). ``inputs``, if given, is
+        filled with index -> input of the tasks whose inputs the backend still has (for
+        display)."""
         raise self._no_durable_runs()
 
     def run_status(self, run_id: str) -> dict[str, Any]:

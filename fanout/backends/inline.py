@@ -22,6 +22,8 @@ from fanout.backends.runstate import RunState
 from fanout.errors import TaskTimeout
 from fanout.models import TaskResult, WorkerInfo
 
+WAIT_SECONDS = 1.0  # the longest wait for a live input's next item before looking again
+
 
 class InlineBackend(Backend):
     """Runs tasks one by one in the caller; ``WorkerInfo`` is the caller's own identity."""
@@ -48,7 +50,13 @@ class InlineBackend(Backend):
     def stream(self, spec: MapSpec) -> tuple[RunState, Iterator[TaskResult]]:
         """``map``, and its run (a stock ``rq worker`` may give the run's rest back)."""
         run = RunState(spec, self.name)
-        return run, run.results(lambda: self._run_one_batch(run), lambda: None)
+
+        def step() -> None:
+            self._woken.clear()
+            if not self._run_one_batch(run) and not run.ready and not run.done():
+                self._woken.wait(WAIT_SECONDS)  # a live input with nothing in yet: wake()
+
+        return run, run.results(step, lambda: None)
 
     def _run_one_batch(self, run: RunState) -> bool:
         """Run the next batch of ``run`` here; False if it had none to give now."""

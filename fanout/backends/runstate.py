@@ -70,7 +70,8 @@ class RunState(Sizing):
         self.free_requeues: dict[int, int] = {}  # index -> requeues its worker's death cost
         self.not_run_info: WorkerInfo | None = None  # made once: it looks up the host
         self.failures = 0  # failed results, counted when spec.max_failures is set
-        self.halted = False  # max_failures reached: no new input, nothing new dispatched
+        # max_failures reached: nothing new dispatched, every task left is cancelled.
+        self.halted: TaskError | None = None
         # Handing back (hand_back): the tasks given up for another worker to run.
         self.handed: list[Task] | None = None
         self.exceptions: dict[int, BaseException] = {}  # index -> why its input could not go
@@ -104,14 +105,18 @@ class RunState(Sizing):
         if isinstance(self.source, Feed):
             taken = self.source.take(room)
             self.exhausted = self.source.drained()
+            if self.exhausted and self.source.error is not None:
+                self.input_error = self.source.error
             self.next_index += len(taken)
             self.outstanding += len(taken)
             return start, taken
         fresh: list[Any] = []
         try:
             fresh.extend(itertools.islice(self.source, room))  # keeps what came before an error
-        except Exception as exc:
-            # Stop reading input; tasks already taken still finish and are yielded.
+        except (Exception, SystemExit) as exc:
+            # Stop reading input; tasks already taken still finish and are yielded, then
+            # it is raised. SystemExit too (sys.exit() in a generator): in-flight results
+            # are not dropped. Ctrl-C still cancels the run where it lands.
             self.exhausted = True
             self.input_error = exc
         else:
@@ -124,10 +129,10 @@ class RunState(Sizing):
     def take_batch(self, limit: int | None = None) -> TaskBatch | None:
         """The next batch to send (at most ``limit`` tasks): retries first, then fresh
         items; None if nothing now."""
-        if self.broken is not None:
-            self.fail_the_rest(self.broken)
+        if self.broken is not None or self.halted is not None:
+            self.settle_the_rest()
             return None
-        if self.halted or self.handed is not None:
+        if self.handed is not None:
             return None
         size = self.batch_size() if limit is None else min(limit, self.batch_size())
         if self.spec.chunksize is not None:
@@ -237,7 +242,12 @@ class RunState(Sizing):
 
     def failed_attempt(self, task: Task, result: TaskResult, retryable: bool = True) -> None:
         """A task's attempt failed: send it again while ``retries`` allow, else report it."""
-        if retryable and self.broken is None and task.attempts + 1 <= self.spec.retries:
+        if (
+            retryable
+            and self.broken is None
+            and self.halted is None
+            and task.attempts + 1 <= self.spec.retries
+        ):
             if self.handed is not None:  # the next attempt is someone else's
                 self.handed.append(task.tried_again())
                 self.outstanding -= 1
@@ -248,13 +258,22 @@ class RunState(Sizing):
 
     def requeue(self, tasks: Iterable[Task]) -> None:
         """Tasks a worker held but never started (it was lost, or they were taken back
-        from it): first in line, in their order, with no attempt counted."""
+        from it): first in line, in their order, with no attempt counted. A halted run
+        cancels them instead."""
+        back = list(tasks)
         if self.handed is not None:
-            back = list(tasks)
             self.handed += back
             self.outstanding -= len(back)
             return
-        self.retry.extendleft(reversed(list(tasks)))
+        if self.halted is not None:
+            for task in back:
+                self.fail_in_caller(task.index, self.halted, task.attempts)
+            return
+        # In input order among the others waiting: tasks come back from several workers
+        # one after another, and the lowest index is the one the ideal schedule runs next.
+        line = sorted([*back, *self.retry], key=_index)
+        self.retry.clear()
+        self.retry.extend(line)
 
     def hand_back(self) -> list[Task]:
         """Give up every task no worker holds — those waiting to go again and the rest
@@ -300,25 +319,41 @@ class RunState(Sizing):
         self.not_run_info = info
         self.finish(TaskResult(index, False, None, error, info, attempts, now, now, 0.0))
 
+    def fail_many_in_caller(self, indices: Iterable[int], error: TaskError) -> None:
+        """``fail_in_caller`` for many tasks at once, none of them attempted."""
+        now = time.time()
+        info = self.not_run_info or WorkerInfo.not_run(self.backend)
+        self.not_run_info = info
+        self.finish_many([TaskResult(i, False, None, error, info, 0, now, now, 0.0)
+                          for i in indices])  # fmt: skip
+
     def fail_the_rest(self, error: TaskError, limit: int = 1024) -> None:
         """Fail the tasks waiting for a retry and up to ``limit`` items of the input."""
         while self.retry:
-            self.fail_in_caller(self.retry.popleft().index, error)
-        start, fresh = self.take_fresh(limit)
-        for offset in range(len(fresh)):
-            self.fail_in_caller(start + offset, error)
-
-    def halt(self) -> None:
-        """Take no more input and cancel the tasks not yet handed to a worker; those a
-        worker holds finish. Backends with tasks queued elsewhere cancel those too."""
-        self.halted = True
-        self.exhausted = True
-        error = TaskError(
-            CANCELLED, f"the run stopped after {self.failures} failed tasks (max_failures)"
-        )
-        while self.retry:
             task = self.retry.popleft()
             self.fail_in_caller(task.index, error, task.attempts)
+        start, fresh = self.take_fresh(limit)
+        if fresh:
+            self.fail_many_in_caller(range(start, start + len(fresh)), error)
+
+    def settle_the_rest(self) -> None:
+        """A run that can send nothing more (halted, or its target broken): the tasks
+        waiting and the next part of the input get their result now. The input is read
+        to its end this way, a part per call, so that every input has its result."""
+        error = self.broken or self.halted
+        if error is not None:
+            self.fail_the_rest(error)
+
+    def halt(self) -> None:
+        """Send nothing more: the tasks not yet handed to a worker, and every input not
+        yet taken, are cancelled (each its result); those a worker holds finish.
+        Backends cancel the tasks they hold unstarted too (``requeue`` cancels them)."""
+        self.halted = TaskError(
+            CANCELLED,
+            f"the run stopped after {self.failures} failed task{'s' if self.failures != 1 else ''}"
+            f" (max_failures={self.spec.max_failures}) before this task started",
+        )
+        self.fail_the_rest(self.halted, limit=0)
 
     @_gc.pausing
     def settle_columns(
@@ -364,7 +399,7 @@ class RunState(Sizing):
     def finish_many(self, results: list[TaskResult]) -> None:
         """Final results: ready to yield now, or once the results before them are."""
         self.outstanding -= len(results)
-        if self.spec.max_failures is not None and not self.halted:
+        if self.spec.max_failures is not None and self.halted is None:
             self.failures += sum(
                 1 for r in results if not r.ok and r.error is not None and r.error.type != CANCELLED
             )
@@ -396,7 +431,8 @@ class RunState(Sizing):
                     yield popleft()
                 if self.done():
                     break
-                step()
+                if not ready:  # done() may have released what it held
+                    step()
         finally:
             self.finished = True
             try:
@@ -405,6 +441,10 @@ class RunState(Sizing):
                 self.retry.clear()
         if self.input_error is not None:
             raise self.input_error
+
+
+def _index(task: Task) -> int:
+    return task.index
 
 
 def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:

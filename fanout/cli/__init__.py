@@ -7,13 +7,16 @@ Exit codes: 0 every task ok, 1 some task failed, 2 usage error or bad target or 
 3 backend unavailable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
+import logging
+import os
 import sys
 
 import typer
 
 from fanout.cli import runs as _runs  # noqa: F401 - registers results, cancel, status
 from fanout.cli.commands import app
-from fanout.cli.exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
+from fanout.cli.exitcodes import EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE
+from fanout.cli.views import StdoutClosed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,11 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors that typer finds itself (a bad option value, an unknown option) are
     said in one line too, as every other user mistake is.
     """
+    log_to_stderr()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="fanout", standalone_mode=False)
     except typer.Abort:  # Ctrl-C outside a run
         sys.exit(EXIT_INTERRUPTED)
+    except (StdoutClosed, BrokenPipeError):  # `fanout status | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(EXIT_STDOUT_CLOSED)
     except Exception as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain `fanout`: its help
             typer.echo(str(getattr(exc, "format_message", lambda: "")()))
@@ -37,6 +44,20 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"fanout: error: {message}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def log_to_stderr() -> None:
+    """fanout's warnings (a lost Redis, no worker serving a queue) as the CLI's other
+    lines are: ``fanout: ...`` on stderr. The library itself leaves logging to its user."""
+    logger = logging.getLogger("fanout")
+    if any(getattr(h, "fanout_cli", False) for h in logger.handlers):
+        return  # main() called again in this process
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("fanout: %(message)s"))
+    handler.fanout_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False  # once, even if a task configures the root logger
 
 
 def _usage_error(exc: Exception) -> str | None:

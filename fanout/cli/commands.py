@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from fanout.cli import options as opt
+from fanout.cli import rq_options as ropt
 from fanout.cli.exitcodes import errors_as_exit_codes
 from fanout.cli.running import RunSettings, execute
 
@@ -60,6 +61,7 @@ def run_command(
     redis_url: opt.RunRedisUrl = None,
     queue: opt.RunQueue = None,
     secret_file: opt.RunSecretFile = None,
+    redis_wait: opt.RunRedisWait = None,
     timeout: opt.Timeout = None,
     retries: opt.Retries = 0,
     max_failures: opt.MaxFailures = None,
@@ -74,7 +76,8 @@ def run_command(
     resume_failed: opt.ResumeFailed = False,
 ) -> None:
     """Run TARGET once per input and report every result with the process that made it."""
-    given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file}
+    given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file,
+             "redis_wait": redis_wait}  # fmt: skip
     settings = RunSettings(
         target,
         (items, range_, repeat, input_, lines),
@@ -100,15 +103,15 @@ def run_command(
 
 @app.command("worker")
 def worker_command(
-    redis_url: opt.RedisUrl = None,
-    queue: opt.WorkerQueue = "fanout",
-    name: opt.WorkerName = None,
-    burst: opt.Burst = False,
-    processes: opt.Processes = 1,
-    allow: opt.Allow = None,
-    secret_file: opt.SecretFile = None,
-    quiet: opt.Quiet = False,
-    redis_wait: opt.RedisWait = 60.0,
+    redis_url: ropt.RedisUrl = None,
+    queue: ropt.WorkerQueue = "fanout",
+    name: ropt.WorkerName = None,
+    burst: ropt.Burst = False,
+    processes: ropt.Processes = 1,
+    allow: ropt.Allow = None,
+    secret_file: ropt.SecretFile = None,
+    quiet: ropt.Quiet = False,
+    redis_wait: ropt.RedisWait = 60.0,
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
     from fanout.backends.rq.allowlist import parse_allow

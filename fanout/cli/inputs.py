@@ -1,13 +1,20 @@
-"""Where a run's inputs come from: ITEM arguments, ``--range``, ``--repeat`` or ``--input``."""
+"""Where a run's inputs come from: ITEM arguments, ``--range``, ``--repeat`` or ``--input``.
+
+``--input -`` (or a pipe, a FIFO: anything but a regular file) may trickle: it is read
+by a thread of its own into a ``StreamFeed``, so that results flow while it does.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fanout.backends.feed import StreamFeed
 from fanout.cli.views import NOT_SHOWN
 from fanout.errors import InputError
 
@@ -44,21 +51,31 @@ class InputSource:
         self.total: int | None = None  # the task count, when it is known up front
         self.pending: dict[int, Any] = {}  # inputs taken whose result is not shown yet
         self.source: Iterator[Any] | None = None
+        self.live = False  # the source may trickle: read it in a thread of its own
         if repeat is not None:
             self.total = repeat
         elif range_ is not None:
             self.source, self.total = iter(range(range_)), range_
         elif path is not None:
-            self.source = read_lines(path) if lines else read_json_lines(path)
+            stream, label = _open(path)
+            self.live = not _is_regular(stream)
+            self.source = (read_lines if lines else read_json_lines)(stream, label)
         else:
             values = [parse_item(text) for text in items or []]
             self.source, self.total = iter(values), len(values)
 
-    def items(self, keep: bool) -> Iterator[Any] | None:
-        """The inputs (None for ``--repeat``); ``keep``: remember each until ``taken``."""
-        if self.source is None or not keep:
-            return self.source
-        return self._keeping(self.source)
+    def items(self, keep: bool, wake: Callable[[], None] | None = None) -> Iterator[Any] | None:
+        """The inputs (None for ``--repeat``); ``keep``: remember each until ``taken``;
+        ``wake``: given, a source that may trickle is read by a thread of its own, and
+        ``wake()`` tells the backend each time there is more (``Backend.wake``)."""
+        source = self.source
+        if source is None:
+            return None
+        if keep:
+            source = self._keeping(source)
+        if wake is not None and self.live:
+            return StreamFeed(source).start(wake)
+        return source
 
     def _keeping(self, source: Iterator[Any]) -> Iterator[Any]:
         pending = self.pending
@@ -79,13 +96,24 @@ def parse_item(text: str) -> Any:
         return text
 
 
-def _open(source: str) -> tuple[BinaryIO, str]:
-    if source == "-":
-        return sys.stdin.buffer, "stdin"
+def _is_regular(stream: BinaryIO) -> bool:
     try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _open(source: str) -> tuple[BinaryIO, str]:
+    try:
+        if source == "-":
+            # A reader of its own on the same descriptor: a thread blocked reading
+            # sys.stdin holds its lock, and a worker forked meanwhile would wait for that
+            # lock forever when it closes its sys.stdin (as multiprocessing's children do).
+            return os.fdopen(os.dup(sys.stdin.fileno()), "rb"), "stdin"
         return Path(source).open("rb"), source
-    except OSError as exc:
-        raise InputError(f"cannot read --input {source!r}: {exc.strerror}") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        why = getattr(exc, "strerror", None) or "no such stream"
+        raise InputError(f"cannot read --input {source!r}: {why}") from None
 
 
 def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
@@ -97,16 +125,15 @@ def _decoded(stream: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
                 raise InputError(f"{label} line {number} is not UTF-8 text: {exc}") from None
 
 
-def read_lines(source: str) -> Iterator[str]:
-    """``--lines``: each line of ``source`` is one input, a plain string (blank lines
-    are skipped)."""
-    stream, label = _open(source)
-    return (line.rstrip("\r\n") for _, line in _decoded(stream, label) if line.strip())
+def read_lines(stream: BinaryIO, label: str) -> Iterator[str]:
+    """``--lines``: each line of ``stream`` is one input, a plain string, blank lines
+    too (task ``i`` is line ``i + 1``)."""
+    return (line.rstrip("\r\n") for _, line in _decoded(stream, label))
 
 
-def read_json_lines(source: str) -> Iterator[Any]:
-    """One JSON value per line of ``source`` ('-' is stdin); blank lines are skipped."""
-    stream, label = _open(source)
+def read_json_lines(stream: BinaryIO, label: str) -> Iterator[Any]:
+    """One JSON value per line of ``stream`` (``label`` names it); blank lines are
+    skipped."""
 
     def values() -> Iterator[Any]:
         for number, line in _decoded(stream, label):

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
+# Where rq commands connect without --redis-url, said in every --help (as
+# backends/rq/connection.py's DEFAULT_REDIS_URL: importing it would import redis and rq).
+REDIS_DEFAULT = "$FANOUT_REDIS_URL, else redis://localhost:6379/0"
+
 
 class RunCommand(TyperCommand):
-    """``fanout run``, with its usage line as the README writes it."""
+    """``fanout run``, with its usage line as docs/cli.md writes it."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return ["[OPTIONS]", "TARGET", "[ITEM]..."]
+
+
+def _seconds(value: float | None) -> float | None:
+    """A time limit: a number of seconds above 0 (inf and nan are none)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(
+            f"{value} is not a number of seconds above 0 (leave the option out for no limit)"
+        )
+    return value
+
+
+def check_wait(value: float | None) -> float | None:
+    """How long to wait: 0 or more seconds, inf for as long as it takes."""
+    if value is not None and not value >= 0:  # nan and negatives
+        raise typer.BadParameter(f"{value} is not a number of seconds (0 or more, or inf)")
+    return value
 
 
 RUN_EXAMPLES = """Examples:
@@ -84,7 +105,12 @@ Workers = Annotated[
 ]
 Timeout = Annotated[
     float | None,
-    typer.Option("--timeout", metavar="SECONDS", help="End a task running longer than this."),
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        callback=_seconds,
+        help="End a task running longer than this.",
+    ),
 ]
 Retries = Annotated[
     int, typer.Option("--retries", metavar="N", min=0, help="Retry a failed task N times.")
@@ -111,7 +137,17 @@ Daemon = Annotated[
 RunRedisUrl = Annotated[
     str | None,
     typer.Option(
-        "--redis-url", metavar="URL", help="rq: the Redis server (else $FANOUT_REDIS_URL)."
+        "--redis-url", metavar="URL", help=f"rq: the Redis server [default: {REDIS_DEFAULT}]."
+    ),
+]
+RunRedisWait = Annotated[
+    float | None,
+    typer.Option(
+        "--redis-wait",
+        metavar="SECONDS",
+        callback=check_wait,
+        help="rq: how long to keep reconnecting to a lost Redis before the run gives up"
+        " (exit 3) [default: 30].",
     ),
 ]
 RunQueue = Annotated[
@@ -127,64 +163,7 @@ RunSecretFile = Annotated[
     ),
 ]
 
-# `fanout worker` and `fanout status`.
-RedisUrl = Annotated[
-    str | None,
-    typer.Option("--redis-url", envvar="FANOUT_REDIS_URL", metavar="URL", help="The Redis server.",
-                 show_default=False),
-]  # fmt: skip
-WorkerQueue = Annotated[str, typer.Option("--queue", metavar="NAME", help="The queue to serve.")]
-WorkerName = Annotated[
-    str | None, typer.Option("--name", metavar="NAME", help="Register with RQ under this name.")
-]
-Quiet = Annotated[
-    bool, typer.Option("--quiet", help="No banner and no warnings (for workers a client starts).")
-]
-RedisWait = Annotated[
-    float,
-    typer.Option(
-        "--redis-wait",
-        metavar="SECONDS",
-        help="How long a job's results wait for a lost or full Redis before the job fails.",
-    ),
-]
-Burst = Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")]
-Processes = Annotated[
-    int, typer.Option("--processes", metavar="N", min=1, help="Worker processes to run.")
-]
-Allow = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--allow",
-        envvar="FANOUT_ALLOW",
-        metavar="MODULE",
-        help="Run only targets in this module or below (repeatable; FANOUT_ALLOW: a,b).",
-        show_default=False,
-    ),
-]
-SecretFile = Annotated[
-    str | None,
-    typer.Option(
-        "--secret-file",
-        envvar="FANOUT_SECRET_FILE",
-        metavar="PATH",
-        show_default=False,
-        help="Sign jobs and results with the secrets in this file (else $FANOUT_SECRET).",
-    ),
-]
-StatusQueue = Annotated[
-    str | None, typer.Option("--queue", metavar="NAME", help="Only this queue (default: all).")
-]
-StatusJson = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
-
 # Runs by id, failing fast, journals.
-RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (`run <ID>`).")]
-OptionalRunId = Annotated[
-    str | None,
-    typer.Argument(metavar="[RUN_ID]", help="A run's id: its counts instead.", show_default=False),
-]
-NoWait = Annotated[bool, typer.Option("--no-wait", help="Only the results finished now.")]
-Keep = Annotated[bool, typer.Option("--keep", help="Leave the run's data after collecting it.")]
 Detach = Annotated[
     bool,
     typer.Option("--detach", help="rq: enqueue every input, print the run's id and return."),

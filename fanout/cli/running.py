@@ -24,8 +24,9 @@ from fanout.cli.exitcodes import (
     errors_as_exit_codes,
 )
 from fanout.cli.inputs import InputSource
-from fanout.cli.views import HumanView, JsonView, StdoutClosed, View, consume
-from fanout.errors import InputError
+from fanout.cli.progress import consume
+from fanout.cli.views import HumanView, JsonView, StdoutClosed, View
+from fanout.errors import FanoutError
 
 
 @dataclass
@@ -75,6 +76,7 @@ def execute(settings: RunSettings) -> NoReturn:
     view: View | None = None
     try:
         with errors_as_exit_codes():
+            _check_combinations(settings)
             inputs = InputSource(*settings.inputs)
             fo = Fanout(settings.backend, settings.workers, **settings.options)
             fanouts.append(fo)
@@ -86,15 +88,18 @@ def execute(settings: RunSettings) -> NoReturn:
                     if settings.json_out
                     else HumanView(fo.backend_name, settings.tracebacks)
                 )
-                results = fo.map(settings.target, inputs.items(keep=not settings.json_out),
-                                 repeat=inputs.repeat, **settings.map_options)  # fmt: skip
+                items = inputs.items(keep=not settings.json_out, wake=fo.backend.wake)
+                results = fo.map(settings.target, items, repeat=inputs.repeat,
+                                 **settings.map_options)  # fmt: skip
                 _announce(fo)
                 show_bar = settings.progress
                 show_bar = sys.stderr.isatty() if show_bar is None else show_bar
                 try:
                     code = consume(results, view, inputs.taken, inputs.total, show_bar)
-                except InputError:
-                    view.finish()  # bad input part-way: show the tasks that ran before it
+                except FanoutError:
+                    # Bad input part-way, Redis lost for good: first the tasks that
+                    # finished before it, then the one line that says why it ended.
+                    view.finish()
                     raise
             view.finish(complete=True)
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -112,6 +117,25 @@ def _announce(fo: Fanout) -> None:
     """``run <ID>`` on stderr, once the run exists (on a backend whose runs have ids)."""
     if fo.run_id is not None:
         typer.echo(f"run {fo.run_id}", err=True)
+
+
+def _check_combinations(settings: RunSettings) -> None:
+    """Options that cannot go together, said in the command line's words before anything
+    is made or enqueued. What only a caller that sees every result can do, --detach
+    cannot."""
+    given = settings.map_options
+    if given.get("resume") and given.get("journal") is None:
+        flag = "--resume-failed" if given["resume"] == "failed" else "--resume"
+        raise ValueError(f"{flag} needs --journal PATH: the journal of the run to resume")
+    if not settings.detach:
+        return
+    for flag, key in (("--max-failures", "max_failures"), ("--journal", "journal")):
+        if given.get(key) is not None:
+            raise ValueError(
+                f"{flag} needs this process to see every result, and --detach leaves at once:"
+                f" leave out --detach (a run left by a closed terminal still goes on), or"
+                f" {flag} (collect later with: fanout results RUN_ID --json)"
+            )
 
 
 def _detach(fo: Fanout, settings: RunSettings, inputs: InputSource) -> NoReturn:

@@ -11,10 +11,12 @@ import typer
 
 from fanout.api import Fanout
 from fanout.cli import options as opt
+from fanout.cli import rq_options as ropt
 from fanout.cli.commands import app
 from fanout.cli.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, errors_as_exit_codes, fail
-from fanout.cli.views import NOT_SHOWN, HumanView, JsonView, StdoutClosed, View, consume
-from fanout.errors import IncompleteRun, ResultsGone
+from fanout.cli.progress import consume
+from fanout.cli.views import NOT_SHOWN, HumanView, JsonView, StdoutClosed, View, stdout_console
+from fanout.errors import FanoutError, IncompleteRun
 
 
 def _rq(redis_url: str | None) -> Fanout:
@@ -24,15 +26,17 @@ def _rq(redis_url: str | None) -> Fanout:
 
 @app.command("results")
 def results_command(
-    run_id: opt.RunId,
-    redis_url: opt.RedisUrl = None,
+    run_id: ropt.RunId,
+    redis_url: ropt.RedisUrl = None,
     json_out: opt.Json = False,
     tracebacks: opt.Tracebacks = False,
-    no_wait: opt.NoWait = False,
-    keep: opt.Keep = False,
+    no_wait: ropt.NoWait = False,
+    keep: ropt.Keep = False,
+    ordered: ropt.CollectOrdered = False,
 ) -> NoReturn:
     """Every result of run RUN_ID, each index once: those finished at once, the rest as
-    they finish. A complete collection removes the run's data (unless --keep)."""
+    they finish. A complete collection removes the run's data (unless --keep). An input
+    is shown where its job is still in Redis (a finished job's went with it)."""
     view: View | None = None
     try:
         with errors_as_exit_codes():
@@ -41,13 +45,18 @@ def results_command(
                 options["redis_url"] = redis_url
             with Fanout("rq", 0, **options) as fo:
                 view = JsonView() if json_out else HumanView("rq", tracebacks, span=True)
-                results = fo.attach(run_id, wait=not no_wait)
+                inputs: dict[int, Any] | None = None if json_out else {}
+                results = fo.attach(run_id, not no_wait, ordered, inputs)
+                shown = (lambda i: NOT_SHOWN) if inputs is None else (
+                    lambda i: inputs.pop(i, NOT_SHOWN))  # fmt: skip
                 try:
-                    code = consume(results, view, lambda index: NOT_SHOWN, None, False)
+                    code = consume(results, view, shown, None, False)
                 except IncompleteRun as exc:  # every result it has, then the missing inputs
                     view.finish(complete=True)
                     fail(str(exc), EXIT_FAILED)
-                except ResultsGone:  # what was read, then why the rest cannot be
+                except FanoutError:
+                    # What was collected, then why it stopped (Redis lost, the results
+                    # gone meanwhile).
                     view.finish()
                     raise
             view.finish(complete=True)
@@ -63,7 +72,7 @@ def results_command(
 
 
 @app.command("cancel")
-def cancel_command(run_id: opt.RunId, redis_url: opt.RedisUrl = None) -> None:
+def cancel_command(run_id: ropt.RunId, redis_url: ropt.RedisUrl = None) -> None:
     """Cancel run RUN_ID: its queued tasks are cancelled, its running tasks stopped."""
     with errors_as_exit_codes(), _rq(redis_url) as fo:
         fo.backend.cancel_run(run_id)  # returns once its stopped tasks have reported
@@ -77,10 +86,10 @@ def cancel_command(run_id: opt.RunId, redis_url: opt.RedisUrl = None) -> None:
 
 @app.command("status")
 def status_command(
-    run_id: opt.OptionalRunId = None,
-    redis_url: opt.RedisUrl = None,
-    queue: opt.StatusQueue = None,
-    json_out: opt.StatusJson = False,
+    run_id: ropt.OptionalRunId = None,
+    redis_url: ropt.RedisUrl = None,
+    queue: ropt.StatusQueue = None,
+    json_out: ropt.StatusJson = False,
 ) -> None:
     """Run RUN_ID's counts and workers; without RUN_ID, the queues with their lengths
     and the workers with name, pid, host, state, current job."""
@@ -119,11 +128,10 @@ def _print_run(status: dict[str, Any]) -> None:
 
 
 def _print_status(status: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False, markup=False)  # names are shown as given
+    console = stdout_console()  # names are shown as given
     found = f" (master {status['master']}, found by Sentinel)" if status.get("master") else ""
     console.print(f"Redis {status['redis']}{found}")
     queues = Table("queue", "length", box=None, header_style="bold")

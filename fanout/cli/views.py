@@ -1,6 +1,6 @@
 """How ``fanout run`` shows results: one JSON line each, or the human view (what each
-task printed, prefixed by its worker, then a table, every failed task in full, and a
-summary), with an optional progress bar on stderr.
+task printed, prefixed by its worker, then a table, every failed task in full, the
+cancelled ones by reason, and a summary). ``progress.py`` feeds them as results come.
 
 User text (inputs, values, errors, names) is never read as markup, and a JSON line is
 never wrapped.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from fanout.cli.exitcodes import EXIT_FAILED, EXIT_OK
-from fanout.models import NOT_RUN, TaskResult
+from fanout.backends.intake import CANCELLED
+from fanout.models import NOT_RUN, TaskError, TaskResult
 
 MAX_ROWS = 1000  # rows kept for the human table; failed tasks are all listed below it
 Print = Callable[[str], None]
@@ -23,6 +23,20 @@ Print = Callable[[str], None]
 
 class StdoutClosed(Exception):
     """Whoever read our stdout has gone (``| head``): the run stops quietly."""
+
+
+def stdout_console() -> Any:
+    """A rich Console on stdout that prints user text as given and, when stdout is
+    closed, raises StdoutClosed (rich's own handler exits with 1, which says a task
+    failed)."""
+    from rich.console import Console
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise StdoutClosed()
+
+    return StdoutConsole(highlight=False, markup=False, soft_wrap=False)
 
 
 def write_line(line: str) -> None:
@@ -70,7 +84,8 @@ class HumanView:
         self.first_start = float("inf")
         self.last_end = 0.0
         self.rows: list[tuple[TaskResult, Any]] = []
-        self.failures: list[tuple[TaskResult, Any]] = []
+        self.failures: list[tuple[TaskResult, Any]] = []  # failed, not cancelled
+        self.cancelled: dict[str, list[int]] = {}  # why -> the indexes cancelled for it
         self.count = 0
         self.workers: set[tuple[str, str]] = set()
         self.hosts: set[str] = set()
@@ -87,7 +102,10 @@ class HumanView:
             self.hosts.add(w.host)
         if len(self.rows) < MAX_ROWS:
             self.rows.append((result, item))
-        if not result.ok:
+        error = result.error
+        if error is not None and error.type == CANCELLED:
+            self.cancelled.setdefault(error.message, []).append(result.index)
+        elif error is not None:
             self.failures.append((result, item))
         if result.output:
             prefix = f"{w.name}[{w.pid}]: "
@@ -97,9 +115,7 @@ class HumanView:
     def finish(self, complete: bool = False, interrupted: bool = False) -> None:
         if not (self.count or complete):
             return
-        from rich.console import Console
-
-        console = Console(highlight=False, markup=False, soft_wrap=False)
+        console = stdout_console()
         if self.rows:
             console.print(self.table(console.width))
         if self.count > len(self.rows):
@@ -109,12 +125,17 @@ class HumanView:
             for result, item in sorted(self.failures, key=lambda f: f[0].index):
                 assert result.error is not None
                 error = result.error
-                console.print(f"  task {result.index}, input {_shown(item)}: {error.type}:"
-                              f" {error.message}", soft_wrap=True)  # fmt: skip
+                console.print(f"  task {result.index}, input {_shown(item)}:"
+                              f" {error_text(error)}", soft_wrap=True)  # fmt: skip
                 if self.tracebacks and error.traceback:
                     console.print("    " + error.traceback.rstrip().replace("\n", "\n    "),
                                   soft_wrap=True)  # fmt: skip
-        console.print(self.summary(interrupted), style="red" if self.failures else "green")
+        for why, indices in self.cancelled.items():
+            count = len(indices)
+            console.print(f"cancelled, {count} task{'s' if count != 1 else ''}"
+                          f" ({_spans(indices)}): {why}", soft_wrap=True)  # fmt: skip
+        bad = self.failures or self.cancelled
+        console.print(self.summary(interrupted), style="red" if bad else "green")
 
     def table(self, width: int) -> Any:
         """The rows as a table ``width`` columns wide: identity columns in full, inputs
@@ -128,7 +149,7 @@ class HumanView:
                 outcome = _shown(r.value)
             else:
                 assert r.error is not None
-                outcome = f"{r.error.type}: {_one_line(r.error.message)}"
+                outcome = _one_line(error_text(r.error))
             w = r.worker
             rows.append((str(r.index), _shown(item), outcome, w.name, str(w.pid), str(w.ppid),
                          w.host, f"{r.duration:.3f}"))  # fmt: skip
@@ -155,66 +176,23 @@ class HumanView:
         if self.span:
             elapsed = max(0.0, self.last_end - self.first_start) if self.last_end else 0.0
         failed = len(self.failures)
+        cancelled = sum(map(len, self.cancelled.values()))
         workers = len(self.workers)
         summary = (
-            f"{self.count} task{'s' if self.count != 1 else ''}: {self.count - failed} ok,"
-            f" {failed} failed in {elapsed:.2f} s on {workers} {self.backend} worker"
-            f"{'s' if workers != 1 else ''}"
+            f"{self.count} task{'s' if self.count != 1 else ''}:"
+            f" {self.count - failed - cancelled} ok, {failed} failed"
+            + (f", {cancelled} cancelled" if cancelled else "")
+            + f" in {elapsed:.2f} s"
         )
+        if workers:
+            summary += f" on {workers} {self.backend} worker{'s' if workers != 1 else ''}"
+        elif self.count:  # none ran (refused, cancelled): not "on 0 workers"
+            summary += f"; no {self.backend} worker ran any"
         if len(self.hosts) > 1:  # the multi-machine case: say so
             summary += f" on {len(self.hosts)} hosts"
         if interrupted:
             summary += " (interrupted: these finished)"
         return summary
-
-
-def consume(
-    results: Iterator[TaskResult],
-    view: View,
-    taken: Callable[[int], Any],
-    total: int | None,
-    bar: bool,
-) -> int:
-    """Show every result as it arrives (``taken(index)`` is its input); return the exit
-    code the results call for."""
-    failed = False
-    if not bar:
-        for result in results:
-            failed |= not result.ok
-            view.show(result, taken(result.index), write_line)
-        return EXIT_FAILED if failed else EXIT_OK
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    from rich.text import Text
-
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    bar_console = Console(stderr=True)
-    with Progress(
-        *columns,
-        console=bar_console,
-        transient=True,
-        redirect_stdout=False,  # rich would wrap lines and read markup in them
-        redirect_stderr=False,
-    ) as progress:
-
-        def above_the_bar(line: str) -> None:
-            # The same terminal as the bar: lines go above it, as they are (no wrapping,
-            # no markup), or the bar would be drawn over them.
-            progress.console.print(Text(line), soft_wrap=True, highlight=False)
-
-        out = above_the_bar if sys.stdout.isatty() else write_line
-
-        task = progress.add_task("tasks", total=total)
-        for result in results:
-            failed |= not result.ok
-            view.show(result, taken(result.index), out)
-            progress.advance(task)
-    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _shown(value: Any) -> str:
@@ -223,6 +201,25 @@ def _shown(value: Any) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def error_text(error: TaskError) -> str:
+    """``Type: message``, or the type alone when the message is empty
+    (``KeyboardInterrupt()``)."""
+    return f"{error.type}: {error.message}" if error.message else error.type
+
+
+def _spans(indices: list[int], most: int = 20) -> str:
+    """Indexes as ranges (``2-5, 9``), the first ``most`` of them, then how many more."""
+    spans: list[list[int]] = []
+    for index in sorted(indices):
+        if spans and index == spans[-1][1] + 1:
+            spans[-1][1] = index
+        else:
+            spans.append([index, index])
+    shown = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans[:most])
+    more = len(spans) - most
+    return f"{shown} and {more} more range{'s' if more != 1 else ''}" if more > 0 else shown
 
 
 class _NotShown(str):

@@ -1,6 +1,6 @@
 """The seed tutorial's scenarios as fanout task functions.
 
-Each one is run through fanout in the README, e.g.::
+Each one is run through fanout in docs/seed/, e.g.::
 
     fanout run fanout.examples:worker --repeat 5
     fanout run fanout.examples:numbered --range 5

@@ -232,6 +232,61 @@ class BackendContract:
                 next(results)
         assert seen == [1, 4]
 
+    def test_max_failures_halts_and_every_input_gets_one_result(self, run: Run) -> None:
+        """After the N-th failure no new input is taken and tasks not yet started are
+        cancelled; running ones finish. Every input, taken or not, gets its one result:
+        those that never started ``Cancelled``, attempts 0, run by no one."""
+        count = 30
+        results = run(tasks.fail_slowly, range(count), max_failures=2)
+        assert [r.index for r in results] == list(range(count))
+        ran = [r for r in results if r.error is not None and r.error.type != "Cancelled"]
+        cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+        assert len(ran) + len(cancelled) == count
+        assert all(r.error is not None and r.error.type == "ValueError" for r in ran)
+        # The two failures, and what the workers were running when the halt reached
+        # them (on rq, a worker that holds a job of several tasks learns of it at its
+        # next push): far from all of them.
+        assert 2 <= len(ran) <= count // 2, len(ran)
+        for r in cancelled:
+            assert (r.attempts, r.worker.name, r.worker.pid) == (0, "(not run)", 0)
+            assert r.error is not None
+            assert "max_failures" in r.error.message
+
+    def test_max_failures_counts_failures_not_successes(self, run: Run) -> None:
+        results = run(tasks.divide, [1, 0, 2, 0, 4], max_failures=3)
+        assert [r.ok for r in results] == [True, False, True, False, True]
+
+    def test_input_iterator_raising_system_exit_delivers_taken_tasks_then_exits(
+        self, make_fanout: MakeFanout
+    ) -> None:
+        """``sys.exit()`` inside the input generator: the tasks it gave before are run
+        and yielded, then the SystemExit goes on (nothing in flight is dropped)."""
+
+        def items() -> Iterator[int]:
+            yield from range(5)
+            raise SystemExit(3)
+
+        seen: list[int] = []
+
+        def consume(results: Iterator[TaskResult]) -> None:
+            seen.extend(r.value for r in results)
+
+        with make_fanout() as fo, pytest.raises(SystemExit) as exited:
+            consume(fo.map(tasks.square, items(), ordered=False))
+        assert exited.value.code == 3
+        assert sorted(seen) == [0, 1, 4, 9, 16]
+
+    def test_a_map_keeps_its_fanout_alive(self, fanout_options: dict[str, Any]) -> None:
+        """``for r in fanout.Fanout().map(...)``: nothing else holds the Fanout, and the
+        map must not lose its workers to the garbage collector."""
+        import gc
+
+        values = []
+        for r in fanout.Fanout(**fanout_options).map(tasks.square, range(20)):
+            gc.collect()
+            values.append(r.value)
+        assert values == [x * x for x in range(20)]
+
     def test_a_fanout_is_reused_across_maps(
         self, make_fanout: MakeFanout, backend_class: type[Backend], worker_processes: int
     ) -> None:

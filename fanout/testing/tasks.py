@@ -68,3 +68,10 @@ def fail_until(marker: str, failures: int) -> int:
     if count < failures:
         raise RuntimeError(f"attempt {count + 1} fails")
     return count + 1
+
+
+def fail_slowly(x: Any, seconds: float = 0.1) -> None:
+    """Fail after ``seconds``: slow enough that a run halting after a failure has many
+    tasks left that never started."""
+    time.sleep(seconds)
+    raise ValueError(f"bad input {x!r}")

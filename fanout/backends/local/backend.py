@@ -100,6 +100,11 @@ class LocalBackend(Backend):
         assert isinstance(run, LocalRun)
         return self._pool.give_back(run)
 
+    def reap(self) -> None:
+        """Between runs: reap the workers that died idle (``fanout worker`` does, while
+        it waits for jobs)."""
+        self._pool.reap()
+
     def kill_running(self) -> None:
         """SIGKILL every worker that holds tasks (safe from another thread)."""
         self._pool.kill_running()

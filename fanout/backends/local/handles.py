@@ -20,6 +20,7 @@ from fanout.backends.local.protocol import (
     IDLE,
     MARK_CLAIM,
     MARK_CLAIM_AT,
+    MARK_POS,
     MARK_STOP,
     MARKER_SIZE,
     NO_STOP,
@@ -36,6 +37,10 @@ from fanout.models import WorkerInfo
 # worker of another pool holding our task pipe open would keep our workers from ever
 # seeing end-of-file, so every worker closes all of them at start.
 _caller_fds: set[int] = set()
+# A forked child (a worker whose task runs fanout itself) is no caller of these pools:
+# it closes them or never uses them, and their numbers come back for its own files,
+# which its workers must keep.
+os.register_at_fork(after_in_child=_caller_fds.clear)
 
 
 class WorkerHandle:
@@ -54,6 +59,7 @@ class WorkerHandle:
         "pid",
         "pidfd",
         "process",
+        "progress_ns",
         "result_r",
         "stopping",
         "task_started",
@@ -85,6 +91,7 @@ class WorkerHandle:
         self.tasks_given = 0  # for max_tasks_per_worker
         self.barrier = False  # it gets the caller's barriers: tasks are taken back at once
         self.stopping = False  # a stop point is set: no new batch until it has given back
+        self.progress_ns = 0  # time.perf_counter_ns() of its last result, or batch when idle
 
     def describe(self) -> str:
         name = self.info.name if self.info else self.process.name
@@ -99,8 +106,12 @@ class WorkerHandle:
     # -- taking back tasks it has not started (protocol.py, barrier.py) -----------------
 
     def claim_age(self, now_ns: int) -> float:
-        """Seconds since it last claimed tasks: how long the task it runs has run, at least."""
-        return (now_ns - self.marker[MARK_CLAIM_AT]) / 1e9
+        """Seconds since it last showed progress — claimed tasks, sent results, or was
+        handed a batch while idle — if it is running a task now, else 0: how long the
+        task it runs has run, at most."""
+        if self.marker[MARK_POS] == IDLE:
+            return 0.0  # between tasks: reading a batch, sending results
+        return (now_ns - max(self.marker[MARK_CLAIM_AT], self.progress_ns)) / 1e9
 
     def unstarted(self) -> int:
         """How many tasks it holds past its claim (none of them started)."""
@@ -109,8 +120,9 @@ class WorkerHandle:
             max(0, key(b.id, b.end) - max(key(b.id, b.done), claim + 1)) for b in self.inflight
         )
 
-    def take_back(self) -> dict[LocalRun, list[Task]]:
-        """Take back the tasks it has not claimed; those taken, by run, in order. A
+    def take_back(self, keep: int = 0) -> dict[LocalRun, list[Task]]:
+        """Take back the tasks it has not claimed, but for the first ``keep`` of them;
+        those taken, by run, in order. A
         worker that gets barriers can start none of them once this returns; one that
         does not gives them back itself when it next claims (``GAVE_BACK``), and
         nothing is taken here."""
@@ -118,7 +130,7 @@ class WorkerHandle:
         marker = self.marker
         claim = marker[MARK_CLAIM]
         while True:
-            stop = self._stop_point(claim)
+            stop = self._stop_point(claim, keep)
             if stop is None:
                 return {}  # nothing left past its claim
             marker[MARK_STOP] = stop
@@ -132,12 +144,17 @@ class WorkerHandle:
                 return self._cut(stop)
             claim = again
 
-    def _stop_point(self, claim: int) -> int | None:
-        """The key of the first task past ``claim`` (None: it holds none)."""
+    def _stop_point(self, claim: int, keep: int) -> int | None:
+        """The key of the first task to take: past ``claim``, after ``keep`` more (None:
+        it holds no such task)."""
         for batch in self.inflight:
             first = max(key(batch.id, batch.done), claim + 1)
-            if first < key(batch.id, batch.end):
-                return first
+            left = key(batch.id, batch.end) - first
+            if left <= 0:
+                continue
+            if keep < left:
+                return first + keep
+            keep -= left
         return None
 
     def _cut(self, stop: int) -> dict[LocalRun, list[Task]]:

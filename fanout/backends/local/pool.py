@@ -38,7 +38,8 @@ from fanout.models import WorkerInfo
 from fanout.targets import file_modules
 
 STOP_GRACE_SECONDS = 2.0
-# A worker holding at least this much quick work unstarted gives it back for an idle one.
+# A worker holding at least this much quick work unstarted at the end of a run's input
+# shares half of it with an idle one.
 SHARE_SECONDS = 0.004
 
 
@@ -135,6 +136,9 @@ class Pool:
     def dispatch(self) -> None:
         """Hand out batches, one run after another, while workers have room; then, if a
         worker is left idle, take back work that others hold unstarted, and hand it out."""
+        for run in self.runs:
+            if run.halted is not None:
+                self.recall(run)
         while not self.closed:
             sent = False
             for run in list(self.runs):
@@ -143,15 +147,15 @@ class Pool:
                 return
 
     def rebalance(self) -> bool:
-        """A worker is idle and no run has a batch for it: take back the tasks that busy
-        workers hold but have not started, from a worker whose task runs longer than its
-        run assumed, and from one that holds a lot of quick work (so that the workers
-        finish together). They go back to the front of their run's line, in order, for
-        whoever is free. True if any came back; where none is due yet, ``look_again``
-        says when one may be."""
+        """No run has a batch for a worker with room: take back the tasks that busy
+        workers hold but have not started — from a worker whose task runs longer than its
+        run assumed, all of it, always (it would wait behind that task while another
+        worker frees up); from one holding a lot of quick work while a worker is idle at
+        the end of the run's input, half (so that the workers finish together). They go
+        back to the front of their run's line, in order, for whoever is free next. True
+        if any came back; where none is due yet, ``look_again`` says when one may be."""
         self.look_again = None
-        if not self.idle_room():
-            return False
+        idle = self.idle_room()
         now = time.perf_counter_ns()
         taken = False
         for worker in self.workers:
@@ -162,17 +166,33 @@ class Pool:
                 continue
             run = worker.inflight[0].run
             age, overdue = worker.claim_age(now), run.overdue_after()
+            keep = 0
             if age >= overdue:
                 run.measure(age, 1)  # it runs longer than measured: batches shrink
-            elif run.per_task is None or unstarted * run.per_task < SHARE_SECONDS:
+            elif idle and run.exhausted and unstarted * (run.per_task or 0) >= SHARE_SECONDS:
+                keep = unstarted // 2  # the end of the input: share the rest
+            else:
                 wait = overdue - age
                 self.look_again = wait if self.look_again is None else min(self.look_again, wait)
                 continue
-            for owner, tasks in worker.take_back().items():
+            for owner, tasks in worker.take_back(keep).items():
                 if tasks and not owner.finished:
                     owner.requeue(tasks)
                     taken = True
         return taken
+
+    def recall(self, run: LocalRun) -> None:
+        """``run`` halted (max_failures): take back what workers hold of it unstarted, so
+        that those tasks are cancelled rather than run, and settle what is left of its
+        input, a part per round, whether or not a worker is free."""
+        for worker in self.workers:
+            if worker.stopping or worker.kill_reason is not None or not worker.unstarted():
+                continue
+            if any(batch.run is run for batch in worker.inflight):
+                for owner, tasks in worker.take_back().items():
+                    if tasks and not owner.finished:
+                        owner.requeue(tasks)
+        run.settle_the_rest()
 
     def give_back(self, run: LocalRun) -> list[Task]:
         """Take back what workers hold of ``run`` unstarted, and hand back every task of
@@ -258,6 +278,7 @@ class Pool:
         batch.sent_at = time.time()
         if not worker.inflight:
             worker.task_started = batch.sent_at
+            worker.progress_ns = time.perf_counter_ns()
         worker.inflight.append(batch)
         worker.tasks_given += len(batch)
         tasks = batch.tasks
@@ -379,6 +400,7 @@ class Pool:
         """``done`` more results of ``batch`` are in, the last one finished at ``finished``."""
         batch.done += done
         worker.task_started = finished
+        worker.progress_ns = time.perf_counter_ns()
         if batch.done == len(batch):
             worker.inflight.popleft()
             worker.settled()
@@ -419,6 +441,15 @@ class Pool:
             worker.writing = False
         worker.end_leftovers()
         worker.release()
+
+    def reap(self) -> None:
+        """Between runs: settle the workers that died idle (killed from outside), so
+        that none stays a zombie until the next run starts (replacements start on demand)."""
+        if self.closed or self.runs:
+            return  # a run's loop settles its deaths itself
+        for worker in list(self.workers):
+            if not worker.process.is_alive():
+                deaths.bury(self, worker)
 
     def abandon(self, run: LocalRun) -> None:
         """A run ended: drop it, end workers still busy with its tasks.

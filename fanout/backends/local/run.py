@@ -25,7 +25,7 @@ SLOW_TASK_SECONDS = 0.05
 # A task that has run this long, or twice as long as the run's tasks take, runs longer
 # than its batch assumed: its worker gets no more, and what it holds unstarted is taken
 # back for an idle worker.
-OVERDUE_SECONDS = 0.002
+OVERDUE_SECONDS = 0.02
 OVERDUE_FACTOR = 2.0
 
 _batch_ids = itertools.count()
@@ -52,7 +52,7 @@ class LocalRun(RunState):
         # A worker sends finished results once they hold this much work (0: each): each
         # at once with a timeout (the caller times the next task from it), or when the
         # input is live (submit: every call's caller waits for its own result).
-        each = spec.timeout is not None or isinstance(spec.items, Feed)
+        each = spec.timeout is not None or (isinstance(spec.items, Feed) and spec.items.prompt)
         self.flush_seconds = 0.0 if each else flush_seconds
 
     def batch_size(self) -> int:

@@ -62,6 +62,10 @@ def main(
     main_thread: bool,
 ) -> None:
     """Body of a worker process: read batches, run them, write result records."""
+    global _forked
+    # Forked from a worker (a task that runs fanout itself), this process inherits the
+    # flag that ends a task's forked copy after its task: it is a worker, not a copy.
+    _forked = False
     # PR_SET_PDEATHSIG fires when the *thread* that forked us exits, so it is only safe
     # for workers started from the main thread; others notice end-of-file instead.
     if main_thread and not die_with_parent(parent=parent):

@@ -110,6 +110,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return obj
 
 
+def plain_loads(data: bytes) -> Any:
+    """``pickle.loads`` of plain data only (``SAFE_GLOBALS``): for showing a value,
+    where no module may be imported at all."""
+    return _RestrictedUnpickler(data, ()).load()
+
+
 def restricted_loads(data: bytes, allow: tuple[str, ...]) -> Any:
     """``pickle.loads`` that imports only plain data types and the allowed modules."""
     if not allow:

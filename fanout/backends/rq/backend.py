@@ -29,6 +29,9 @@ from fanout.models import TaskResult
 
 WORKER_START_SECONDS = 30.0
 STOP_WAIT = 5.0  # how long a cancel waits for the tasks it stopped to report
+# How often a caller looks for the registration of the workers it started: each look
+# is one cheap read, and a run waits for them all before it enqueues.
+REGISTRATION_POLL_SECONDS = 0.01
 
 
 class RQBackend(Backend):
@@ -180,14 +183,20 @@ class RQBackend(Backend):
         self._handed_out.add(run.run_id)
         return run.run_id
 
-    def attach(self, run_id: str, wait: bool = True) -> Iterator[TaskResult]:
+    def attach(
+        self,
+        run_id: str,
+        wait: bool = True,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> Iterator[TaskResult]:
         """The results of run ``run_id``, each index once: those finished at once, the
         rest as they finish (``wait``); the collector drives the run while nobody else
         does. A complete collection removes the run's data unless ``keep``."""
         from fanout.backends.rq.collect import CollectRun
 
         with translate(self.url):
-            run = CollectRun(self, run_id, wait)
+            run = CollectRun(self, run_id, wait, ordered, inputs)
         return run.results(run.step, run.end)
 
     def run_status(self, run_id: str) -> dict[str, Any]:
@@ -266,7 +275,7 @@ class RQBackend(Backend):
                 self._stop_local_workers()
                 why = "exited" if dead else f"did not register within {WORKER_START_SECONDS} s"
                 raise BackendUnavailable(f"a local fanout worker {why}; see its message above")
-            time.sleep(0.05)
+            time.sleep(REGISTRATION_POLL_SECONDS)
 
     def _stop_local_workers(self) -> None:
         """SIGTERM (RQ's warm shutdown), again (cold), then SIGKILL; a worker killed

@@ -12,6 +12,7 @@ from rq import Queue
 
 from fanout.backends.base import MapSpec
 from fanout.backends.rq import control
+from fanout.backends.rq.allowlist import plain_loads
 from fanout.backends.rq.connection import mask_url
 from fanout.backends.rq.protocol import RQJob, RunKeys
 from fanout.backends.rq.run import RQRun
@@ -36,7 +37,16 @@ class CollectRun(RQRun):
     feeds it. Another collection may complete meanwhile: while this one reads (its
     token in the run's readers), that one leaves the run's data to it."""
 
-    def __init__(self, backend: RQBackend, run_id: str, wait: bool) -> None:
+    def __init__(
+        self,
+        backend: RQBackend,
+        run_id: str,
+        wait: bool,
+        ordered: bool = False,
+        inputs: dict[int, Any] | None = None,
+    ) -> None:
+        """``ordered``: yield in index order; ``inputs``: filled with the input of each
+        task whose job is still in Redis (those of finished jobs are gone with them)."""
         keys = RunKeys(run_id)
         record = control.record_of(backend.connection, keys)
         if record is None:
@@ -46,7 +56,7 @@ class CollectRun(RQRun):
                               " not handed its id out, and its results were dropped; fanout"
                               f" status {run_id} shows its counts")  # fmt: skip
         spec = MapSpec(
-            _never, record["target"], iter(()), star=record.get("star") == "1", ordered=False,
+            _never, record["target"], iter(()), star=record.get("star") == "1", ordered=ordered,
             timeout=float(record["timeout"]) if record.get("timeout") else None,
             retries=int(record.get("retries") or 0),
         )  # fmt: skip
@@ -66,6 +76,9 @@ class CollectRun(RQRun):
         self.reader = uuid.uuid4().hex  # this collector, among the run's readers
         if wait:
             control.reading(self.connection, self.keys, self.reader)
+        self.inputs = inputs
+        if inputs is not None:
+            self.note_inputs(control.job_ids(self.connection, self.keys))
         self.drain()
         self.caught_up = True
         if wait:
@@ -74,10 +87,39 @@ class CollectRun(RQRun):
     def done(self) -> bool:
         if self.ready:
             return False
+        if self.collected() and self.reorder:
+            # Ordered, with gaps no result will fill (--no-wait; inputs lost with their
+            # caller): what is held, in index order.
+            self.ready.extend(self.reorder.pop(index) for index in sorted(self.reorder))
+            return False
+        return self.collected()
+
+    def collected(self) -> bool:
         if not self.wait or self.gone:
             return self.caught_up
         inputs_done = self.enqueued_all or self.abandoned
         return inputs_done and self.seen_count >= self.total and not self.retry
+
+    def note_inputs(self, ids: list[str]) -> None:
+        """The inputs of jobs ``ids`` (those still in Redis), for whoever shows them;
+        a pickled one only if it unpickles as plain data (a collector imports nothing
+        for a display)."""
+        assert self.inputs is not None
+        for job_id in ids:
+            args = control.job_args(self.connection, job_id, self.rq.serializer)
+            if args is None:
+                continue
+            pickled = set(args.pickled)
+            for pos, index in enumerate(args.indices):
+                if self.is_seen(index):
+                    continue
+                item = args.items[pos]
+                if pos in pickled:
+                    try:
+                        item = plain_loads(item)
+                    except Exception:  # noqa: S112 - not plain data: not shown
+                        continue
+                self.inputs[index] = item
 
     def observe(self) -> None:
         """The run's record again (its caller may still be enqueueing), at each check:
@@ -110,6 +152,8 @@ class CollectRun(RQRun):
         if self.gone:
             return
         ids = [i for i in control.job_ids(self.connection, self.keys) if i not in self.known]
+        if self.inputs is not None:
+            self.note_inputs(ids)
         numbers = [int(n) for i in ids if (n := i.rpartition("-")[2]).isdigit()]
         self.jobs_made = max([self.jobs_made, *numbers])  # the jobs it makes come after
         for job_id, status in zip(ids, control.job_statuses(self.connection, ids), strict=True):
@@ -160,7 +204,7 @@ class CollectRun(RQRun):
 
     def end(self) -> None:
         try:
-            if self.wait and self.done() and not self.gone and not self.rq.keep:
+            if self.wait and self.collected() and not self.gone and not self.rq.keep:
                 control.remove(self.connection, self.keys, self.reader)
             elif self.wait:
                 self.connection.zrem(self.keys.readers, self.reader)

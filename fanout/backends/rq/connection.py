@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from fanout.errors import BackendUnavailable
+from fanout.errors import BackendUnavailable, BadRedisURL
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -41,9 +41,40 @@ class RedisFull(BackendUnavailable):
     """Redis is at its maxmemory and refuses writes (it may be freed)."""
 
 
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
 def redis_url(url: str | None = None) -> str:
-    """The URL to use: the one given, else ``$FANOUT_REDIS_URL``, else the default."""
-    return url or os.environ.get("FANOUT_REDIS_URL") or DEFAULT_REDIS_URL
+    """The URL to use: the one given, else ``$FANOUT_REDIS_URL``, else the default;
+    checked (:func:`check_url`)."""
+    url = url or os.environ.get("FANOUT_REDIS_URL") or DEFAULT_REDIS_URL
+    check_url(url)
+    return url
+
+
+def check_url(url: str) -> None:
+    """:class:`BadRedisURL` unless ``url`` has a scheme fanout connects with, a port and
+    a database that are numbers (redis-py would take ``/abc`` for database 0)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        schemes = ", ".join(f"{name}://" for name in SCHEMES)
+        raise BadRedisURL(f"bad Redis URL {mask_url(url)}: it must start with one of {schemes}")
+    try:
+        if is_sentinel(url):
+            SentinelURL.parse(url)
+            return
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError
+        db = parts.path.strip("/") if scheme.lower() != "unix" else ""
+        db = next((v for k, v in parse_qsl(parts.query) if k == "db"), db)
+        _check_db(db)
+    except ValueError as exc:
+        raise BadRedisURL(f"bad Redis URL {mask_url(url)}: {scrub(str(exc), url)}") from None
+
+
+def _check_db(db: str) -> None:
+    if db and not db.isdigit():
+        raise ValueError(f"the database must be a number (0, 1, ...), not {db!r}")
 
 
 def mask_url(url: str) -> str:
@@ -123,6 +154,7 @@ class SentinelURL:
         # redis-py reads credentials, the database and TLS options as for any URL.
         scheme = "rediss" if parts.scheme.lower().startswith("rediss") else "redis"
         db = segments[1] if len(segments) == 2 else "0"
+        _check_db(db)
         plain = f"{scheme}://{userinfo}{at}localhost/{db}" + (f"?{rest}" if rest else "")
         master: dict[str, Any] = parse_url(plain)  # type: ignore[no-untyped-call]
         for key in ("host", "port", "connection_class"):
@@ -164,9 +196,12 @@ def _sentinel_master(url: str, socket_timeout: float | None) -> Redis:
     )  # fmt: skip
     if config.sentinel_password:
         sentinel_kwargs["password"] = config.sentinel_password
-    sentinel = Sentinel(config.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    # redis-py types Sentinel from 8.2 on (untyped before): called as Any, the same code
+    # checks on both.
+    sentinel_class: Any = Sentinel
+    sentinel = sentinel_class(config.sentinels, sentinel_kwargs=sentinel_kwargs)
     config.master["connection_class"] = _connection_class(ssl=config.master.pop("ssl"))
-    master: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master: Redis = sentinel.master_for(
         config.service,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
@@ -310,7 +345,7 @@ def connect(url: str, *, socket_timeout: float | None = 30.0) -> Redis:
             with translate(url, "cannot reach Redis at"):
                 conn.ping()
     except ValueError as exc:
-        raise BackendUnavailable(f"bad Redis URL {mask_url(url)}: {scrub(str(exc), url)}") from None
+        raise BadRedisURL(f"bad Redis URL {mask_url(url)}: {scrub(str(exc), url)}") from None
     return conn
 
 

@@ -8,14 +8,17 @@ of its own and runs the tasks in the worker's process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.job import Job
 from rq.utils import now, utcformat
@@ -33,7 +36,7 @@ from fanout.backends.rq.allowlist import (
     restricted_loads,
     target_module,
 )
-from fanout.backends.rq.protocol import CANCELLED, RUN_BATCH, JobArgs, RunKeys
+from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
@@ -93,6 +96,8 @@ def run_batch(*args: Any) -> int:
     """RQ job function (``fanout.rqworker.run_batch``) for a stock ``rq worker``."""
     job = get_current_job()
     assert job is not None, "run_batch runs as an RQ job"
+    with contextlib.suppress(Exception):  # a name for the horse if it dies (watch.py)
+        job.connection.hset(job.key, HORSE_PID, os.getpid())
     return execute_batch(job, WorkerContext.of_stock_worker(job), JobArgs(*args))
 
 
@@ -104,7 +109,8 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     if state is None:
         return 0  # the run is gone (collected, expired): nobody would read a result
     if state != "running":  # cancelled, or halted by max_failures: none of these run
-        pusher.cancel(args.indices, f"the run was {state} before a worker took the task")
+        pusher.cancel(args.indices, _STOPPED.get(state, f"the run was {state} before the"
+                                                        " task started"))  # fmt: skip
         return len(args.indices)
     try:
         fn = _load_target(args.target, ctx.allow)
@@ -130,8 +136,10 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
 
 class _Tasks:
     """The job's tasks through the worker's task process (or this process, on a stock
-    ``rq worker``): each result pushed; past the job's budget, the rest given back
-    (split.py); on a cancel by the run's caller, the rest cancelled and the running one
+    ``rq worker``), each result pushed; and those that leave the job before they start:
+    given back as new jobs when the job runs late (split.py), cancelled once a push has
+    found its run halted (max_failures) or cancelled — those running finish — and, when
+    the run's caller stops the job (Ctrl-C, cancel), cancelled before the one running is
     stopped."""
 
     def __init__(self, job: Job, ctx: WorkerContext, args: JobArgs, pusher: Pusher,
@@ -144,8 +152,8 @@ class _Tasks:
         self.todo = todo
         self.split = Split(job, args, keep, pusher)
         self.executor: Backend = ctx.executor or InlineBackend()
-        self.cancelled = False  # by the run's caller: what has not started is cancelled
-        self.given = 0  # tasks handed back so far, moved or cancelled
+        self.stopped = False  # by the run's caller: the one running was stopped
+        self.handed = 0  # tasks handed over so far, moved or cancelled
         self.run: RunState | None = None
 
     def run_all(self, spec: MapSpec) -> None:
@@ -166,52 +174,71 @@ class _Tasks:
                 self.stop_if_asked()
                 if pusher.gone:
                     break  # the caller's run is over: nobody reads what is left
-                if self.split.due():
-                    self.give_back(self.executor.give_back(run))
+                self.hand_if_due()
             pusher.flush()
-            if run.handed is not None and len(run.handed) > self.given:
-                self.give_back(run.handed[self.given :])  # came back after the split
+            if run.handed is not None and len(run.handed) > self.handed:
+                self.hand(run.handed[self.handed :])  # came back after (barrier.py)
         finally:
             if isinstance(results, Generator):
                 results.close()
-        if self.cancelled:
+        if self.stopped:
             raise JobStopped(f"job {self.job.id} was cancelled by the caller")
 
     def idle(self) -> None:
         self.stop_if_asked()
         self.pusher.idle()
-        if self.split.due():
-            assert self.run is not None
-            self.give_back(self.executor.give_back(self.run))
+        self.hand_if_due()
 
-    def give_back(self, tasks: list[Task]) -> None:
-        self.given += len(tasks)
-        if self.cancelled:
-            self.pusher.cancel([self.todo[task.index] for task in tasks], CANCELLED_WHILE_RUNNING)
-            return
-        assert self.run is not None
-        self.split.give_back(tasks, self.run.per_task)
-        self.pusher.pending.difference_update(self.todo[task.index] for task in tasks)
+    def hand_if_due(self) -> None:
+        run = self.run
+        assert run is not None
+        stopped = self.pusher.state in _STOPPED and run.handed is None
+        if stopped or self.split.due():
+            self.hand(self.executor.give_back(run))
+
+    def hand(self, tasks: list[Task]) -> None:
+        self.handed += len(tasks)
+        todo, pusher = self.todo, self.pusher
+        if pusher.state in _STOPPED:
+            pusher.cancel([todo[task.index] for task in tasks], _STOPPED[pusher.state])
+        else:
+            assert self.run is not None
+            try:
+                self.split.give_back(tasks, self.run.per_task)
+            except (redis.RedisError, OSError) as exc:
+                # Not run here either way: the transaction that enqueues them went
+                # through (the run's stream says where they went) or it did not (the
+                # caller runs them again once this job is gone without their results).
+                log.warning("job %s: could not give %d tasks back (%s); the caller runs"
+                            " them again", self.job.id, len(tasks), exc)  # fmt: skip
+        pusher.pending.difference_update(todo[task.index] for task in tasks)
 
     def stop_if_asked(self) -> None:
-        """The worker was asked to stop this job (``kill_horse``). A cancel by the run's
-        caller: the tasks not started are cancelled, each with its result, and then the
-        one running is stopped, so that its worker reports it (Cancelled, its attempt).
-        Someone's ``rq stop-job``: stopped at once."""
-        if not self.ctx.stop_requested or self.cancelled:
+        """The worker was asked to stop this job (``kill_horse``). By the run's caller
+        (Ctrl-C, cancel): the tasks not started are cancelled, each with its result, and
+        then the one running is stopped, so that its worker reports it (Cancelled, its
+        attempt). By someone's ``rq stop-job``: stopped at once."""
+        if not self.ctx.stop_requested or self.stopped:
             return
         if not self.pusher.stopped_by_caller():
             self.kill_running()
             raise JobStopped(f"job {self.job.id} was stopped (rq stop-job)")
         assert self.run is not None
-        self.cancelled = True
-        self.give_back(self.executor.give_back(self.run))  # first: nothing new may start
+        self.stopped = True
+        self.hand(self.executor.give_back(self.run))  # first: nothing new may start
         self.run.break_target(TaskError(CANCELLED, CANCELLED_WHILE_RUNNING))  # no retry
         self.kill_running()
 
     def kill_running(self) -> None:
         if self.ctx.executor is not None:  # else RQ stops the job's work-horse itself
             self.ctx.executor.kill_running()
+
+
+# A run in one of these states runs no task of a job that has not started yet.
+_STOPPED = {
+    "halted": "the run stopped (max_failures) before the task started",
+    "cancelled": "the run was cancelled before the task started",
+}
 
 
 def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:

@@ -61,6 +61,9 @@ CANCELLED_TTL = 3600  # a cancelled run's results stay collectable this long at 
 FEEDER_MS = 10_000  # a caller silent this long no longer feeds its run (it died)
 FEEDER_BEAT = 2.0  # seconds between two refreshes of a feeding caller's key
 READER_MS = 30_000  # a collector silent this long is no longer reading the run
+# A field of a job's RQ hash: the pid of the stock `rq worker` work-horse that runs it
+# (RQ keeps none), so that a horse that dies before any push is still named.
+HORSE_PID = "fanout_horse_pid"
 
 Identity = tuple[str, int, int, str]  # (name, pid, ppid, host)
 Moves = dict[str, tuple[list[int], list[int]]]  # new job id -> (task indices, attempts)
@@ -210,7 +213,7 @@ local ttl = tonumber(redis.call('HGET', KEYS[3], 'result_ttl') or '604800')
 for _, key in ipairs(KEYS) do
   redis.call('EXPIRE', key, ttl)
 end
-return 1
+return redis.call('HGET', KEYS[3], 'state') or 'running'
 """
 
 

@@ -56,6 +56,9 @@ class Pusher:
         self.keyring = keyring
         self.script = connection.register_script(PUSH_SCRIPT)
         self.gone = False  # the run has ended: nobody reads its results any more
+        # The run's state as the last push found it: "halted" (max_failures) or
+        # "cancelled" means the job's tasks that have not started are not to run.
+        self.state = "running"
         self.records: list[Record] = []
         self.attempts: list[int] = []  # attempts made for each record's task
         self.pending: set[int] = set()  # the job's tasks without a record yet
@@ -104,9 +107,11 @@ class Pusher:
         """Was the stop asked for by the run's caller (Ctrl-C, cancel, max_failures:
         the run's state says so), rather than by someone's ``rq stop-job``?"""
         try:
-            return self.run_state() in ("cancelled", "halted", None)
+            state = self.run_state()
         except Exception:
             return False
+        self.state = state or "cancelled"  # gone: nothing of it is to run any more
+        return self.state in ("cancelled", "halted")
 
     def check_stop(self, todo: list[int]) -> None:
         """Before any task of the job runs: raise JobStopped if the job was asked to stop,
@@ -185,7 +190,10 @@ class Pusher:
         while True:
             try:
                 with translate(self.ctx.url):
-                    return bool(self.script(keys=keys, args=args))
+                    reply = self.script(keys=keys, args=args)
+                if reply:
+                    self.state = text(reply)
+                return bool(reply)
             except (RedisLost, RedisFull) as exc:
                 outage.hit(exc)  # keep the results, try again
                 if self.ctx.heartbeat is not None:

@@ -18,6 +18,7 @@ import signal
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -168,7 +169,9 @@ class RQRun(RunState):
             self.enqueue(batches, last)
             self.unsent = []
         elif last:
-            if not control.update(self.connection, self.keys, {"enqueued_all": 1}):
+            # The total too: a halted run's inputs never enqueued have their results.
+            record = {"enqueued_all": 1, "total": self.next_index}
+            if not control.update(self.connection, self.keys, record):
                 self.record_lost()  # made again with enqueued_all, or RunRemoved
             self.all_in()
 
@@ -446,6 +449,14 @@ class RQRun(RunState):
         info = self.not_run_info or WorkerInfo.not_run(self.backend)
         self.not_run_info = info
         self.publish([TaskResult(index, False, None, error, info, attempts, now, now, 0.0)])
+
+    def fail_many_in_caller(self, indices: Iterable[int], error: TaskError) -> None:
+        now = time.time()
+        info = self.not_run_info or WorkerInfo.not_run(self.backend)
+        self.not_run_info = info
+        results = [TaskResult(i, False, None, error, info, 0, now, now, 0.0) for i in indices]
+        for start in range(0, len(results), 1000):
+            self.publish(results[start : start + 1000])
 
     def publish(self, results: list[TaskResult]) -> None:
         control.publish(self.connection, self.keys, self.rq.keyring, results)

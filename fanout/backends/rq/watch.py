@@ -27,6 +27,7 @@ from rq.utils import utcparse
 from fanout.backends.rq.connection import mask_url
 from fanout.backends.rq.protocol import (
     FORGET_JOB_SCRIPT,
+    HORSE_PID,
     REQUEUE_VANISHED_SCRIPT,
     UNSTICK_SCRIPT,
     text,
@@ -287,17 +288,20 @@ class JobWatch:
 
     def last_known(self, job: RQJob, worker: str) -> WorkerInfo:
         """Who ran ``job``'s lost task, as far as anyone can tell: the process that sent
-        its other results, else the RQ worker's pid (its parent) and host."""
+        its other results, else the work-horse a stock ``rq worker`` noted in the job
+        (its pid: 0 where none was noted), the RQ worker's pid (its parent) and host."""
         backend = self.run.rq.name
         if job.identity is not None:
             return WorkerInfo(*job.identity, backend)
         try:
-            key = Worker.redis_worker_namespace_prefix + worker
-            pid, host = self.run.connection.hmget(key, "pid", "hostname")
+            pipe = self.run.connection.pipeline(transaction=False)
+            pipe.hmget(Worker.redis_worker_namespace_prefix + worker, "pid", "hostname")
+            pipe.hget(Job.key_for(job.id), HORSE_PID)
+            (ppid, host), pid = pipe.execute()
         except Exception:
-            pid = host = None
+            pid = ppid = host = None
         host = host.decode() if isinstance(host, bytes) else ""
-        return WorkerInfo(worker, 0, int(pid or 0), host, backend)
+        return WorkerInfo(worker, int(pid or 0), int(ppid or 0), host, backend)
 
     def watch_for_workers(self) -> None:
         run = self.run

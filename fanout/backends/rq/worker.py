@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import ipaddress
 import logging
 import os
@@ -22,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,6 +59,9 @@ TAKE_OVER_AFTER = 3 * HEARTBEAT_SECONDS  # a registration silent this long has n
 # RQ beats three times between two jobs, three commands each: a beat this soon after
 # the last adds nothing (callers read beats against HEARTBEAT_SECONDS).
 BEAT_AGAIN_SECONDS = 0.5
+# How long a stopping worker waits for RQ's command listener (a thread reading the
+# worker's pubsub channel) to end; past it the process exits without it (a daemon).
+LISTENER_STOP_SECONDS = 2.0
 
 
 class FanoutWorker(SimpleWorker):
@@ -75,6 +80,14 @@ class FanoutWorker(SimpleWorker):
         self._beat_at = -BEAT_AGAIN_SECONDS  # time.monotonic() of the last heartbeat
         self.stop_asked = False  # a SIGTERM or SIGINT came (see request_stop)
 
+    def note_stop(self, signum: int, frame: Any) -> None:
+        """The SIGTERM and Ctrl-C handler until RQ installs its own. RQ registers the
+        worker and subscribes first: a stop in between ended the process with its name
+        still registered (a restart under it refused). Noted, it ends RQ's loop at its
+        first turn, and the worker unregisters."""
+        self.stop_asked = True
+        self._stop_requested = True
+
     def request_stop(self, signum: int, frame: Any) -> None:
         # With no job running RQ's handler raises StopRequested and work() ends on it, but
         # with Redis gone its teardown then fails: to _serve that looks like an outage to
@@ -83,6 +96,10 @@ class FanoutWorker(SimpleWorker):
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if self.context.heartbeat is None and self.context.executor is not None:
+            # No job runs (RQ's idle loop beats every 2 s): a task process killed
+            # meanwhile is reaped now, not left a zombie until the next job.
+            self.context.executor.reap()
         now = time.monotonic()
         if pipeline is None and timeout is None and now - self._beat_at < BEAT_AGAIN_SECONDS:
             return
@@ -147,6 +164,27 @@ class FanoutWorker(SimpleWorker):
             return
         super().handle_exception(job, *exc_info)
 
+    def unsubscribe(self) -> None:
+        """RQ's, without its wait of up to a minute. RQ unsubscribes, then stops its
+        command listener, which waits for messages 60 s at a time. When the listener
+        handled the reply before the stop landed, it waited for a subscription that never
+        came, and redis-py 8.2's ``stop()`` waits for it: a SIGTERM took ~60 s in most
+        tries on a loaded machine. Told to stop first, the listener ends on the reply; a
+        Redis that does not answer costs LISTENER_STOP_SECONDS at most."""
+        # Any: RQ types the thread as always None, and redis-py's unsubscribe() is
+        # untyped in some releases and typed in others.
+        thread: Any = self.pubsub_thread
+        pubsub: Any = self.pubsub
+        if thread is None or pubsub is None:
+            return
+        self.pubsub_thread = None
+        _flag_stop(thread)
+        with contextlib.suppress(redis.RedisError, OSError):
+            pubsub.unsubscribe()
+        thread.join(LISTENER_STOP_SECONDS)
+        with contextlib.suppress(redis.RedisError, OSError):
+            pubsub.close()
+
     def kill_horse(self, sig: Any = None) -> None:
         """RQ's stop-job (from its command thread): the job, woken, stops the task
         running in the task process (there is no work-horse) in its own thread, after
@@ -165,6 +203,16 @@ class TaskProcess(LocalBackend):
     # spread nothing unevenly (benchmarks/scale.py: the worker's CPU per task).
     batch_seconds = 0.1
     flush_seconds = 0.05
+
+
+def _flag_stop(thread: Any) -> None:
+    """Tell redis-py's pubsub thread to stop, without waiting for it: redis-py 8.2's
+    ``stop()`` waits for it (for ever unless given a time-out), older ones never do."""
+    stop: Callable[..., None] = thread.stop
+    if "timeout" in inspect.signature(stop).parameters:
+        stop(timeout=0)
+    else:
+        stop()
 
 
 def _refusal(exc_info: tuple[Any, ...]) -> BaseException | None:
@@ -225,6 +273,8 @@ def run_worker(
         say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
         for warning in safety_warnings(url, keyring, allow):
             say(f"fanout worker {name}: warning: {warning}")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, worker.note_stop)
     try:
         _serve(worker, burst, quiet)
     finally:
@@ -414,12 +464,13 @@ def _run_pool(
     quiet: bool,
     redis_wait: float,
 ) -> int:
-    """``--processes N``: N single-process workers, stopped together."""
+    """``--processes N``: N single-process workers, stopped together (a SIGKILLed
+    parent's workers get the SIGTERM it would have forwarded)."""
     base = name or default_worker_name()
     env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
     env.update(secret_env(None, secret_file))
     spawn = functools.partial(spawn_fanout_worker, queue, env=env, burst=burst, quiet=quiet,
-                              redis_wait=redis_wait)  # fmt: skip
+                              redis_wait=redis_wait, tied_to_parent=True)  # fmt: skip
     children = [spawn(f"{base}-{i}") for i in range(1, processes + 1)]
 
     def forward(signum: int, frame: Any) -> None:
