@@ -118,9 +118,6 @@ class Fanout:
         if resume and journal is None:
             raise ValueError("resuming needs the journal to resume from: give journal=PATH")
 
-        def run_on(inputs: Iterator[Any]) -> Iterator[TaskResult]:
-            return self._backend.map(dataclasses.replace(spec, items=inputs))
-
         if journal is None:
             results = self._backend.map(spec)
         else:
@@ -131,6 +128,15 @@ class Fanout:
                 spec.target or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
             )
             book = Journal(os.fspath(journal), label, resume)
+            if resume and self._backend.durable_runs:
+                book.take_over(self._backend.attach)  # a killed caller's run, still going
+
+            def run_on(inputs: Iterator[Any]) -> Iterator[TaskResult]:
+                run = self._backend.map(dataclasses.replace(spec, items=inputs))
+                if (run_id := self._backend.last_run_id()) is not None:
+                    book.note_run(run_id)  # resuming, take its results if it goes on
+                return run
+
             results = journaled(book, spec.items, ordered, run_on)
         results = _keeping(self, results)
         self._active = weakref.ref(results)

@@ -10,9 +10,18 @@ task's input, so that a resumed run can tell that input ``i`` is still the input
 journal's line ``i`` was made from. A line cut short by a crash is dropped.
 
 Resuming (``resume=True``) skips every index the journal holds and runs the rest;
-``resume="failed"`` skips only the ``ok`` ones. The inputs up to the journal's last index
-are read and checked first, so a changed input stops the run before anything runs.
-The results cover every index: the journal's and the new run's together.
+``resume="failed"`` skips only the ``ok`` ones; a ``Cancelled`` task never ran, and runs
+again either way. The inputs up to the journal's last index are read and checked first,
+so a changed input stops the run before anything runs. The results cover every index:
+the journal's and the new run's together.
+
+A run on a backend whose runs outlive their caller (rq) notes its id in the journal::
+
+    {"fanout_run": "59e73cddabc64015971fc5cb68cb4125", "resume": false}
+
+Its caller killed, that run goes on on its workers: resuming first takes its results
+(waiting for those still to come, ``take_over``), so that none of its inputs runs twice.
+Those lines have no fingerprint (the inputs were in Redis, not read here).
 
 A journal is never mixed with anything else: a file that is not a fanout journal, or the
 journal of another target, is refused (and left as it is), and so is a journal that
@@ -25,14 +34,18 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from fanout.errors import InputError
+from fanout.backends.intake import CANCELLED
+from fanout.errors import IncompleteRun, InputError, UnknownRun
 from fanout.models import TaskError, TaskResult, WorkerInfo
+
+log = logging.getLogger("fanout")
 
 FORMAT = 1
 Resume = bool | Literal["failed"]
@@ -82,6 +95,8 @@ class Journal:
         self.path = Path(path)
         self.target = target
         self.resume = resume
+        # The runs the journal names (their ids), each with where its indexes go.
+        self.runs: list[tuple[str, Callable[[int], int]]] = []
         # index -> line, for the indexes to skip
         self.done: dict[int, dict[str, Any]] = self._read(resume) if self._check() else {}
         self.file: BinaryIO = self._open_for_append()
@@ -123,19 +138,46 @@ class Journal:
             raise InputError(f"cannot read the journal {self.path}: {exc.strerror}") from None
         lines = data.split(b"\n")
         complete = lines[:-1]  # the last piece has no newline: cut short, or empty
-        done: dict[int, dict[str, Any]] = {}
+        latest: dict[int, dict[str, Any]] = {}  # index -> its last line
         for number, line in enumerate(complete[1:], 2):
             try:
                 record = json.loads(line)
-                index = record["index"]
+                if "fanout_run" in record:
+                    self.runs.append((record["fanout_run"], _positions(latest, record["resume"])))
+                    continue
+                latest[record["index"]] = record
             except (ValueError, KeyError, TypeError):
                 raise InputError(f"line {number} of the journal {self.path} is not a result"
                                  " fanout wrote") from None  # fmt: skip
-            if record["ok"] or resume is True:
-                done[index] = record
-            else:
-                done.pop(index, None)  # a failed one is run again
-        return done
+        return {index: record for index, record in latest.items() if _done(record, resume)}
+
+    def note_run(self, run_id: str) -> None:
+        """The run that writes the journal from now on has this id (see ``take_over``)."""
+        self.file.write(json.dumps({"fanout_run": run_id, "resume": self.resume}).encode() + b"\n")
+        self.file.flush()
+
+    def take_over(self, attach: Callable[[str], Iterator[TaskResult]]) -> None:
+        """If the journal's last run is still on its backend (``attach``: its results by
+        its id), its caller was killed and its workers go on: wait for its results and
+        journal them, so that none of its inputs runs again. A run that is gone, or whose
+        caller died before enqueueing every input, gives what it has."""
+        if not self.runs:
+            return
+        run_id, original = self.runs[-1]
+        try:
+            results = attach(run_id)
+            log.warning("run %s of the journal %s is still in Redis: taking its results"
+                        " before running the rest", run_id, self.path)  # fmt: skip
+            for result in results:
+                result = replace(result, index=original(result.index))
+                if result.index in self.done:
+                    continue  # journaled by its caller already
+                self.write(result, None)
+                record = json_record(result)
+                if _done(record, self.resume):
+                    self.done[result.index] = record
+        except (UnknownRun, IncompleteRun):
+            pass  # gone (collected, expired), or all it will have: the rest runs now
 
     def _check_header(self, line: bytes) -> None:
         try:
@@ -169,7 +211,7 @@ class Journal:
         file.flush()
         return file
 
-    def write(self, result: TaskResult, print_: str) -> None:
+    def write(self, result: TaskResult, print_: str | None) -> None:
         record = json_record(result)
         record["fingerprint"] = print_
         self.file.write(json.dumps(record).encode() + b"\n")
@@ -241,7 +283,7 @@ def _check(
             prints[index] = print_
             positions.append(index)
             head.append(item)
-        elif record.get("fingerprint") != print_:
+        elif record.get("fingerprint") not in (None, print_):  # None: taken over
             raise InputError(
                 f"input {index} differs from the one the journal {journal.path} ran; resume"
                 " with the same inputs, or give another --journal"
@@ -249,3 +291,19 @@ def _check(
         else:
             skipped.append(result_of(record))
     return head, skipped
+
+
+def _done(record: dict[str, Any], resume: Resume) -> bool:
+    """Does a resume skip this journal line's index? Its ok ones always, its failed ones
+    unless ``resume="failed"``; a cancelled task never ran: never."""
+    error = record.get("error") or {}
+    return bool(record["ok"] or resume is True) and error.get("type") != CANCELLED
+
+
+def _positions(latest: dict[int, dict[str, Any]], resume: Resume) -> Callable[[int], int]:
+    """Where the indexes of a run that resumed (as ``resume`` says) from the journal as
+    it was then go: ``journaled`` gave it the inputs the journal lacked, in order."""
+    done = {index for index, record in latest.items() if resume and _done(record, resume)}
+    last = max(done, default=-1)
+    head = [index for index in range(last + 1) if index not in done]
+    return lambda k: head[k] if k < len(head) else last + 1 + k - len(head)

@@ -315,3 +315,11 @@ def note_pid_or_die(folder: str, x: int) -> int:
     if x < 0:
         os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+def record_then_sleep(log: str, x: Any, seconds: float) -> Any:
+    """Append ``x`` to the file ``log`` (each execution leaves a line), sleep, return it."""
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    time.sleep(seconds)
+    return x

@@ -487,3 +487,42 @@ def test_a_killed_busy_workers_name_is_free_again_at_once_on_its_host(
     # ... and on its own host, where its process is seen gone, the name is free at once.
     serve(server.url, workers, "nine-1")
     assert workers[1].poll() is None
+
+
+# --------------------------------------------------------------------------- defect 31
+
+
+JOURNALED_CALLER = """
+import sys
+import fanout
+from tests import tasks
+
+url, log, journal = sys.argv[1:]
+items = [(log, i, 0.2) for i in range(30)]
+with fanout.Fanout("rq", redis_url=url) as fo:
+    for r in fo.map(tasks.record_then_sleep, items, star=True, journal=journal):
+        print(r.index, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_resuming_a_killed_callers_journal_takes_its_live_runs_results(
+    server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    log, journal = tmp_path / "ran", tmp_path / "journal.jsonl"
+    serve(server.url, workers, "j-1", "j-2")
+    caller = subprocess.Popen(
+        [sys.executable, "-c", JOURNALED_CALLER, server.url, str(log), str(journal)],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert caller.stdout is not None
+    for _ in range(4):  # a few results journaled; the rest of the run is on its workers
+        caller.stdout.readline()
+    caller.kill()
+    finish(caller)
+    items = [(str(log), i, 0.2) for i in range(30)]
+    results = fanout.run(tasks.record_then_sleep, items, star=True, journal=journal,
+                         resume=True, backend="rq", redis_url=server.url)  # fmt: skip
+    assert [(r.index, r.value) for r in results] == [(i, i) for i in range(30)]
+    ran = log.read_text().split()
+    assert sorted(ran) == sorted(str(i) for i in range(30)), "inputs ran twice (or never)"
