@@ -62,6 +62,7 @@ def serve(url: str, workers: list[subprocess.Popen[bytes]], *names: str, queue: 
 # --------------------------------------------------------------------------- defect 1
 
 
+@pytest.mark.slow
 def test_a_collector_and_a_cancel_act_on_the_runs_own_queue(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -124,6 +125,7 @@ def test_a_submit_interrupted_before_every_input_is_enqueued_cancels_its_run(
     assert (status["ok"], status["failed"], status["queued"], status["running"]) == (0, 0, 0, 0)
 
 
+@pytest.mark.slow
 def test_cancelling_a_run_whose_running_job_ends_meanwhile_raises_nothing(
     server: RedisServer,
 ) -> None:
@@ -192,6 +194,7 @@ def test_a_cancel_stops_the_running_task_reported_by_its_worker_and_runs_nothing
     assert [m.name for m in marks if m.exists()] == ["ran-0"], "a task ran after the cancel"
 
 
+@pytest.mark.slow
 def test_status_says_a_run_finished_or_cut_short_and_results_give_the_runs_time(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -307,6 +310,7 @@ def feed(caller: subprocess.Popen[str], *values: int) -> None:
     caller.stdin.flush()
 
 
+@pytest.mark.slow
 def test_a_collector_never_ends_a_run_its_caller_still_feeds(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -341,6 +345,7 @@ def results_so_far(url: str, run_id: str) -> int:
         return int(run.status()["ok"])
 
 
+@pytest.mark.slow
 def test_two_collectors_each_get_every_result_or_are_told_why_not(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -218,9 +218,9 @@ class RQBackend(Backend):
         with translate(self.url):
             if control.record_of(self.connection, keys) is None:
                 raise UnknownRun(run_id, mask_url(self.url))
-            control.cancel(self, keys)
+            stopped = control.cancel(self, keys)
             deadline = time.monotonic() + STOP_WAIT
-            while time.monotonic() < deadline:
+            while stopped and time.monotonic() < deadline:
                 status = control.status(self, keys)
                 if status is None or status["running"] == 0:
                     return

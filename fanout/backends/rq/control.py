@@ -180,30 +180,39 @@ def job_args(connection: Any, job_id: str, serializer: Any) -> JobArgs | None:
 
 def cancel(
     backend: RQBackend, keys: RunKeys, run: RQRun | None = None, keep: int = CANCELLED_TTL
-) -> None:
+) -> int:
     """Cancel a run: its queued tasks get their result (Cancelled, run by no one), its
     running jobs are stopped (their workers cancel what they had not run), and nothing
     of it stays queued. ``run``: the caller's own RQRun, if it is the one cancelling.
     ``keep``: seconds (at most) the run's results stay collectable; 0: nobody can
     collect them (nobody has the run's id), so they are dropped now and the run's
-    record stays ``ENDED_TTL`` as a marker."""
+    record stays ``ENDED_TTL`` as a marker. Returns how many jobs were told to stop."""
     cancel_queued(backend, keys, run, state="cancelled")
     connection = backend.connection
     ids = job_ids(connection, keys)
     pipe = connection.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(Job.key_for(job_id), "status", "worker_name")
-    for job_id, (status, worker) in zip(ids, pipe.execute(), strict=True):
+    replies = pipe.execute()
+    running = [(job_id, text(worker)) for job_id, (status, worker) in zip(ids, replies, strict=True)
+               if status == b"started" and worker]  # fmt: skip
+    pipe = connection.pipeline(transaction=False)
+    for _, worker in running:
+        pipe.exists(Worker.redis_worker_namespace_prefix + worker)
+    stopped = 0
+    for (job_id, worker), alive in zip(running, pipe.execute(), strict=True):
         # Not RQ's send_stop_job_command: it fetches the job again, and a job that ended
         # since its status was read is then an error. A stop that comes after its job
-        # ended the worker ignores.
-        if status == b"started" and worker:
-            send_command(connection, text(worker), "stop-job", job_id=job_id)
+        # ended the worker ignores; a worker gone (its job lost) hears none.
+        if alive:
+            send_command(connection, worker, "stop-job", job_id=job_id)
+            stopped += 1
     if keep:  # (not its caller's word that it feeds the run: that is the caller's)
         data = [key for key in keys.data() if key != keys.feeder]
         connection.register_script(SHORTEN_SCRIPT)(keys=data, args=[keep])
     else:
         connection.register_script(DROP_SCRIPT)(keys=keys.data(), args=[time.time(), ENDED_TTL])
+    return stopped
 
 
 def cancel_queued(backend: RQBackend, keys: RunKeys, run: RQRun | None, state: str) -> None:
