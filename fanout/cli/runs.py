@@ -80,8 +80,8 @@ def cancel_command(run_id: ropt.RunId, redis_url: ropt.RedisUrl = None) -> None:
     left = status["running"]
     still = f"; {left} still stopping" if left else ""
     typer.echo(f"run {run_id} cancelled: {status['ok']} ok, {status['failed']} failed,"
-               f" {status['cancelled']} cancelled{still}; collect them with: fanout results"
-               f" {run_id}", err=True)  # fmt: skip
+               f" {status['cancelled']} cancelled{still}; collect them within an hour with:"
+               f" fanout results {run_id}", err=True)  # fmt: skip
 
 
 @app.command("status")
@@ -119,10 +119,11 @@ def _print_run(status: dict[str, Any]) -> None:
         whole = " (its caller stopped before it had enqueued every input: the rest are missing)"
     elif not status["enqueued_all"]:
         whole = f" (the run was {state} before every input was enqueued)"
-    if status["dropped"]:
-        whole += "; its results were dropped (nobody had its id to collect them)"
     sys.stdout.write(f"run {status['run']} ({status['state']}): {status['target']} on queue"
                      f" {status['queue']}\n{status['total']} tasks{whole}: {counts}\n")  # fmt: skip
+    if status["dropped"]:
+        sys.stdout.write("its results were dropped: its caller cut it short, and nobody had its"
+                         " id to collect them\n")  # fmt: skip
     for worker in status["workers"]:
         sys.stdout.write(f"  running on {worker['name']} ({worker['host']})\n")
 
