@@ -174,7 +174,10 @@ class Fanout:
 
     @property
     def run_id(self) -> str | None:
-        """The id of the last map's run, on a backend whose runs have ids (rq)."""
+        """The id of the last map's run, on a backend whose runs have ids (rq). Once it
+        has been asked for, the run, if cut short, keeps its results an hour for
+        collection by id; a run whose id nobody asked for keeps none (nobody could
+        collect them)."""
         return self._backend.last_run_id()
 
     @property

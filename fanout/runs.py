@@ -38,17 +38,26 @@ class Run:
         Order: by default, the order in which they were reported (workers push results
         as they finish; a task lost, cancelled or retried reports later), not input
         order. ``ordered=True``: in index order, each result held back until every
-        earlier index has its own (a slow first task holds back all the others)."""
+        earlier index has its own (a slow first task holds back all the others).
+
+        It waits while the run's caller still enqueues inputs. A run whose caller died
+        before it had enqueued them all raises :class:`~fanout.IncompleteRun` after its
+        last result; one whose results left Redis while they were read (collected by
+        another, expired) raises :class:`~fanout.ResultsGone` after those read."""
         return self._fanout.attach(self.id, wait, ordered)
 
     def status(self) -> dict[str, Any]:
         """The run's counts (total, ok, failed, cancelled, queued, running) and the
-        workers running its tasks now (name, host)."""
+        workers running its tasks now (name, host); its ``state`` (running, finished:
+        every task has its result, cancelled, halted), whether every input is enqueued
+        (``enqueued_all``) or its caller still enqueues them (``feeding``), and whether
+        its results were dropped (``dropped``: cut short, nobody had its id)."""
         return self._fanout.backend.run_status(self.id)
 
     def cancel(self) -> None:
         """Queued tasks are cancelled (each gets its result, ``Cancelled``), running ones
-        stopped; nothing of the run stays queued."""
+        stopped; nothing of the run stays queued. Returns once the stopped tasks have
+        reported (5 s at most); the results stay collectable for an hour."""
         self._fanout.backend.cancel_run(self.id)
 
     def close(self) -> None:
