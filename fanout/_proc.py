@@ -141,17 +141,30 @@ def describe_exit(code: int | None) -> str:
 @contextlib.contextmanager
 def signals_deferred(held: set[signal.Signals] | None = None) -> Iterator[None]:
     """Hold ``held`` (default: Ctrl-C, SIGTERM and SIGHUP) until the block ends (main
-    thread, POSIX): a step that must happen whole (jobs written to Redis and noted here)
-    is not cut."""
-    if not on_main_thread() or not hasattr(signal, "pthread_sigmask"):
+    thread): a step that must happen whole (jobs written to Redis and noted here) is not
+    cut; a signal that came meanwhile is handled as the block ends. Handlers that note
+    it, not a signal mask: a mask is one thread's, and the kernel gives a process's
+    signal to any thread that does not block it (rich's progress bar, a driver thread),
+    whose Python handler then still runs in the main thread, in the middle of the block."""
+    if not on_main_thread():
         yield
         return
-    held = held or {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    came: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: came.append(signum))
+        for sig in held or {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(came):
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)  # Ctrl-C's KeyboardInterrupt, the CLI's own
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)  # its default action, now
 
 
 def on_main_thread() -> bool:

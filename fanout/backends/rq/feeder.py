@@ -38,7 +38,9 @@ class Feeder:
                 self.thread.start()
 
     def discard(self, key: str) -> None:
-        """No more inputs for that run (all enqueued, or it ended): let the key lapse."""
+        """No more inputs for that run (all enqueued, or it ended): let the key lapse.
+        Once this returns, no refresh of it is under way (one could make it again just
+        after its run deleted it)."""
         with self.lock:
             self.keys.discard(key)
 
@@ -52,14 +54,13 @@ class Feeder:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         while not self.stopped.wait(FEEDER_BEAT):
-            with self.lock:
-                keys = list(self.keys)
-            if not keys:
-                continue
-            try:
-                pipe = self.connection.pipeline(transaction=False)
-                for key in keys:
-                    pipe.set(key, 1, px=FEEDER_MS)
-                pipe.execute()
-            except Exception:  # noqa: S112 - Redis lost or full: the run's own loop says so
-                continue
+            with self.lock:  # held while it writes: see discard
+                if not self.keys:
+                    continue
+                try:
+                    pipe = self.connection.pipeline(transaction=False)
+                    for key in self.keys:
+                        pipe.set(key, 1, px=FEEDER_MS)
+                    pipe.execute()
+                except Exception:  # noqa: S112 - Redis lost or full: the run's loop says so
+                    continue
