@@ -68,6 +68,7 @@ def outcomes(report: Path) -> dict[str, str]:
     return found
 
 
+@pytest.mark.slow
 def test_cpython_suites_pass_on_local_and_rq(tmp_path: Path) -> None:
     python = python313()
     server = RedisServer()

@@ -111,6 +111,7 @@ def demo_redis() -> Iterator[tuple[RedisServer, object]]:
     server.stop()
 
 
+@pytest.mark.slow
 def test_compose_commands_run_as_local_processes_on_every_worker(demo_redis) -> None:
     server, demo = demo_redis
     worker_env = cli_env(twin.service_environment(demo.worker, "127.0.0.1", server.port))

@@ -179,6 +179,7 @@ def test_redis_restarted_mid_run_loses_no_task(
         redis[0].wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_redis_gone_for_good_is_backend_unavailable_after_the_configured_wait(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
@@ -198,6 +199,7 @@ def test_redis_gone_for_good_is_backend_unavailable_after_the_configured_wait(
     assert str(server.port) in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_no_worker_serving_the_queue_warns_then_gives_up_when_asked(
     server: RedisServer, caplog: pytest.LogCaptureFixture

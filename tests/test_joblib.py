@@ -100,6 +100,7 @@ def test_grid_search_on_local_workers_matches_n_jobs_1() -> None:
         assert_same_search(alone, grid_search(2))
 
 
+@pytest.mark.slow
 def test_grid_search_on_two_rq_workers_matches_n_jobs_1(
     redis_server: RedisServer, rq_workers: list[str]
 ) -> None:

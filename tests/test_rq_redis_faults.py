@@ -71,6 +71,7 @@ def run_keys(connection: Redis) -> list[bytes]:
 # --------------------------------------------------------------------------- item 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_queued_job_removed_from_its_queue_is_enqueued_again(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]

@@ -67,6 +67,7 @@ def executions(log: Path) -> list[str]:
 # --------------------------------------------------------------------------- run ids, detach
 
 
+@pytest.mark.slow
 def test_detach_enqueues_every_input_then_results_collects_each_index_once(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -92,6 +93,7 @@ def test_detach_enqueues_every_input_then_results_collects_each_index_once(
     assert again.stderr.startswith(f"fanout: error: no run '{run_id}'")
 
 
+@pytest.mark.slow
 def test_submit_attach_status_and_results_in_the_library(
     server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -204,6 +206,7 @@ def test_a_collector_killed_halfway_can_collect_again(
     run.close()
 
 
+@pytest.mark.slow
 def test_cancel_leaves_nothing_queued_and_gives_each_task_its_result(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]
 ) -> None:

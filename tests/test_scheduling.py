@@ -304,6 +304,7 @@ def test_an_rq_job_stuck_behind_a_held_task_gives_its_rest_back_to_the_idle_work
     assert not [r for r in results if r.index > 200 and r.value == held_by]
 
 
+@pytest.mark.slow
 def test_an_rq_worker_killed_after_giving_its_rest_back_loses_nothing(
     redis_server: RedisServer, two_workers: str, hold: Hold
 ) -> None:
