@@ -265,8 +265,7 @@ def _fit(strings: list[str]) -> tuple[list[str], list[int]]:
     low, high = 16, TEXT_CHARS  # the longest cut that fits (16: whatever it costs)
     while low < high:
         mid = (low + high + 1) // 2
-        # a cut string costs its bytes per character times the characters kept
-        cost = sum(size if len(s) <= mid else size * mid // len(s)
+        cost = sum(size if len(s) <= mid else len(shorten(s, mid).encode("utf-8", "replace"))
                    for s, size in zip(strings, sizes, strict=True))  # fmt: skip
         low, high = (mid, high) if cost <= TEXT_BUDGET else (low, mid - 1)
     kept: dict[str, int] = {}
