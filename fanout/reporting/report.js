@@ -359,7 +359,7 @@
     const [tickList, step] = ticks();
     drawAxis(tickList, step);
     drawPlot(tickList);
-    $("range").textContent = "showing " + dur(Math.max(0, v0)) + " – " + dur(Math.min(v1, wall)) +
+    $("range").textContent = "showing " + dur(Math.max(0, v0)) + " to " + dur(Math.min(v1, wall)) +
       " of " + dur(wall);
   }
 
