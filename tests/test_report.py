@@ -6,6 +6,7 @@ in a real browser, is tested in ``test_report_browser.py``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import fanout
 from fanout.models import TaskError, TaskResult, WorkerInfo
 from fanout.reporting import page
-from fanout.reporting.pack import TEXT_CHARS, Packer, cause_of
+from fanout.reporting.pack import SPENT, TEXT_CHARS, Packer, cause_of
 from tests.helpers import (
     ROOT,
     RedisServer,
@@ -398,6 +399,28 @@ def test_a_bad_source_or_output_path_is_one_line_exit_2(tmp_path: Path, case: st
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
 
 
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_report_stopped_by_a_signal_writes_nothing(
+    tmp_path: Path, signum: int, code: int, said: str
+) -> None:
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_cli("report", str(fifo), "-o", str(out / "r.html"))
+    with fifo.open("w") as writer:  # opens once the report has opened it: it is reading
+        writer.write(GOOD)
+        writer.flush()
+        proc.send_signal(signum)
+        _, stderr = finish(proc)
+    assert proc.returncode == code, stderr
+    assert stderr == f"fanout: {said}; no report written\n"
+    assert list(out.iterdir()) == []
+
+
 def test_fanout_report_needs_an_output_path(tmp_path: Path) -> None:
     done = run_fanout("report", str(tmp_path / "x.jsonl"))
     assert done.returncode == 2
@@ -512,3 +535,16 @@ def test_the_report_command_says_what_it_takes() -> None:
     for said in ("SOURCE", "--output", "--redis-url", "--queue", "--no-wait", "--title"):
         assert said in text
     assert "journal" in text
+
+
+def test_a_long_runs_texts_stay_bounded_while_it_is_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("fanout.reporting.pack.TEXT_KEPT", 1000)
+    packer = Packer()
+    for i in range(100):
+        packer.add(result(i, value=f"value {i} " + "v" * 90), f"input {i}")
+    assert packer.kept <= 1000 + 2 * TEXT_CHARS
+    shown = texts(packer.data(), "text")
+    assert shown[0] == repr("value 0 " + "v" * 90)
+    assert shown[-1] == SPENT  # later texts say they were not kept

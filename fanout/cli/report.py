@@ -4,13 +4,15 @@ results, or a durable run's id (collected with ``keep``: its results stay in Red
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from fanout.cli import rq_options as ropt
 from fanout.cli.commands import app
-from fanout.cli.exitcodes import EXIT_INTERRUPTED, errors_as_exit_codes
+from fanout.cli.exitcodes import EXIT_INTERRUPTED, EXIT_TERMINATED, errors_as_exit_codes
 from fanout.cli.running import say_and_exit
 
 Source = Annotated[
@@ -31,6 +33,16 @@ Queue = Annotated[
     str | None,
     typer.Option("--queue", metavar="NAME", help="A run's id: the queue of its workers."),
 ]
+
+
+class _Terminated(BaseException):
+    """SIGTERM while a report is made: it ends as Ctrl-C does, nothing written."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
 Title = Annotated[
     str | None,
     typer.Option("--title", metavar="TEXT", help="The heading [default: the target, or the run]."),
@@ -53,6 +65,7 @@ def report_command(
     from fanout.reporting.pack import Packer
 
     packer = Packer()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         with errors_as_exit_codes():
             path = page.writable(output)  # before a run is read, or anything written
@@ -65,6 +78,8 @@ def report_command(
             page.write(page.render(packer.data(title or heading, where)), path)
     except KeyboardInterrupt:
         say_and_exit("fanout: interrupted; no report written", EXIT_INTERRUPTED)
+    except _Terminated:
+        say_and_exit("fanout: terminated; no report written", EXIT_TERMINATED)
     count = len(packer)
     typer.echo(f"fanout: report of {count} task{'s' if count != 1 else ''} written to"
                f" {path}", err=True)  # fmt: skip

@@ -8,9 +8,10 @@ needed: the page shows what a glance can read, and the results themselves (``--j
 journal) keep the rest.
 
 Results are added one at a time, so that ``fanout run --report`` keeps numbers, not
-result objects, however long its run: a ``TaskResult`` (read through its public fields;
-``usage`` and ``error.cause`` when the records have them) or its ``to_dict()`` /
-``--json`` / journal shape.
+result objects, however long its run, and at most ``TEXT_KEPT`` characters of text (the
+texts of later tasks then say they were not kept). A result is a ``TaskResult``, read
+through its public fields (``usage`` and ``error.cause`` when the records have them), or
+its ``to_dict()`` / ``--json`` / journal shape.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from fanout.models import NOT_RUN, TaskResult
 
 TEXT_CHARS = 200  # the most characters of one input, value or error
 TEXT_BUDGET = 12 << 20  # the most bytes of text in one page (inputs, values, errors)
+TEXT_KEPT = 64 << 20  # the most characters of text kept while results are added
+SPENT = "(not kept: a report keeps 64 MB of text at most)"
 UNKNOWN: Any = object()  # an input that is not known (a journal does not keep inputs)
 
 # Why each task ended: DESIGN's ``TaskError.cause`` vocabulary, "ok" first. The page
@@ -105,6 +108,7 @@ class Packer:
         self.kinds: dict[str, int] = {name: code for code, name in enumerate(CAUSES)}
         self.lanes: dict[tuple[str, str, int], int] = {}
         self.strings: dict[str, int] = {}
+        self.kept = 0  # characters of text in ``strings``
         self.has_usage = False
 
     def __len__(self) -> int:
@@ -176,8 +180,15 @@ class Packer:
 
     def _string(self, text: str) -> int:
         sid = self.strings.get(text)
-        if sid is None:
-            sid = self.strings[text] = len(self.strings)
+        if sid is not None:
+            return sid
+        if self.kept > TEXT_KEPT:  # a long --report run: its memory stays bounded
+            text = SPENT
+            sid = self.strings.get(text)
+            if sid is not None:
+                return sid
+        self.kept += len(text)
+        sid = self.strings[text] = len(self.strings)
         return sid
 
     def data(self, title: str = "", source: str = "") -> dict[str, Any]:
