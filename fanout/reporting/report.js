@@ -171,7 +171,8 @@
     ["hosts", num(hosts.size), hosts.size === 1 ? "host" : "hosts"],
     ["busy", workerLanes.length && wall ? pct(busyAll / (workerLanes.length * wall)) : "-",
       "busy, all workers"],
-    ["waited", dur(idleWaited), "idle while tasks waited"],
+    ["waited", dur(idleWaited), "idle while tasks waited" +
+      (workerLanes.length && wall ? " (" + pct(idleWaited / (workerLanes.length * wall)) + ")" : "")],
     ["tail", dur(Math.max(0, wall - lastStart)), "after the last start"],
   );
   for (const [id, value, label, bad] of facts) {
@@ -194,7 +195,7 @@
 
   // ---- the chart -------------------------------------------------------------------
   const LABEL_W = 250, PAD_R = 14, AXIS_H = 26;
-  const rowH = L <= 24 ? 24 : L <= 60 ? 18 : L <= 200 ? 14 : 11;
+  const rowH = L <= 24 ? 24 : L <= 60 ? 18 : L <= 200 ? 14 : 12;
   const axis = $("axis"), plot = $("plot"), box = $("lanes"), tip = $("tip");
   const actx = axis.getContext("2d"), ctx = plot.getContext("2d");
   const pad = wall > 0 ? wall * 0.01 : 1e-3;
@@ -346,13 +347,21 @@
     ctx.fillText(share, LABEL_W - 8, y + rowH / 2);
     ctx.textAlign = "left";
     ctx.fillStyle = isWorker(l) ? "#1f2933" : "#66727f";
-    let text = laneLabel(l);
-    const room = LABEL_W - 56;
-    if (ctx.measureText(text).width > room) {
-      while (text.length > 1 && ctx.measureText(text + "…").width > room) text = text.slice(1);
-      text = "…" + text;
-    }
-    ctx.fillText(text, 8, y + rowH / 2 + (font > 10 ? 0.5 : 0));
+    ctx.fillText(fitted(l, LABEL_W - 56), 8, y + rowH / 2 + (font > 10 ? 0.5 : 0));
+  }
+
+  // A lane's label in `room` pixels: the host is what gives way (its domain first, then
+  // its end), so that the name and pid stay whole.
+  const fits = (text, room) => ctx.measureText(text).width <= room;
+  function fitted(l, room) {
+    const full = laneLabel(l);
+    if (fits(full, room)) return full;
+    const rest = full.slice(LANES[l][0].length);
+    let host = LANES[l][0].split(".")[0];
+    while (host.length > 1 && !fits(host + "…" + rest, room)) host = host.slice(0, -1);
+    let text = host + "…" + rest;
+    while (text.length > 1 && !fits("…" + text, room)) text = text.slice(1);
+    return fits(text, room) ? text : "…" + text;
   }
 
   function draw() {
@@ -515,6 +524,7 @@
     else if (e.key === "-") setView(mid - half * 2, mid + half * 2);
   });
   $("find").addEventListener("change", (e) => {
+    if (e.target.value === "") return;
     const row = rowOf(Number(e.target.value));
     e.target.setCustomValidity(row < 0 ? "no task has this index" : "");
     e.target.reportValidity();
