@@ -259,3 +259,41 @@ def test_a_100k_task_report_opens_with_its_figures(tmp_path: Path) -> None:
     assert page.text("stat-tasks") == "100,000"
     by_cause = {a["data-cause"]: int(a["data-count"]) for tag, a in page.all if "data-cause" in a}
     assert by_cause == {"ok": 99_800, "raised": 100, "timeout": 100}
+
+
+RECORD_LABELS = """<script>
+window.drawnTexts = [];
+const fillText = CanvasRenderingContext2D.prototype.fillText;
+CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+  window.drawnTexts.push(String(text));
+  return fillText.call(this, text, ...rest);
+};
+</script>"""
+SHOW_LABELS = """<script>
+const pre = document.createElement("pre");
+pre.id = "probe";
+pre.textContent = JSON.stringify(window.drawnTexts);
+document.body.append(pre);
+</script>"""
+
+
+def test_a_long_host_name_gives_way_and_the_name_and_pid_stay_whole(tmp_path: Path) -> None:
+    """Labels cut from the left lost the host ("…er.example.com · worker-1 · 2001")."""
+    hosts = ["node-00.cluster.example.com", "node-01.cluster.example.com"]
+    made = [TaskResult(i, True, i, None, WorkerInfo(f"fanout-worker-{i}", 2000 + i, 1,
+                       hosts[i % 2], "rq"), 1, T0, T0 + 1.0, 1.0) for i in range(4)]  # fmt: skip
+    made.append(TaskResult(4, True, 4, None, WorkerInfo("w", 7, 1, "short", "rq"), 1, T0,
+                           T0 + 1, 1.0))  # fmt: skip
+    report = fanout.report(made, tmp_path / "hosts.html")
+    page = tmp_path / "recorded.html"
+    data = '<script id="fanout-data"'
+    text = report.read_text().replace(data, RECORD_LABELS + data)
+    page.write_text(text.replace("</body>", SHOW_LABELS + "</body>"))
+    drawn = json.loads(Elements(dump_dom(page)).text("probe"))
+    labels = {text.rsplit(" · ", 2)[1]: text for text in drawn if text.count(" · ") == 2}
+    first, second = labels["fanout-worker-0"], labels["fanout-worker-1"]
+    assert first.endswith(" · fanout-worker-0 · 2000")  # name and pid whole
+    assert second.endswith(" · fanout-worker-1 · 2001")
+    assert first.split(" · ")[0].endswith("00")  # the hosts still told apart
+    assert second.split(" · ")[0].endswith("01")
+    assert labels["w"] == "short · w · 7"  # what fits is drawn whole

@@ -351,17 +351,21 @@
   }
 
   // A lane's label in `room` pixels: the host is what gives way (its domain first, then
-  // its end), so that the name and pid stay whole.
+  // its middle: node-00 and node-01 stay apart), so that the name and pid stay whole.
   const fits = (text, room) => ctx.measureText(text).width <= room;
   function fitted(l, room) {
     const full = laneLabel(l);
     if (fits(full, room)) return full;
     const rest = full.slice(LANES[l][0].length);
-    let host = LANES[l][0].split(".")[0];
-    while (host.length > 1 && !fits(host + "…" + rest, room)) host = host.slice(0, -1);
-    let text = host + "…" + rest;
+    const host = LANES[l][0].split(".")[0];
+    if (fits(host + rest, room)) return host + rest;
+    for (let keep = host.length - 1; keep >= 2; keep--) {
+      const head = host.slice(0, Math.ceil(keep / 2)), tail = host.slice(host.length - Math.floor(keep / 2));
+      if (fits(head + "…" + tail + rest, room)) return head + "…" + tail + rest;
+    }
+    let text = rest;
     while (text.length > 1 && !fits("…" + text, room)) text = text.slice(1);
-    return fits(text, room) ? text : "…" + text;
+    return "…" + text;
   }
 
   function draw() {
