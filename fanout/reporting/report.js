@@ -421,13 +421,13 @@
       el("span", { className: "sw", style: "background:" + color(kind[row]) }), " task " + indexOf(row)));
     for (const [k, v] of factsOf(row)) tip.append(el("div", {}, k + ": ", el("span", { className: "mono" }, v)));
     tip.hidden = false;
-    const chart = $("chart").getBoundingClientRect();
+    // Beside the pointer, on the side with room: the tip never covers what it describes.
     const w = tip.offsetWidth, h = tip.offsetHeight;
-    let left = x + 14, topY = y + AXIS_H + $("toolbar").offsetHeight + 14;
-    if (left + w > chart.width - 4) left = Math.max(4, x - w - 14);
-    if (topY + h > chart.height - 4) topY = Math.max(4, topY - h - 28);
+    let left = x + 14, top = y + 14;
+    if (left + w > window.innerWidth - 4) left = Math.max(4, x - w - 14);
+    if (top + h > window.innerHeight - 4) top = Math.max(4, y - h - 14);
     tip.style.left = left + "px";
-    tip.style.top = topY + "px";
+    tip.style.top = top + "px";
   }
 
   function pin(row, zoom) {
@@ -498,7 +498,7 @@
       if (b - a > 3) setView(tOf(Math.max(a, LABEL_W)), tOf(b)); else draw();
     }
   });
-  plot.addEventListener("mousemove", (e) => { if (!drag) showTip(hit(e.offsetX, e.offsetY), e.offsetX, e.offsetY); });
+  plot.addEventListener("mousemove", (e) => { if (!drag) showTip(hit(e.offsetX, e.offsetY), e.clientX, e.clientY); });
   plot.addEventListener("mouseleave", () => { tip.hidden = true; });
   function wheel(e) {
     if (e.shiftKey) { box.scrollTop += e.deltaY || e.deltaX; e.preventDefault(); return; }
