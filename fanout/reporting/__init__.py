@@ -10,7 +10,8 @@ how it ended, with the run's figures above it (docs/report.md shows how to read 
 
 The page fetches nothing: it opens from a file, offline, in any current browser. Its
 script draws on a canvas and computes the figures itself (``report.js``); 100,000 tasks
-make a file of about 7 MB that opens in about a second (docs/benchmarks.md).
+make a file of about 8 MB, ready in a browser in about half a second
+(docs/benchmarks.md).
 
 ``fanout report`` (``sources.py``) reads the same from a journal, from ``--json`` lines
 or from a durable run; ``fanout run --report`` packs the results as they come.
