@@ -37,6 +37,7 @@ from fanout.models import TaskError, TaskResult, WorkerInfo
 if TYPE_CHECKING:
     from fanout.aio import AsyncFanout, arun
     from fanout.dropin import Executor, Pool, TaskFuture
+    from fanout.reporting import report
     from fanout.runs import Run, attach, submit
 
 __version__ = "0.1.0"
@@ -51,11 +52,12 @@ _LAZY = {
     "Executor": "fanout.dropin",
     "Pool": "fanout.dropin",
     "TaskFuture": "fanout.dropin",
+    "report": "fanout.reporting",
 }
 
 
 def __getattr__(name: str) -> object:
-    # Durable runs and the drop-ins load on first use: `import fanout` stays light.
+    # Durable runs, the drop-ins and the report load on first use: `import fanout` stays light.
     if name in _LAZY:
         import importlib
 
@@ -82,6 +84,8 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     "TaskError",
     "TaskResult",
     "WorkerInfo",
+    # the run as a picture
+    "report",
     # errors
     "BackendUnavailable",
     "FanoutError",

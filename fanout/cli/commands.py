@@ -74,6 +74,7 @@ def run_command(
     journal: opt.JournalPath = None,
     resume: opt.ResumeFlag = False,
     resume_failed: opt.ResumeFailed = False,
+    report: opt.ReportPath = None,
 ) -> None:
     """Run TARGET once per input and report every result with the process that made it."""
     given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file,
@@ -97,6 +98,7 @@ def run_command(
         tracebacks=tracebacks,
         progress=progress,
         detach=detach,
+        report=report,
     )
     execute(settings)
 

@@ -184,6 +184,14 @@ JournalPath = Annotated[
 ResumeFlag = Annotated[
     bool, typer.Option("--resume", help="With --journal: skip the indexes it already holds.")
 ]
+ReportPath = Annotated[
+    str | None,
+    typer.Option(
+        "--report",
+        metavar="FILE.html",
+        help="Draw the run into FILE.html when it ends (after Ctrl-C too: what finished).",
+    ),
+]
 ResumeFailed = Annotated[
     bool,
     typer.Option("--resume-failed", help="Like --resume, but run its failed ones again too."),

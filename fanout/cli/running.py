@@ -25,6 +25,7 @@ from fanout.cli.exitcodes import (
 )
 from fanout.cli.inputs import InputSource
 from fanout.cli.progress import consume
+from fanout.cli.report_view import ReportView
 from fanout.cli.views import HumanView, JsonView, StdoutClosed, View
 from fanout.errors import FanoutError
 
@@ -43,6 +44,7 @@ class RunSettings:
     tracebacks: bool = False
     progress: bool | None = None
     detach: bool = False
+    report: str | None = None  # --report FILE.html
 
 
 class _Terminated(BaseException):
@@ -83,12 +85,9 @@ def execute(settings: RunSettings) -> NoReturn:
             with fo:
                 if settings.detach:
                     _detach(fo, settings, inputs)
-                view = (
-                    JsonView()
-                    if settings.json_out
-                    else HumanView(fo.backend_name, settings.tracebacks)
-                )
-                items = inputs.items(keep=not settings.json_out, wake=fo.backend.wake)
+                view = _view(settings, fo.backend_name)
+                keep = not settings.json_out or settings.report is not None
+                items = inputs.items(keep=keep, wake=fo.backend.wake)
                 results = fo.map(settings.target, items, repeat=inputs.repeat,
                                  **settings.map_options)  # fmt: skip
                 _announce(fo)
@@ -105,12 +104,26 @@ def execute(settings: RunSettings) -> NoReturn:
     except (KeyboardInterrupt, _Terminated) as exc:
         _interrupted(exc, fo, view)
     except _HungUp:
+        if isinstance(view, ReportView):
+            view.write()
         _hung_up(fo)
     except StdoutClosed:
         # Quietly: nothing more can be shown. No error at exit from flushing it either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(view, ReportView):
+            view.write()  # the picture of what finished: a file, not stdout
         raise typer.Exit(EXIT_STDOUT_CLOSED) from None
     raise typer.Exit(code)
+
+
+def _view(settings: RunSettings, backend: str) -> View:
+    """How results are shown: JSON lines or the human view, and packed for the report
+    with --report."""
+    view: View = JsonView() if settings.json_out else HumanView(backend, settings.tracebacks)
+    if settings.report is None:
+        return view
+    return ReportView(view, settings.report, settings.target, f"fanout run on the {backend}"
+                      " backend")  # fmt: skip
 
 
 def _announce(fo: Fanout) -> None:
@@ -129,12 +142,18 @@ def _check_combinations(settings: RunSettings) -> None:
         raise ValueError(f"{flag} needs --journal PATH: the journal of the run to resume")
     if not settings.detach:
         return
-    for flag, key in (("--max-failures", "max_failures"), ("--journal", "journal")):
+    given = {**given, "report": settings.report}
+    later = "collect later with: fanout results RUN_ID --json"
+    for flag, key, instead in (
+        ("--max-failures", "max_failures", later),
+        ("--journal", "journal", later),
+        ("--report", "report", "draw it later with: fanout report RUN_ID -o FILE.html"),
+    ):
         if given.get(key) is not None:
             raise ValueError(
                 f"{flag} needs this process to see every result, and --detach leaves at once:"
                 f" leave out --detach (a run left by a closed terminal still goes on), or"
-                f" {flag} (collect later with: fanout results RUN_ID --json)"
+                f" {flag} ({instead})"
             )
 
 

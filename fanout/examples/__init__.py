@@ -9,13 +9,17 @@ Each one is run through fanout in docs/seed/, e.g.::
     fanout run fanout.examples:make_object --repeat 1 --json
     fanout run fanout.examples:f bob bob bob
 
-and ``hello`` is the multi-worker demo's task (``docker-compose.yml``).
+and ``hello`` is the multi-worker demo's task (``docker-compose.yml``); ``chore`` is the
+uneven run drawn in docs/report.md::
+
+    fanout run fanout.examples:chore --range 40 --workers 4 --timeout 2 --report run.html
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import time
@@ -85,6 +89,21 @@ def hello(n: int, seconds: float = 0.5) -> int:
     print("hello", n, "from", socket.gethostname(), "pid", os.getpid())
     time.sleep(seconds)
     return n * n
+
+
+def chore(n: int) -> float:
+    """Uneven work with every way a task ends, for the report's picture: most tasks sleep
+    0.1 to 0.6 s, task 30 is a straggler (1.6 s); after a while task 7 raises, task 21
+    kills its own process (SIGKILL), and task 13 sleeps 30 s (past a --timeout)."""
+    seconds = 1.6 if n == 30 else round(0.1 + (n * 37 % 11) / 20, 2)
+    time.sleep(seconds)
+    if n == 7:
+        raise ValueError(f"chore {n}: the input was not what it should be")
+    if n == 13:
+        time.sleep(30)
+    if n == 21:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return seconds
 
 
 def count_primes(limit: int) -> int:
