@@ -222,7 +222,7 @@ def test_cancel_leaves_nothing_queued_and_gives_each_task_its_result(
     assert sorted(r.index for r in results) == list(range(20))
     dropped = [r for r in results if not r.ok]
     assert dropped
-    assert {r.error.type for r in dropped if r.error} == {"Cancelled"}
+    assert {r.error.type for r in dropped if r.error} == {"Cancelled"}, [(r.index, r.error, r.worker) for r in dropped if r.error and r.error.type != "Cancelled"]
     never_started = [r for r in dropped if r.attempts == 0]
     assert never_started
     for r in never_started:

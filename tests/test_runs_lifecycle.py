@@ -154,14 +154,15 @@ def enqueue_one_job(
     tasks are measured: a way to have tasks wait behind a running one in their job."""
     from rq import Queue
 
-    from fanout.backends.rq import control
-    from fanout.backends.rq.protocol import RUN_BATCH, JobArgs, RunKeys
+    from fanout.backends.rq.protocol import RUN_BATCH, JobArgs
+    from fanout.backends.rq.record import RunRecord
 
     with fanout.Fanout("rq", redis_url=url) as fo:
-        keys = RunKeys(uuid.uuid4().hex)
         spec = fo.spec(target, [], star=True)
         backend: Any = fo.backend
-        control.create(backend.connection, keys, spec, backend)
+        record = RunRecord(backend.settings, uuid.uuid4().hex)
+        record.create(spec)
+        keys = record.keys
         connection = backend.connection
         connection.hset(keys.meta, mapping={"total": len(items), "enqueued_all": 1, "jobs": 1})
         connection.hset(keys.jobs, "1", len(items))

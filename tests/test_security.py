@@ -488,7 +488,7 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
         for data in forged:
             cluster.connection.xadd(run.keys.results, {"m": data})
         got = list(results)
-        refused = run.refused
+        refused = run.refused_messages
     assert [(r.index, r.ok, r.value, r.worker.name) for r in got] == [(0, True, 49, SIGNED)]
     assert refused == len(forged)
     assert not marker.exists()

@@ -111,6 +111,10 @@ class MapSpec:
     #: The most tasks a batch (a job, on rq) may hold (None: as the backend sizes them):
     #: the drop-ins' explicit ``chunksize``.
     chunksize: int | None = None
+    #: The index of each item, by position (None: its position): a run of part of a
+    #: larger one (a ``fanout worker``'s job) numbers its tasks, and their results and
+    #: messages, as the larger run does. Unordered runs only.
+    indices: Sequence[int] | None = None
 
 
 class Backend(ABC):

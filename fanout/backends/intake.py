@@ -20,22 +20,29 @@ Refuse = Callable[[int, TaskError, "BaseException | None"], None]
 
 
 def batch_of(
-    start: int, fresh: list[Any], prior: Sequence[int] | None, refuse: Refuse
+    start: int,
+    fresh: list[Any],
+    prior: Sequence[int] | None,
+    refuse: Refuse,
+    numbers: Sequence[int] | None = None,
 ) -> TaskBatch | None:
-    """``fresh`` (indices from ``start``; ``prior``: the run's attempts so far, by index)
-    as a batch; the inputs that cannot go are refused and left out (None: none can)."""
+    """``fresh`` (from position ``start``; ``prior``: the run's attempts so far, by
+    position; ``numbers``: each position's index, None: the position itself) as a batch;
+    the inputs that cannot go are refused and left out (None: none can)."""
     if not fresh:
         return None
+    indices = (range(start, start + len(fresh)) if numbers is None
+               else list(numbers[start : start + len(fresh)]))  # fmt: skip
     if set(map(type, fresh)) <= RAW_TYPES:  # the common case, at C speed
         attempts = None if prior is None else list(prior[start : start + len(fresh)])
-        return TaskBatch(range(start, start + len(fresh)), fresh, [], attempts)
+        return TaskBatch(indices, fresh, [], attempts)
     pickled: list[int] = []
     failed = False
     for pos, item in enumerate(fresh):
         if type(item) in RAW_TYPES or _task.is_raw(item):
             continue
         if item is CANCELLED_ITEM:  # cancelled in the feed before it was taken
-            refuse(start + pos, TaskError(CANCELLED, "cancelled before it ran"), None)
+            refuse(indices[pos], TaskError(CANCELLED, "cancelled before it ran"), None)
             fresh[pos] = _DROPPED
             failed = True
             continue
@@ -43,18 +50,18 @@ def batch_of(
             fresh[pos] = _task.dumps(item)
             pickled.append(pos)
         except Exception as exc:
-            refuse(start + pos, _task.input_error(start + pos, exc), exc)
+            refuse(indices[pos], _task.input_error(indices[pos], exc), exc)
             fresh[pos] = _DROPPED
             failed = True
     if not failed:
         attempts = None if prior is None else list(prior[start : start + len(fresh)])
-        return TaskBatch(range(start, start + len(fresh)), fresh, pickled, attempts)
+        return TaskBatch(indices, fresh, pickled, attempts)
     keep = [pos for pos, item in enumerate(fresh) if item is not _DROPPED]
     if not keep:
         return None
     renumber = {pos: i for i, pos in enumerate(keep)}
     return TaskBatch(
-        [start + pos for pos in keep],
+        [indices[pos] for pos in keep],
         [fresh[pos] for pos in keep],
         [renumber[pos] for pos in pickled],
         None if prior is None else [prior[start + pos] for pos in keep],

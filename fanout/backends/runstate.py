@@ -77,6 +77,14 @@ class RunState(Sizing):
         self.exceptions: dict[int, BaseException] = {}  # index -> why its input could not go
         if spec.bare and spec.ordered:
             raise ValueError("a bare run hands its values on as they come: ordered=False")
+        if spec.indices is not None and spec.ordered:
+            raise ValueError("a run numbered by MapSpec.indices is unordered")
+
+    def numbers(self, start: int, count: int) -> Sequence[int]:
+        """The indices of ``count`` items from position ``start`` (``MapSpec.indices``)."""
+        if self.spec.indices is None:
+            return range(start, start + count)
+        return self.spec.indices[start : start + count]
 
     def done(self) -> bool:
         return self.exhausted and self.outstanding == 0 and not self.ready and not self.ready_values
@@ -160,7 +168,7 @@ class RunState(Sizing):
     def pickle_fresh(self, start: int, fresh: list[Any]) -> TaskBatch | None:
         """Fresh items as a batch (``intake.batch_of``); an input that cannot go fails
         its own task here."""
-        return batch_of(start, fresh, self.spec.attempts, self._refuse_input)
+        return batch_of(start, fresh, self.spec.attempts, self._refuse_input, self.spec.indices)
 
     def _refuse_input(self, index: int, error: TaskError, exc: BaseException | None) -> None:
         if exc is not None:
@@ -174,74 +182,43 @@ class RunState(Sizing):
         self,
         records: Sequence[Record],
         info: WorkerInfo,
-        attempts: Sequence[int] | None,
-        task_of: Callable[[int], Task],
+        prior: Sequence[int] | None,
+        task_of: Callable[[int], Task] | None = None,
     ) -> None:
-        """Records of one worker become results: ``attempts[i]`` were made before
-        ``records[i]`` (None: all first tries); ``task_of(i)`` is its task, sent again
-        when the attempt failed and ``retries`` allow."""
-        if attempts is None and not any(record[STATUS] for record in records):
+        """The one way a worker's results enter the run: its records (``_wire``) become
+        results. ``prior[i]``: the attempts made before ``records[i]``'s (None: none, all
+        first tries). ``task_of(i)``: the task, sent again here when its attempt failed
+        and ``retries`` allow; None when the records are final (the worker applied
+        ``retries`` itself: a fanout job on rq)."""
+        if prior is None and not any(record[STATUS] for record in records):
             self.finish_many(_first_try_results(records, info))  # the common case
             return
         done: list[TaskResult] = []
         for i, (index, status, payload, started, finished, duration, output) in enumerate(records):
-            tries = 1 if attempts is None else attempts[i] + 1
-            if status == OK_RAW:
-                done.append(
-                    make_result(
-                        index, True, payload, None, info, tries,
-                        started, finished, duration, output,
-                    )
-                )  # fmt: skip
-                continue
+            before = 0 if prior is None else prior[i]
             if status == NOT_RUN:  # never started: no attempt made, nobody ran it
-                not_run = WorkerInfo.not_run(info.backend, info.host)
-                result = make_result(index, False, None, payload, not_run, tries - 1,
-                                     started, finished, 0.0, "")  # fmt: skip
-                if payload.type == TargetError.__name__:
-                    self.break_target(payload)
-                self.finish(result)
-                continue
-            ok, value = load_value(index, status, payload)
-            result = make_result(
-                index, ok, value if ok else None, None if ok else value, info, tries,
-                started, finished, duration, output,
-            )  # fmt: skip
-            if ok:
-                done.append(result)
-                continue
-            if value.type == TargetError.__name__:
-                self.break_target(value)  # no worker can load it: every task would fail
-            retryable = value.type not in _NOT_RETRIED
-            self.failed_attempt(task_of(i), result, retryable)
-        self.finish_many(done)
-
-    @_gc.pausing
-    def finish_records(
-        self, records: Sequence[Record], info: WorkerInfo, attempts: Sequence[int] | None
-    ) -> None:
-        """Records that are final already (the worker applied ``retries`` itself):
-        ``attempts[i]`` made for ``records[i]``'s task in all (None: one each)."""
-        if attempts is None and not any(record[STATUS] for record in records):
-            self.finish_many(_first_try_results(records, info))
-            return
-        done: list[TaskResult] = []
-        for i, (index, status, payload, started, finished, duration, output) in enumerate(records):
-            tries = 1 if attempts is None else attempts[i]
-            if status == NOT_RUN:
                 who = WorkerInfo.not_run(info.backend, info.host)
-                done.append(make_result(index, False, None, payload, who, tries,
+                done.append(make_result(index, False, None, payload, who, before,
                                         started, finished, 0.0, ""))  # fmt: skip
                 if payload.type == TargetError.__name__:
                     self.break_target(payload)
                 continue
             ok, value = (True, payload) if status == OK_RAW else load_value(index, status, payload)
-            done.append(make_result(index, ok, value if ok else None, None if ok else value,
-                                    info, tries, started, finished, duration, output))  # fmt: skip
+            result = make_result(index, ok, value if ok else None, None if ok else value, info,
+                                 before + 1, started, finished, duration, output)  # fmt: skip
+            if ok or task_of is None:
+                done.append(result)
+            else:
+                self.failed_attempt(task_of(i), result, value.type not in _NOT_RETRIED)
+            if not ok and value.type == TargetError.__name__:
+                self.break_target(value)  # no worker can load it: every task would fail
         self.finish_many(done)
 
-    def failed_attempt(self, task: Task, result: TaskResult, retryable: bool = True) -> None:
-        """A task's attempt failed: send it again while ``retries`` allow, else report it."""
+    def failed_attempt(
+        self, task: Task, result: TaskResult, retryable: bool = True, decided: bool = False
+    ) -> None:
+        """A task's attempt failed: send it again while ``retries`` allow, else report
+        ``result`` (``decided``: here, no worker reported it: see :meth:`decided`)."""
         if (
             retryable
             and self.broken is None
@@ -253,8 +230,10 @@ class RunState(Sizing):
                 self.outstanding -= 1
             else:
                 self.retry.append(task.tried_again())
+        elif decided:
+            self.decided([result])
         else:
-            self.finish(result)
+            self.finish_many([result])
 
     def requeue(self, tasks: Iterable[Task]) -> None:
         """Tasks a worker held but never started (it was lost, or they were taken back
@@ -291,9 +270,10 @@ class RunState(Sizing):
             start, rest = self.next_index, list(self.source)
             prior = self.spec.attempts
             given += [
-                Task(start + i, item, False, 0 if prior is None else prior[start + i])
-                for i, item in enumerate(rest)
-            ]
+                Task(index, item, False, 0 if prior is None else prior[start + i])
+                for i, (index, item) in enumerate(zip(self.numbers(start, len(rest)), rest,
+                                                      strict=True))
+            ]  # fmt: skip
             self.next_index += len(rest)
             self.exhausted = True
         self.handed += given
@@ -313,19 +293,27 @@ class RunState(Sizing):
 
     def fail_in_caller(self, index: int, error: TaskError, attempts: int = 0) -> None:
         """A task that no process ran (its input could not be sent, the run could not go
-        on), decided here: worker ``(not run)``, no attempt added."""
-        now = time.time()
-        info = self.not_run_info or WorkerInfo.not_run(self.backend)
-        self.not_run_info = info
-        self.finish(TaskResult(index, False, None, error, info, attempts, now, now, 0.0))
+        on, it was cancelled), decided here: worker ``(not run)``, no attempt added."""
+        self.decided([self.not_run(index, error, attempts)])
 
     def fail_many_in_caller(self, indices: Iterable[int], error: TaskError) -> None:
         """``fail_in_caller`` for many tasks at once, none of them attempted."""
+        self.decided([self.not_run(index, error) for index in indices])
+
+    def not_run(self, index: int, error: TaskError, attempts: int = 0) -> TaskResult:
+        """The result of a task that no process ran (a ``Cancelled`` one, say): worker
+        ``(not run)`` on this host, ``attempts`` those made before."""
         now = time.time()
         info = self.not_run_info or WorkerInfo.not_run(self.backend)
         self.not_run_info = info
-        self.finish_many([TaskResult(i, False, None, error, info, 0, now, now, 0.0)
-                          for i in indices])  # fmt: skip
+        return TaskResult(index, False, None, error, info, attempts, now, now, 0.0)
+
+    def decided(self, results: list[TaskResult]) -> None:
+        """Results decided in the caller, no worker's report (a task that could not be
+        sent, a cancelled one, one lost with its worker): final here; a backend whose
+        results travel elsewhere first (rq: the run's stream, read by every collector)
+        sends them there instead."""
+        self.finish_many(results)
 
     def fail_the_rest(self, error: TaskError, limit: int = 1024) -> None:
         """Fail the tasks waiting for a retry and up to ``limit`` items of the input."""
@@ -334,7 +322,7 @@ class RunState(Sizing):
             self.fail_in_caller(task.index, error, task.attempts)
         start, fresh = self.take_fresh(limit)
         if fresh:
-            self.fail_many_in_caller(range(start, start + len(fresh)), error)
+            self.fail_many_in_caller(self.numbers(start, len(fresh)), error)
 
     def settle_the_rest(self) -> None:
         """A run that can send nothing more (halted, or its target broken): the tasks
@@ -392,9 +380,6 @@ class RunState(Sizing):
         """Successes of a bare run, as they came: no TaskResult each (see MapSpec.bare)."""
         self.outstanding -= len(values)
         self.ready_values.append((indices, values, output))
-
-    def finish(self, result: TaskResult) -> None:
-        self.finish_many([result])
 
     def finish_many(self, results: list[TaskResult]) -> None:
         """Final results: ready to yield now, or once the results before them are."""

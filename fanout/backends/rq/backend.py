@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,11 +18,13 @@ from rq import Queue, Worker
 
 from fanout._proc import spawn_fanout_worker, stop_processes
 from fanout.backends.base import Backend, MapSpec
-from fanout.backends.rq.connection import connect, mask_url, translate
+from fanout.backends.rq.connection import Outage, RedisLost, connect, mask_url, translate
 from fanout.backends.rq.connection import redis_url as resolve_url
 from fanout.backends.rq.feeder import Feeder
-from fanout.backends.rq.protocol import DEFAULT_QUEUE, RESULT_TTL, RunKeys
-from fanout.backends.rq.run import RQRun
+from fanout.backends.rq.protocol import DEFAULT_QUEUE, RESULT_TTL, text
+from fanout.backends.rq.record import RunRecord
+from fanout.backends.rq.run import READ_MESSAGES, WAIT_SECONDS, RQRun
+from fanout.backends.rq.settings import RunSettings
 from fanout.backends.rq.signing import load_keyring, secret_env, serializer_for
 from fanout.backends.runstate import RunState
 from fanout.errors import BackendUnavailable, UnknownRun
@@ -89,6 +92,17 @@ class RQBackend(Backend):
         self.keep = keep
         self.runs: list[RQRun] = []  # runs in progress
         self.feeder = Feeder(self.connection)  # says in Redis that this caller lives
+        self.settings = RunSettings(
+            self.name, self.url, self.connection, self.queue, self.serializer, self.keyring,
+            self.feeder, result_ttl, enqueue_ahead, redis_wait, dead_after, warn_after,
+            give_up_after, keep,
+        )  # fmt: skip
+        # A driver thread waits on its runs' streams and this one: wake() writes to it.
+        self.wakes = f"fanout:wake:{uuid.uuid4().hex}"
+        self.wake_cursor = "0-0"
+        self.waiting = False  # a driver thread is in (or about to be in) a blocking read
+        self.woken = False  # wake() was called since the round began
+        self.outage = Outage(self.url, redis_wait)  # the driver thread's
         self._last_run: str | None = None
         self._handed_out: set[str] = set()  # ids of runs someone may collect by id
         self._local: list[subprocess.Popen[bytes]] = []
@@ -98,13 +112,13 @@ class RQBackend(Backend):
         # Local workers start with the first map, once its target has been checked.
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        run = self._begin(RQRun(self, spec))
+        run = self._begin(RQRun(self.settings, spec))
 
         def end() -> None:
             if run in self.runs:  # else close() ended it already
                 self.end_run(run)
 
-        return run.results(run.step, end)
+        return run.results(run.advance, end)
 
     def last_run_id(self) -> str | None:
         """The last run's id, now handed out: cut short, that run's results are then
@@ -122,7 +136,7 @@ class RQBackend(Backend):
     def start_run(self, spec: MapSpec) -> RunState:
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        return self._begin(RQRun(self, spec))
+        return self._begin(RQRun(self.settings, spec))
 
     def _begin(self, run: RQRun) -> RQRun:
         """Make ``run`` in Redis, held by this backend first: a Ctrl-C from here on
@@ -141,14 +155,53 @@ class RQBackend(Backend):
         return run
 
     def pump(self, max_wait: float | None) -> None:
-        """One round of every run; only the first waits on Redis, and briefly: a new
-        input may come any moment and cannot wake a blocking read."""
-        block = min(max_wait if max_wait is not None else 1.0, 0.05)
-        for run in list(self.runs):
-            run.pump(block)
+        """One round of every run (``RQRun.prepare``, ``RQRun.take``) around one read
+        that waits for a result of any of them, at most ``max_wait`` seconds, or until
+        :meth:`wake`. A lost Redis is waited for as a run waits for it."""
+        try:
+            with translate(self.url):
+                self._round(WAIT_SECONDS if max_wait is None else max_wait)
+        except RedisLost as exc:
+            self.outage.hit(exc)
+            return
+        if self.outage.over():
+            for run in list(self.runs):
+                run.check()  # jobs a restarted Redis forgot are enqueued again
+
+    def _round(self, block: float) -> None:
+        self.woken = False
+        waiting = [run for run in list(self.runs) if run.prepare()]
+        if len(waiting) < len(self.runs):
+            block = 0.0  # results to hand on first
+        streams: dict[Any, Any] = {run.keys.results: run.cursor for run in waiting}
+        streams[self.wakes] = self.wake_cursor
+        # Said before the read, and the wake looked at after: a wake() either finds this
+        # thread waiting (and writes to the stream it waits on) or is seen here.
+        self.waiting = True
+        if self.woken:
             block = 0.0
-        if not self.runs and max_wait:
-            time.sleep(min(max_wait, 0.05))
+        try:
+            reply: Any = self.connection.xread(
+                streams, count=READ_MESSAGES, block=max(1, int(block * 1000)) if block else None
+            )
+        finally:
+            self.waiting = False
+        read = {text(key): entries for key, entries in reply or []}
+        if self.wakes in read:
+            self.wake_cursor = text(read[self.wakes][-1][0])
+        for run in waiting:
+            run.take(read.get(run.keys.results, []))
+
+    def wake(self) -> None:
+        """From any thread: end the driver's wait now (a new input, say): one write to
+        the stream it waits on, if it waits."""
+        self.woken = True
+        if self.waiting:
+            with contextlib.suppress(Exception):  # a lost Redis: the round ends by itself
+                pipe = self.connection.pipeline(transaction=False)
+                pipe.xadd(self.wakes, {"w": 1}, maxlen=8, approximate=True)
+                pipe.expire(self.wakes, 3600)
+                pipe.execute()
 
     def cancel_tasks(self, run: RunState, indices: list[int]) -> set[int]:
         assert isinstance(run, RQRun)
@@ -158,21 +211,20 @@ class RQBackend(Backend):
         assert isinstance(run, RQRun)
         if run in self.runs:
             self.runs.remove(run)
-            run.end()
+            run.end(self.detach_runs, self.handed_out(run.run_id))
 
     def submit(self, spec: MapSpec) -> str:
         """Enqueue every input of ``spec`` as a run that goes on without its caller;
         returns the run's id."""
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        run = self._begin(RQRun(self, spec, ahead=float("inf")))
+        run = self._begin(RQRun(self.settings, spec, ahead=float("inf")))
         try:
-            with translate(self.url):
-                while not run.all_enqueued():
-                    run.dispatch()
-                    run.read(block=run.per_task is None)  # first results size the jobs
-                    run.ready.clear()  # collected later, by whoever asks for them
-                    run.watch.after_round(True)
+            while not run.all_enqueued():
+                # The first results size the jobs; the rest are collected later, by
+                # whoever asks for them.
+                run.advance(WAIT_SECONDS if run.per_task is None else 0.0)
+                run.ready.clear()
         except BaseException:
             # Cut short before every input was in Redis (Ctrl-C, SIGTERM, Redis lost):
             # cancelled as an attached run is, or left going if detached (SIGHUP).
@@ -196,14 +248,12 @@ class RQBackend(Backend):
         from fanout.backends.rq.collect import CollectRun
 
         with translate(self.url):
-            run = CollectRun(self, run_id, wait, ordered, inputs)
-        return run.results(run.step, run.end)
+            run = CollectRun(self.settings, run_id, wait, ordered, inputs)
+        return run.results(run.advance, run.end)
 
     def run_status(self, run_id: str) -> dict[str, Any]:
-        from fanout.backends.rq import control
-
         with translate(self.url):
-            found = control.status(self, RunKeys(run_id))
+            found = RunRecord(self.settings, run_id).status()
         if found is None:
             raise UnknownRun(run_id, mask_url(self.url))
         return found
@@ -212,16 +262,14 @@ class RQBackend(Backend):
         """Cancel run ``run_id``: its queued tasks at once, and its running ones stopped;
         returns once they have reported so (or after ``STOP_WAIT`` seconds: a stock RQ
         worker's stopped job reports nothing, its driver settles it)."""
-        from fanout.backends.rq import control
-
-        keys = RunKeys(run_id)
+        record = RunRecord(self.settings, run_id)
         with translate(self.url):
-            if control.record_of(self.connection, keys) is None:
+            if not record.exists():
                 raise UnknownRun(run_id, mask_url(self.url))
-            stopped = control.cancel(self, keys)
+            stopped = record.cancel()
             deadline = time.monotonic() + STOP_WAIT
             while stopped and time.monotonic() < deadline:
-                status = control.status(self, keys)
+                status = record.status()
                 if status is None or status["running"] == 0:
                     return
                 time.sleep(0.05)

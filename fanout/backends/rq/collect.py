@@ -8,19 +8,18 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rq import Queue
-
+from fanout._wire import TaskBatch
 from fanout.backends.base import MapSpec
-from fanout.backends.rq import control
 from fanout.backends.rq.allowlist import plain_loads
 from fanout.backends.rq.connection import mask_url
-from fanout.backends.rq.protocol import RQJob, RunKeys
+from fanout.backends.rq.protocol import RQJob
+from fanout.backends.rq.record import RunRecord
 from fanout.backends.rq.run import RQRun
 from fanout.errors import IncompleteRun, ResultsGone, UnknownRun, WorkerLost
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.models import TaskError
 
 if TYPE_CHECKING:
-    from fanout.backends.rq.backend import RQBackend
+    from fanout.backends.rq.settings import RunSettings
 
 
 def _never(*args: Any) -> None:
@@ -39,7 +38,7 @@ class CollectRun(RQRun):
 
     def __init__(
         self,
-        backend: RQBackend,
+        settings: RunSettings,
         run_id: str,
         wait: bool,
         ordered: bool = False,
@@ -47,10 +46,9 @@ class CollectRun(RQRun):
     ) -> None:
         """``ordered``: yield in index order; ``inputs``: filled with the input of each
         task whose job is still in Redis (those of finished jobs are gone with them)."""
-        keys = RunKeys(run_id)
-        record = control.record_of(backend.connection, keys)
+        record = RunRecord(settings, run_id).read()
         if record is None:
-            raise UnknownRun(run_id, mask_url(backend.url))
+            raise UnknownRun(run_id, mask_url(settings.url))
         if "dropped" in record:
             raise ResultsGone(run_id, f"run {run_id} was cancelled by its caller, which had"
                               " not handed its id out, and its results were dropped; fanout"
@@ -61,8 +59,8 @@ class CollectRun(RQRun):
             retries=int(record.get("retries") or 0),
         )  # fmt: skip
         # The run's own queue, whatever this collector's backend serves by default.
-        queue = Queue(record["queue"], connection=backend.connection, serializer=backend.serializer)
-        super().__init__(backend, spec, run_id=run_id, queue=queue)
+        settings = settings.on_queue(record["queue"])
+        super().__init__(settings, spec, record=RunRecord(settings, run_id))
         self.exhausted = True  # no inputs of its own: only tasks run again
         self.feeds = False  # its caller (if alive) does, and says when all are enqueued
         self.wait = wait
@@ -75,14 +73,14 @@ class CollectRun(RQRun):
         self.gone = False  # the run's data went while collecting it
         self.reader = uuid.uuid4().hex  # this collector, among the run's readers
         if wait:
-            control.reading(self.connection, self.keys, self.reader)
+            self.record.reading(self.reader)
         self.inputs = inputs
         if inputs is not None:
-            self.note_inputs(control.job_ids(self.connection, self.keys))
+            self.note_inputs(self.record.job_ids())
         self.drain()
         self.caught_up = True
         if wait:
-            self.watch.check()
+            self.check()
 
     def done(self) -> bool:
         if self.ready:
@@ -106,7 +104,7 @@ class CollectRun(RQRun):
         for a display)."""
         assert self.inputs is not None
         for job_id in ids:
-            args = control.job_args(self.connection, job_id, self.rq.serializer)
+            args = self.record.job_args(job_id)
             if args is None:
                 continue
             pickled = set(args.pickled)
@@ -124,7 +122,7 @@ class CollectRun(RQRun):
     def observe(self) -> None:
         """The run's record again (its caller may still be enqueueing), at each check:
         still reading it, this collector says so."""
-        record = control.record_of(self.connection, self.keys)
+        record = self.record.read()
         if record is None or "dropped" in record:
             # Another collection got every result (while this one was silent too long
             # to count as reading), or the run expired: what was read is all there is.
@@ -135,14 +133,14 @@ class CollectRun(RQRun):
                 f" read {self.seen_count} of {self.total}",
             )  # fmt: skip
             return
-        control.reading(self.connection, self.keys, self.reader)
+        self.record.reading(self.reader)
         self.total = self.next_index = int(record["total"])
         self.enqueued_all = record["enqueued_all"] == "1"
         if not self.enqueued_all and not self.abandoned:
             # Its caller is gone before it had enqueued every input: what is in Redis
             # is all the run will have. Cut short by a cancel (or max_failures), that is
             # what was asked for; else the rest is missing: IncompleteRun, at the end.
-            self.abandoned = not control.feeding(self.connection, self.keys)
+            self.abandoned = not self.record.feeding()
             if self.abandoned and record["state"] == "running":
                 self.input_error = IncompleteRun(self.run_id, self.total)
 
@@ -151,19 +149,17 @@ class CollectRun(RQRun):
         their tasks that have no result yet."""
         if self.gone:
             return
-        ids = [i for i in control.job_ids(self.connection, self.keys) if i not in self.known]
+        ids = [i for i in self.record.job_ids() if i not in self.known]
         if self.inputs is not None:
             self.note_inputs(ids)
         numbers = [int(n) for i in ids if (n := i.rpartition("-")[2]).isdigit()]
         self.jobs_made = max([self.jobs_made, *numbers])  # the jobs it makes come after
-        for job_id, status in zip(ids, control.job_statuses(self.connection, ids), strict=True):
+        for job_id, status in zip(ids, self.record.job_statuses(ids), strict=True):
             if status is None or job_id in self.jobs:
                 continue
-            args = control.job_args(self.connection, job_id, self.rq.serializer)
+            args = self.record.job_args(job_id)
             if args is None:
                 continue
-            from fanout._wire import TaskBatch
-
             tasks = TaskBatch(args.indices, args.items, args.pickled, args.attempts)
             job = RQJob(job_id, tasks, self.elsewhere(job_id))
             if job.remaining:
@@ -198,15 +194,15 @@ class CollectRun(RQRun):
         if lost:
             error = TaskError(WorkerLost.__name__, "the job that carried the task is gone"
                               " from Redis, with its input")  # fmt: skip
-            info = WorkerInfo.not_run(self.rq.name)
-            self.publish([TaskResult(i, False, None, error, info, 0, 0.0, 0.0, 0.0)
-                          for i in sorted(lost)])  # fmt: skip
+            self.fail_many_in_caller(sorted(lost), error)
 
-    def end(self) -> None:
+    def end(self, detach: bool = False, collectable: bool = False) -> None:
+        """A complete collection removes the run's data (unless ``keep``); one cut short
+        leaves it, and stops reading."""
         try:
-            if self.wait and self.collected() and not self.gone and not self.rq.keep:
-                control.remove(self.connection, self.keys, self.reader)
+            if self.wait and self.collected() and not self.gone and not self.settings.keep:
+                self.record.remove(self.reader)
             elif self.wait:
-                self.connection.zrem(self.keys.readers, self.reader)
+                self.record.stop_reading(self.reader)
         finally:
             self.lease.release()

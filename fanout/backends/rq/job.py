@@ -12,7 +12,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
@@ -21,13 +20,11 @@ from typing import Any
 import redis
 from rq import get_current_job
 from rq.job import Job
-from rq.utils import now, utcformat
 
 from fanout import _task
-from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record, Task, not_run_record
+from fanout._wire import FAILED, NOT_RUN, OK_PICKLED, OK_RAW, Record, Task, not_run_record
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.inline import InlineBackend
-from fanout.backends.local import LocalBackend
 from fanout.backends.rq.allowlist import (
     allowlist_from_env,
     check_callable,
@@ -36,6 +33,7 @@ from fanout.backends.rq.allowlist import (
     restricted_loads,
     target_module,
 )
+from fanout.backends.rq.context import WorkerContext
 from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
@@ -43,53 +41,13 @@ from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
 from fanout.backends.runstate import RunState
 from fanout.dropin.calls import TARGET as CALLS_TARGET
 from fanout.errors import TargetError, TargetNotAllowed
+from fanout.models import NOT_RUN as NOT_RUN_NAME
 from fanout.models import TaskError, TaskResult
 from fanout.targets import resolve_target
 
 log = logging.getLogger("fanout.worker")
 
-REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
 CANCELLED_WHILE_RUNNING = "the run was cancelled while its job ran"
-# fanout's own errors name the task by its index in the batch: renumbered for the run.
-_OWN_ERRORS = frozenset({"SerializationError", "WorkerLost", "TaskTimeout", "TargetError"})
-
-
-class WorkerContext:
-    """What a job needs from the worker that runs it."""
-
-    def __init__(
-        self,
-        name: str,
-        url: str,
-        allow: tuple[str, ...],
-        executor: LocalBackend | None = None,
-    ) -> None:
-        self.name = name
-        self.url = url  # for messages only
-        self.allow = allow  # module prefixes whose code may run; () admits any
-        self.executor = executor  # the task process; None: run tasks in this process
-        self.heartbeat: Callable[[], None] | None = None  # set while a job runs
-        # Redis's limit on one value (proto-max-bulk-len): a bigger push would fail.
-        self.max_value_bytes = 512 * 2**20
-        self.redis_wait = REDIS_WAIT  # how long a push waits for a lost Redis
-        self.stop_requested = False  # set from RQ's command thread (stop-job)
-        self.since = utcformat(now())  # when this process began to serve (RQ's time format)
-
-    def pause(self, seconds: float) -> None:
-        """Wait ``seconds`` in a job, heartbeating (a worker that refused a job before)."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, 1.0))
-            if self.heartbeat is not None:
-                self.heartbeat()
-
-    @classmethod
-    def of_stock_worker(cls, job: Job) -> WorkerContext:
-        """A stock ``rq worker``: its name, ``FANOUT_ALLOW``, tasks run in-process."""
-        kwargs = job.connection.connection_pool.connection_kwargs
-        url = f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-        name = job.worker_name or multiprocessing.current_process().name
-        return cls(name, url, allowlist_from_env())
 
 
 def run_batch(*args: Any) -> int:
@@ -127,8 +85,11 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
         return len(args.indices)
     inputs, todo, keep = _unpickle_inputs(args, ctx.allow, pusher)
     prior = None if args.attempts is None else [args.attempts[pos] for pos in keep]
+    # Numbered as the run numbers them: results and fanout's own messages name the run's
+    # task, not a position in this job.
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
-                   timeout=args.timeout, retries=args.retries, attempts=prior)  # fmt: skip
+                   timeout=args.timeout, retries=args.retries, attempts=prior,
+                   indices=todo)  # fmt: skip
     pusher.check_stop(todo)  # the stop came while the inputs were being unpickled
     _Tasks(job, ctx, args, pusher, todo, keep).run_all(spec)
     return len(args.indices)
@@ -144,8 +105,8 @@ class _Tasks:
 
     def __init__(self, job: Job, ctx: WorkerContext, args: JobArgs, pusher: Pusher,
                  todo: list[int], keep: list[int]) -> None:  # fmt: skip
-        """``todo``: the run's index of each task of the inner run; ``keep``: its
-        position in ``args``."""
+        """``todo``: the run's index of each task the job runs; ``keep``: its position
+        in ``args``."""
         self.job = job
         self.ctx = ctx
         self.pusher = pusher
@@ -170,7 +131,7 @@ class _Tasks:
                 self.split.progress()
                 if self.ctx.stop_requested and result.error is not None:
                     result = _stopped(result)  # killed because its run was cancelled
-                pusher.add(_record(result, self.todo[result.index]), result)
+                pusher.add(_record(result), result)
                 self.stop_if_asked()
                 if pusher.gone:
                     break  # the caller's run is over: nobody reads what is left
@@ -198,9 +159,9 @@ class _Tasks:
 
     def hand(self, tasks: list[Task]) -> None:
         self.handed += len(tasks)
-        todo, pusher = self.todo, self.pusher
+        pusher = self.pusher
         if pusher.state in _STOPPED:
-            pusher.cancel([todo[task.index] for task in tasks], _STOPPED[pusher.state])
+            pusher.cancel([task.index for task in tasks], _STOPPED[pusher.state])
         else:
             assert self.run is not None
             try:
@@ -211,7 +172,7 @@ class _Tasks:
                 # caller runs them again once this job is gone without their results).
                 log.warning("job %s: could not give %d tasks back (%s); the caller runs"
                             " them again", self.job.id, len(tasks), exc)  # fmt: skip
-        pusher.pending.difference_update(todo[task.index] for task in tasks)
+        pusher.pending.difference_update(task.index for task in tasks)
 
     def stop_if_asked(self) -> None:
         """The worker was asked to stop this job (``kill_horse``). By the run's caller
@@ -296,8 +257,9 @@ def _stopped(result: TaskResult) -> TaskResult:
     return replace(result, error=error)
 
 
-def _record(result: TaskResult, index: int) -> Record:
-    """The wire record of a result of the batch's inner run, under the run's ``index``."""
+def _record(result: TaskResult) -> Record:
+    """The wire record of a result of the job's inner run (numbered as the run's)."""
+    index = result.index
     if result.ok:
         value = result.value
         status, payload = OK_RAW, value
@@ -307,12 +269,9 @@ def _record(result: TaskResult, index: int) -> Record:
             except Exception as exc:
                 status, payload = FAILED, _task.value_error(index, value, exc)
     else:
-        error = result.error
-        assert error is not None
-        status, payload = FAILED, error
-        if error.type in _OWN_ERRORS:
-            message = re.sub(rf"\btask {result.index}\b", f"task {index}", error.message)
-            payload = replace(error, message=message)
+        assert result.error is not None
+        ran = result.worker.name != NOT_RUN_NAME
+        status, payload = (FAILED if ran else NOT_RUN), result.error
     return (index, status, payload, result.started_at, result.finished_at, result.duration,
             result.output)  # fmt: skip
 

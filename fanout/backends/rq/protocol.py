@@ -33,7 +33,8 @@ as a marker for an hour)::
 A job's function is ``fanout.rqworker.run_batch`` (``RUN_BATCH``) and its arguments are
 a :class:`JobArgs`. A result message is the pickle of ``(identity, records, attempts,
 moves)`` — the identity ``(name, pid, ppid, host)`` of the process that ran the tasks,
-the records as in :mod:`fanout._wire`, the attempts made for each (None: one each), and
+the records as in :mod:`fanout._wire`, the attempts made before each record's (None:
+none: all first tries; as everywhere, ``RunState.settle``), and
 the tasks a job gave back as new jobs (``{job id: (indices, attempts)}``, or None;
 split.py) —
 sealed with the run's key when jobs are signed, so a message replayed onto another

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rq.job import Job
 
-from fanout._wire import FAILED, Record, not_run_record
+from fanout._wire import FAILED, NOT_RUN, STATUS, Record, not_run_record
 from fanout.backends.rq.connection import Outage, RedisFull, RedisLost, translate
 from fanout.backends.rq.protocol import (
     CANCELLED,
@@ -30,7 +30,7 @@ from fanout.errors import SerializationError
 from fanout.models import TaskError, TaskResult
 
 if TYPE_CHECKING:
-    from fanout.backends.rq.job import WorkerContext
+    from fanout.backends.rq.context import WorkerContext
     from fanout.backends.rq.signing import Keyring
 
 PUSH_SECONDS = 0.2  # a worker pushes finished results at least this often
@@ -60,7 +60,7 @@ class Pusher:
         # "cancelled" means the job's tasks that have not started are not to run.
         self.state = "running"
         self.records: list[Record] = []
-        self.attempts: list[int] = []  # attempts made for each record's task
+        self.attempts: list[int] = []  # attempts made before each record's (its prior)
         self.pending: set[int] = set()  # the job's tasks without a record yet
         self.identity: Identity | None = None
         self.last = time.monotonic()
@@ -76,7 +76,9 @@ class Pusher:
         elif self.identity is None:
             self.identity = (self.ctx.name, os.getpid(), os.getppid(), socket.gethostname())
         self.records.append(record)
-        self.attempts.append(0 if result is None else result.attempts)
+        # Made before this record's: a record of a run attempt counts that attempt.
+        ran = result is not None and record[STATUS] != NOT_RUN
+        self.attempts.append(0 if result is None else result.attempts - ran)
         self.pending.discard(record[0])
         if len(self.records) >= PUSH_RECORDS or time.monotonic() - self.last >= PUSH_SECONDS:
             self.flush()
@@ -142,7 +144,7 @@ class Pusher:
         attempts, self.attempts = self.attempts, []
         for part, tries in self.messages(records, attempts):
             if not self.push(pack_results(self.keys, self.identity_(), part,
-                                          None if all(t == 1 for t in tries) else tries,
+                                          None if not any(tries) else tries,
                                           self.keyring), part):  # fmt: skip
                 self.gone = True
                 return

@@ -48,10 +48,11 @@ class Split:
     """One job's watch on its own pace, and its giving back."""
 
     def __init__(self, job: Job, args: JobArgs, positions: Sequence[int], pusher: Pusher) -> None:
-        """``positions``: for each task of the job's inner run, its position in ``args``."""
+        """``positions``: the positions in ``args`` of the tasks the job runs (those
+        whose input it could read)."""
         self.job = job
         self.args = args
-        self.positions = positions
+        self.positions = {args.indices[pos]: pos for pos in positions}  # index -> position
         self.pusher = pusher
         self.started = self.progressed = time.monotonic()
         budget = args.budget

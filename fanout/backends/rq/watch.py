@@ -1,21 +1,28 @@
-"""Watching what RQ did with a run's jobs: the caller knows what it submitted, so every
-task gets one result, whatever happened to the job that carried it.
+"""Watching what RQ did with a run's jobs. The watch reads Redis and decides; the run
+acts: :meth:`JobWatch.check` returns a verdict per job that needs one, and the run
+applies it (``RQRun.apply``), so that every task still gets one result, whatever
+happened to the job that carried it.
 
-Every few seconds (and whenever a pop comes back empty) :meth:`JobWatch.check` looks at
+At each check (every ``CHECK_SECONDS``, by whoever drives the run) the watch looks at
 
 - the workers serving the queue (none for a while: a warning, then maybe giving up);
-- RQ's FailedJobRegistry: a job that failed as a whole (its work-horse killed, refused
-  as unsigned, RQ failing around it) has its unreported tasks settled or run again;
-- RQ's CanceledJobRegistry: cancelled outside fanout, its tasks fail with JobCanceled;
-- lost jobs: a job whose hash is gone (Redis restarted empty) runs again; a job whose
-  fanout worker stopped its heartbeat, or whose RQ registration expired, has the task
-  it was running charged with WorkerLost and the rest run again.
+- RQ's FailedJobRegistry: a job that failed as a whole — its work-horse killed
+  (:class:`Lost`), stopped by ``rq stop-job`` (:class:`Stopped`), refused as unsigned
+  (:class:`Refused`), RQ failing around it (:class:`FailedAround`);
+- RQ's CanceledJobRegistry: cancelled outside fanout (:class:`Canceled`);
+- the jobs themselves: a job whose hash is gone (Redis restarted empty) runs again
+  (:class:`Vanished`); one whose fanout worker stopped its heartbeat, or whose RQ
+  registration expired, has its running task charged (:class:`Lost`); one RQ has as
+  started though no task of it runs (:class:`Orphaned`) runs again. A queued job its
+  queue lost is put back (in Redis: no verdict needed).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rq import Worker
@@ -30,28 +37,100 @@ from fanout.backends.rq.protocol import (
     HORSE_PID,
     REQUEUE_VANISHED_SCRIPT,
     UNSTICK_SCRIPT,
+    RQJob,
+    RunKeys,
     text,
 )
-from fanout.errors import BackendUnavailable, FanoutError, SignatureError, WorkerLost
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.errors import BackendUnavailable, FanoutError, SignatureError
+from fanout.models import TaskError, WorkerInfo
 
 if TYPE_CHECKING:
-    from fanout.backends.rq.protocol import RQJob
-    from fanout.backends.rq.run import RQRun
+    from fanout.backends.rq.settings import RunSettings
 
 log = logging.getLogger("fanout")
 
-CHECK_SECONDS = 2.0  # how often the caller looks at RQ's registries and workers
+CHECK_SECONDS = 2.0  # how often the run's driver looks at RQ's registries and workers
 STUCK_SECONDS = 5.0  # a job taken from the queue but not started this long is put back
 
 
-class JobWatch:
-    """The checks of one run on RQ's registries and workers."""
+# -- verdicts: what became of a job, for the run to act on ------------------------------
 
-    def __init__(self, run: RQRun) -> None:
-        self.run = run
-        self.scripts = _Scripts(run.connection)
-        self.evicted = _evicted_keys(run.connection)  # before this run: evictions are fatal
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of job ``job_id``."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Vanished(Verdict):
+    """Redis has no hash of the job (it restarted empty, or the job ended without a
+    result for each task): its tasks without a result run again."""
+
+
+@dataclass(frozen=True)
+class Orphaned(Verdict):
+    """RQ has the job as started, but no task of it runs (its worker registered again
+    between jobs, or is idle on two checks in a row): its tasks without a result run
+    again. (RQ's record of it is dropped already.)"""
+
+
+@dataclass(frozen=True)
+class Lost(Verdict):
+    """The process running the job died: its first task without a result was running
+    (``message``, whose ``{task}`` names it, and who ran it, as far as anyone can tell);
+    the others run again. (RQ's record of it is dropped already.)"""
+
+    message: str
+    who: WorkerInfo
+
+
+@dataclass(frozen=True)
+class Stopped(Verdict):
+    """Stopped with ``rq stop-job``: its tasks without a result fail with ``error``."""
+
+    error: TaskError
+
+
+@dataclass(frozen=True)
+class Refused(Verdict):
+    """A worker refused the job (unsigned, or it cannot read signed jobs): every job of
+    the run would fare the same, so every task left fails with ``error``."""
+
+    error: TaskError
+
+
+@dataclass(frozen=True)
+class FailedAround(Verdict):
+    """RQ or the worker failed around the tasks (a Redis restart mid-job, say): they run
+    again, a bounded number of times, then fail with ``error``."""
+
+    error: TaskError
+
+
+@dataclass(frozen=True)
+class Canceled(Verdict):
+    """Cancelled in RQ (outside fanout) before it ran: its tasks fail with ``error``."""
+
+    error: TaskError
+
+
+# -- the watch ----------------------------------------------------------------------------
+
+
+class JobWatch:
+    """The checks of one run on RQ's registries and workers (settings: the run's)."""
+
+    def __init__(self, settings: RunSettings, keys: RunKeys) -> None:
+        self.settings = settings
+        self.keys = keys
+        connection = settings.connection
+        self.connection = connection
+        self._requeue = connection.register_script(REQUEUE_VANISHED_SCRIPT)
+        self._unstick = connection.register_script(UNSTICK_SCRIPT)
+        self._forget = connection.register_script(FORGET_JOB_SCRIPT)
+        self.evicted = _evicted_keys(connection)  # before this run: evictions are fatal
         self.workers_seen = 0
         self.held: dict[str, float] = {}  # job id -> since when a worker holds it unstarted
         self.orphans: dict[str, int] = {}  # started job id -> checks its worker was not on it
@@ -59,83 +138,88 @@ class JobWatch:
         self.last_progress = time.monotonic()
         self.warned = False
 
-    def after_round(self, progressed: bool) -> None:
-        if progressed:
-            self.last_progress = time.monotonic()
-        if not progressed or time.monotonic() - self.last_check >= CHECK_SECONDS:
-            self.check()
+    def due(self) -> bool:
+        """Is it time for a check (every ``CHECK_SECONDS``)?"""
+        return time.monotonic() - self.last_check >= CHECK_SECONDS
 
-    def check(self) -> None:
-        """Workers serving the queue, and jobs of this run that RQ failed as a whole."""
-        run = self.run
+    def wait_a_round(self) -> None:
+        """No check now (another process drives the run): the next in ``CHECK_SECONDS``."""
         self.last_check = time.monotonic()
-        self.check_memory()
-        run.observe()
-        if not run.lease.take():
-            return  # another process drives the run: this one only reads
-        run.refresh()
+
+    def progressed(self) -> None:
+        """A result came: the run's workers serve it."""
+        self.last_progress = time.monotonic()
+
+    def check(self, jobs: Mapping[str, RQJob]) -> list[Verdict]:
+        """The verdicts on the run's ``jobs`` (those it waits for), and the workers
+        serving its queue (none for a while: a warning, then BackendUnavailable if the
+        run gives up). The caller drains the run's stream before acting on them: what a
+        job pushed before its end still counts."""
+        self.last_check = time.monotonic()
+        queue = self.settings.queue
         # Worker.all, not Worker.count: it skips workers whose key has expired.
-        self.workers_seen = len(Worker.all(connection=run.connection, queue=run.queue))
-        failed = self.mine(FailedJobRegistry(queue=run.queue))
-        canceled = self.mine(CanceledJobRegistry(queue=run.queue))
-        if failed or canceled:
-            run.drain()  # what a job pushed before it failed still counts
-        for job_id in failed:
-            if job_id in run.jobs:
-                self.settle_failed_job(run.jobs[job_id])
-        self.find_lost_jobs()
-        for job_id in canceled:
-            if job_id in run.jobs:
-                error = TaskError("JobCanceled", f"job {job_id} was canceled in RQ before it ran")
-                job = run.jobs[job_id]
-                for pos in run.forget_job(job):
-                    run.fail_in_caller(job.tasks.indices[pos], error)
-        self.watch_for_workers()
+        self.workers_seen = len(Worker.all(connection=self.connection, queue=queue))
+        verdicts: list[Verdict] = []
+        failed = self._mine(FailedJobRegistry(queue=queue), jobs)
+        verdicts += [self._failed(jobs[job_id]) for job_id in failed]
+        verdicts += self._lost(jobs)
+        for job_id in self._mine(CanceledJobRegistry(queue=queue), jobs):
+            why = f"job {job_id} was canceled in RQ before it ran"
+            verdicts.append(Canceled(job_id, TaskError("JobCanceled", why)))
+        self._watch_for_workers(bool(jobs))
+        return verdicts
 
-    def mine(self, registry: Any) -> list[str]:
-        """This run's jobs in an RQ registry (read only: RQ's cleanup is its workers')."""
-        return [job_id for job_id in registry.get_job_ids(cleanup=False) if job_id in self.run.jobs]
+    def check_memory(self) -> None:
+        """Redis must keep what fanout writes. A write of the driver's own (refreshing its
+        key) fails when Redis is full (noeviction): translate() says so. A Redis that
+        evicts keys to stay under its maxmemory may drop jobs and results: say so too."""
+        self.connection.set(self.keys.caller, 1, ex=60)
+        evicted = _evicted_keys(self.connection)
+        if self.evicted is not None and evicted is not None and evicted > self.evicted:
+            raise BackendUnavailable(
+                f"Redis at {mask_url(self.settings.url)} is full and evicts keys"
+                f" ({evicted - self.evicted} since this run started), fanout's jobs and"
+                " results among them; give it more maxmemory and set maxmemory-policy"
+                " noeviction, then run again"
+            )
 
-    def find_lost_jobs(self) -> None:
+    def _mine(self, registry: Any, jobs: Mapping[str, RQJob]) -> list[str]:
+        """The run's jobs in an RQ registry (read only: RQ's cleanup is its workers')."""
+        return [job_id for job_id in registry.get_job_ids(cleanup=False) if job_id in jobs]
+
+    def _lost(self, jobs: Mapping[str, RQJob]) -> list[Verdict]:
         """Jobs that will never report: their worker died (its heartbeat stopped, or its
         RQ registration expired) or started afresh since it took them, Redis forgot
         them (restarted without persistence), or their queue lost them (put back)."""
-        run = self.run
-        if not run.jobs:
-            return
-        vanished, queued, running = self.states()
+        if not jobs:
+            return []
+        vanished, queued, running = self._states(list(jobs))
         if queued:
-            self.requeue_vanished(queued)
-        dead, idle = self.dead_workers(running)
-        if not vanished and not dead and not idle:
-            return
-        run.drain()  # results pushed before the loss still count
-        for job_id in vanished:
-            if job_id in run.jobs:  # never ran, or Redis lost it: enqueue its tasks again
-                job = run.jobs[job_id]
-                run.requeue(job.tasks.task(pos) for pos in run.forget_job(job))
-        registry = StartedJobRegistry(queue=run.queue).key
+            self._requeue_vanished(queued)
+        dead, idle = self._dead_workers(running)
+        verdicts: list[Verdict] = [Vanished(job_id) for job_id in vanished]
+        registry = StartedJobRegistry(queue=self.settings.queue).key
         for job_id in idle:
-            if job_id in run.jobs:  # no task of it runs: its unreported tasks go again
-                self.scripts.forget(keys=[registry, Job.key_for(job_id)],
-                                    args=[job_id, run.rq.result_ttl])  # fmt: skip
-                job = run.jobs[job_id]
-                run.requeue(job.tasks.task(pos) for pos in run.forget_job(job))
+            self._forget(keys=[registry, Job.key_for(job_id)],
+                         args=[job_id, self.settings.result_ttl])  # fmt: skip
+            verdicts.append(Orphaned(job_id))
         for job_id, why in dead.items():
-            if job_id in run.jobs:
-                message = f"worker {why} while running task {{task}}"
-                self.lose(run.jobs[job_id], message, running[job_id][0])
+            worker = running[job_id][0]
+            verdicts.append(self._lose(jobs[job_id], f"worker {why} while running task {{task}}",
+                                       worker))  # fmt: skip
+        return verdicts
 
-    def states(self) -> tuple[list[str], list[str], dict[str, tuple[str, bytes | None]]]:
-        """The run's jobs that Redis no longer has, those RQ has as queued, and those
-        started (job id -> worker name, started at), in one round trip."""
-        run = self.run
-        ids = list(run.jobs)
-        pipe = run.connection.pipeline(transaction=False)
+    def _states(
+        self, ids: list[str]
+    ) -> tuple[list[str], list[str], dict[str, tuple[str, bytes | None]]]:
+        """The jobs that Redis no longer has, those RQ has as queued, and those started
+        (job id -> worker name, started at), in one round trip."""
+        pipe = self.connection.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(Job.key_for(job_id), "status", "worker_name", "started_at")
         replies = pipe.execute()
-        started = set(StartedJobRegistry(queue=run.queue).get_job_ids(cleanup=False))
+        registry = StartedJobRegistry(queue=self.settings.queue)
+        started = set(registry.get_job_ids(cleanup=False))
         vanished, queued, running = [], [], {}
         for job_id, (status, worker, started_at) in zip(ids, replies, strict=True):
             if status is None:
@@ -146,25 +230,25 @@ class JobWatch:
                 running[job_id] = (worker.decode(), started_at)
         return vanished, queued, running
 
-    def requeue_vanished(self, queued: list[str]) -> None:
+    def _requeue_vanished(self, queued: list[str]) -> None:
         """Put back at the head of the queue the jobs it lost, and those a worker took
         into RQ's intermediate list but has not started for ``STUCK_SECONDS``."""
-        run = self.run
-        lists = [run.queue.key, run.queue.intermediate_queue_key]
+        queue = self.settings.queue
+        lists = [queue.key, queue.intermediate_queue_key]
         keys = lists + [Job.key_for(job_id) for job_id in queued]
-        requeued, held = self.scripts.requeue(keys=keys, args=queued)
+        requeued, held = self._requeue(keys=keys, args=queued)
         now = time.monotonic()
         held = [text(job_id) for job_id in held]
         self.held = {job_id: self.held.get(job_id, now) for job_id in held}
         stuck = [job_id for job_id, since in self.held.items() if now - since >= STUCK_SECONDS]
         if stuck:
             keys = lists + [Job.key_for(job_id) for job_id in stuck]
-            requeued += self.scripts.unstick(keys=keys, args=stuck)
+            requeued += self._unstick(keys=keys, args=stuck)
         if requeued:
             log.warning("%d job(s) of run %s were missing from queue %r; enqueued again",
-                        len(requeued), run.keys.run_id, run.queue.name)  # fmt: skip
+                        len(requeued), self.keys.run_id, queue.name)  # fmt: skip
 
-    def dead_workers(
+    def _dead_workers(
         self, running: dict[str, tuple[str, bytes | None]]
     ) -> tuple[dict[str, str], list[str]]:
         """Of the jobs ``running`` (job id -> worker name, started at): those whose worker
@@ -176,42 +260,61 @@ class JobWatch:
         if not running:
             self.orphans.clear()
             return {}, []
-        pipe = self.run.connection.pipeline(transaction=False)
+        pipe = self.connection.pipeline(transaction=False)
         for name, _ in running.values():
             pipe.hmget(Worker.redis_worker_namespace_prefix + name, "last_heartbeat",
                        "fanout_heartbeat", "birth", "fanout_since", "state")  # fmt: skip
             pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(name))  # "job id:execution id"
         replies = pipe.execute()
-        now = time.time()
         dead: dict[str, str] = {}
         idle: list[str] = []
         orphans: dict[str, int] = {}
-        for (job_id, (name, started_at)), (beat, fanout_beat, birth, since, state), runs in zip(
+        for (job_id, (name, started_at)), fields, runs in zip(
             running.items(), replies[::2], replies[1::2], strict=True
         ):
-            started = utcparse(started_at.decode()) if started_at else None
-            if beat is None:
-                dead[job_id] = f"{name} is gone (its RQ registration expired)"
-            elif birth and started and utcparse(birth.decode()) > started:
-                if since and utcparse(since.decode()) <= started:
-                    idle.append(job_id)  # the same process, registered again
-                else:
-                    dead[job_id] = f"{name} started afresh (its Redis connection broke)"
-            elif fanout_beat is not None:
-                silent = now - utcparse(beat.decode()).timestamp()
-                if silent > self.run.rq.dead_after:
-                    dead[job_id] = f"{name} stopped its heartbeat {silent:.0f} s ago"
-                elif state == b"idle" or not any(e.startswith(f"{job_id}:".encode()) for e in runs):
-                    orphans[job_id] = self.orphans.get(job_id, 0) + 1
-                    if orphans[job_id] >= 2:
-                        idle.append(job_id)
+            why = self._verdict_on(job_id, name, started_at, fields, runs, orphans)
+            if why == "idle":
+                idle.append(job_id)
+            elif why:
+                dead[job_id] = why
         self.orphans = orphans
         return dead, idle
 
-    def settle_failed_job(self, job: RQJob) -> None:
-        run = self.run
+    def _verdict_on(
+        self,
+        job_id: str,
+        name: str,
+        started_at: bytes | None,
+        fields: list[Any],
+        runs: set[bytes],
+        orphans: dict[str, int],
+    ) -> str:
+        """Why job ``job_id``'s worker ``name`` is done with it: "" (it is not), "idle",
+        or how it died."""
+        beat, fanout_beat, birth, since, state = fields
+        started = utcparse(started_at.decode()) if started_at else None
+        if beat is None:
+            return f"{name} is gone (its RQ registration expired)"
+        if birth and started and utcparse(birth.decode()) > started:
+            if since and utcparse(since.decode()) <= started:
+                return "idle"  # the same process, registered again
+            return f"{name} started afresh (its Redis connection broke)"
+        if fanout_beat is None:
+            return ""
+        silent = time.time() - utcparse(beat.decode()).timestamp()
+        if silent > self.settings.dead_after:
+            return f"{name} stopped its heartbeat {silent:.0f} s ago"
+        if state == b"idle" or not any(e.startswith(f"{job_id}:".encode()) for e in runs):
+            orphans[job_id] = self.orphans.get(job_id, 0) + 1
+            if orphans[job_id] >= 2:
+                return "idle"
+        return ""
+
+    def _failed(self, job: RQJob) -> Verdict:
+        """What RQ's failure of ``job`` means."""
         try:
-            rq_job = Job.fetch(job.id, connection=run.connection, serializer=run.rq.serializer)
+            rq_job = Job.fetch(job.id, connection=self.connection,
+                               serializer=self.settings.serializer)  # fmt: skip
             result = rq_job.latest_result()
             exc = (result.exc_string if result else None) or rq_job.exc_info or ""
             worker = (result.worker_name if result else "") or rq_job.worker_name
@@ -219,82 +322,39 @@ class JobWatch:
         except Exception:
             exc, worker = "", "an RQ worker"
         if "stopped by user" in exc:
-            error = TaskError("JobStopped", f"job {job.id} was stopped on {worker} (rq stop-job)",
-                              exc)  # fmt: skip
-            for pos in run.forget_job(job):
-                run.fail_in_caller(job.tasks.indices[pos], error)
-            return
-        refused = _signature_failure(exc, run.rq.keyring is not None, worker)
+            why = f"job {job.id} was stopped on {worker} (rq stop-job)"
+            return Stopped(job.id, TaskError("JobStopped", why, exc))
+        refused = _signature_failure(exc, self.settings.keyring is not None, worker)
         if refused is not None:
-            # Every job of the run would fail the same way: fail the rest at once.
-            run.break_target(refused)
-            for pos in run.forget_job(job):
-                run.fail_in_caller(job.tasks.indices[pos], refused)
-            return
+            return Refused(job.id, refused)
         if "terminated unexpectedly" in exc or not exc:
             # The process running the job died: the first unreported task was running.
             message = (
                 f"the work-horse of {worker} died while running task {{task}} (job {job.id}):"
                 f" {_last_line(exc) or 'no result'}"
             )
-            self.lose(job, message, worker)
-            return
+            return self._lose(job, message, worker)
         # run_batch turns every task's own failure into a result, so this is RQ or the
-        # worker failing around the tasks (e.g. a Redis restart mid-job): run them
-        # again, but not forever.
-        kind, _, text = _last_line(exc).partition(": ")
-        error = TaskError(kind or FanoutError.__name__, text or exc, exc)
-        for pos in run.forget_job(job):
-            task = job.tasks.task(pos)
-            if run.suspect(task.index):
-                run.fail_in_caller(task.index, error)
-            else:
-                run.retry.append(task)
+        # worker failing around the tasks (e.g. a Redis restart mid-job).
+        kind, _, said = _last_line(exc).partition(": ")
+        return FailedAround(job.id, TaskError(kind or FanoutError.__name__, said or exc, exc))
 
-    def lose(self, job: RQJob, message: str, worker: str) -> None:
-        """``job``'s process died: its first unreported task was running (an attempt,
-        retried while ``retries`` allow; ``{task}`` in ``message`` names it); the others
-        run again for free. RQ's records of the job are left to expire."""
-        run = self.run
-        run.given_up = True
-        registry = StartedJobRegistry(queue=run.queue).key
-        self.scripts.forget(keys=[registry, Job.key_for(job.id)], args=[job.id, run.rq.result_ttl])
-        positions = run.forget_job(job)
-        if not positions:
-            return
-        first = job.tasks.task(positions[0])
-        now = time.time()
-        message = message.replace("{task}", str(first.index))
-        info = self.last_known(job, worker)
-        result = TaskResult(first.index, False, None, TaskError(WorkerLost.__name__, message),
-                            info, first.attempts + 1, now, now, 0.0)  # fmt: skip
-        run.requeue(job.tasks.task(pos) for pos in positions[1:])
-        run.failed_attempt(first, result)
+    def _lose(self, job: RQJob, message: str, worker: str) -> Lost:
+        """``job``'s process died: RQ's records of it are left to expire."""
+        registry = StartedJobRegistry(queue=self.settings.queue).key
+        self._forget(keys=[registry, Job.key_for(job.id)],
+                     args=[job.id, self.settings.result_ttl])  # fmt: skip
+        return Lost(job.id, message, self._last_known(job, worker))
 
-    def check_memory(self) -> None:
-        """Redis must keep what fanout writes. A write of the caller's own (refreshing its
-        key) fails when Redis is full (noeviction): translate() says so. A Redis that
-        evicts keys to stay under its maxmemory may drop jobs and results: say so too."""
-        run = self.run
-        run.connection.set(run.keys.caller, 1, ex=60)
-        evicted = _evicted_keys(run.connection)
-        if self.evicted is not None and evicted is not None and evicted > self.evicted:
-            raise BackendUnavailable(
-                f"Redis at {mask_url(run.rq.url)} is full and evicts keys"
-                f" ({evicted - self.evicted} since this run started), fanout's jobs and"
-                " results among them; give it more maxmemory and set maxmemory-policy"
-                " noeviction, then run again"
-            )
-
-    def last_known(self, job: RQJob, worker: str) -> WorkerInfo:
+    def _last_known(self, job: RQJob, worker: str) -> WorkerInfo:
         """Who ran ``job``'s lost task, as far as anyone can tell: the process that sent
         its other results, else the work-horse a stock ``rq worker`` noted in the job
         (its pid: 0 where none was noted), the RQ worker's pid (its parent) and host."""
-        backend = self.run.rq.name
+        backend = self.settings.backend
         if job.identity is not None:
             return WorkerInfo(*job.identity, backend)
         try:
-            pipe = self.run.connection.pipeline(transaction=False)
+            pipe = self.connection.pipeline(transaction=False)
             pipe.hmget(Worker.redis_worker_namespace_prefix + worker, "pid", "hostname")
             pipe.hget(Job.key_for(job.id), HORSE_PID)
             (ppid, host), pid = pipe.execute()
@@ -303,33 +363,23 @@ class JobWatch:
         host = host.decode() if isinstance(host, bytes) else ""
         return WorkerInfo(worker, int(pid or 0), int(ppid or 0), host, backend)
 
-    def watch_for_workers(self) -> None:
-        run = self.run
-        if self.workers_seen or not run.jobs:
+    def _watch_for_workers(self, waiting: bool) -> None:
+        if self.workers_seen or not waiting:
             self.last_progress = time.monotonic()
             return
+        settings = self.settings
         waited = time.monotonic() - self.last_progress
-        give_up = run.rq.give_up_after
-        where = f"queue {run.queue.name!r} on {mask_url(run.rq.url)}"
-        if give_up is not None and waited >= give_up:
+        where = f"queue {settings.queue.name!r} on {mask_url(settings.url)}"
+        if settings.give_up_after is not None and waited >= settings.give_up_after:
             raise BackendUnavailable(f"no worker has served {where} for {waited:.0f} s")
-        if not self.warned and waited >= run.rq.warn_after:
+        if not self.warned and waited >= settings.warn_after:
             self.warned = True
             log.warning(
                 "no worker is serving %s; waiting (start one with: fanout worker"
                 " --redis-url URL --queue %s)",
                 where,
-                run.queue.name,
+                settings.queue.name,
             )
-
-
-class _Scripts:
-    """The watch's Lua scripts (protocol.py), registered once per run."""
-
-    def __init__(self, connection: Any) -> None:
-        self.requeue = connection.register_script(REQUEUE_VANISHED_SCRIPT)
-        self.unstick = connection.register_script(UNSTICK_SCRIPT)
-        self.forget = connection.register_script(FORGET_JOB_SCRIPT)
 
 
 def _evicted_keys(connection: Any) -> int | None:
@@ -343,9 +393,9 @@ def _evicted_keys(connection: Any) -> int | None:
 def _signature_failure(exc: str, signing: bool, worker: str) -> TaskError | None:
     """The SignatureError a worker failed a job with, or the one it should have."""
     for line in reversed(exc.splitlines()):
-        kind, sep, text = line.strip().partition(": ")
+        kind, sep, said = line.strip().partition(": ")
         if sep and kind.rpartition(".")[2] == SignatureError.__name__:
-            return TaskError(SignatureError.__name__, f"RQ worker {worker} refused the job: {text}",
+            return TaskError(SignatureError.__name__, f"RQ worker {worker} refused the job: {said}",
                              exc)  # fmt: skip
     if signing and ("invalid load key" in exc or "DeserializationError" in exc):
         message = (
@@ -356,6 +406,6 @@ def _signature_failure(exc: str, signing: bool, worker: str) -> TaskError | None
     return None
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+def _last_line(said: str) -> str:
+    lines = [line for line in said.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""

@@ -44,7 +44,8 @@ from fanout.backends.rq.connection import (
     scrub,
     url_passwords,
 )
-from fanout.backends.rq.job import REDIS_WAIT, FanoutJob, WorkerContext
+from fanout.backends.rq.context import REDIS_WAIT, WorkerContext
+from fanout.backends.rq.job import FanoutJob
 from fanout.backends.rq.protocol import text
 from fanout.backends.rq.pusher import JobStopped
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for

@@ -1,0 +1,58 @@
+"""What a job needs from the worker that runs it: its name, its Redis, its allowlist,
+its task process, its heartbeat and its stop flag, in one object that ``fanout worker``
+makes once (``worker.py``) and hands to every job it runs (``job.py``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rq.job import Job
+from rq.utils import now, utcformat
+
+from fanout.backends.rq.allowlist import allowlist_from_env
+
+if TYPE_CHECKING:
+    from fanout.backends.local import LocalBackend
+
+REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
+
+
+class WorkerContext:
+    """What a job needs from the worker that runs it."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        allow: tuple[str, ...],
+        executor: LocalBackend | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url  # for messages only
+        self.allow = allow  # module prefixes whose code may run; () admits any
+        self.executor = executor  # the task process; None: run tasks in this process
+        self.heartbeat: Callable[[], None] | None = None  # set while a job runs
+        # Redis's limit on one value (proto-max-bulk-len): a bigger push would fail.
+        self.max_value_bytes = 512 * 2**20
+        self.redis_wait = REDIS_WAIT  # how long a push waits for a lost Redis
+        self.stop_requested = False  # set from RQ's command thread (stop-job)
+        self.since = utcformat(now())  # when this process began to serve (RQ's time format)
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` in a job, heartbeating (a worker that refused a job before)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+            if self.heartbeat is not None:
+                self.heartbeat()
+
+    @classmethod
+    def of_stock_worker(cls, job: Job) -> WorkerContext:
+        """A stock ``rq worker``: its name, ``FANOUT_ALLOW``, tasks run in-process."""
+        kwargs = job.connection.connection_pool.connection_kwargs
+        url = f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        name = job.worker_name or multiprocessing.current_process().name
+        return cls(name, url, allowlist_from_env())
