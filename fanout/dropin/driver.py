@@ -27,7 +27,7 @@ from fanout.models import TaskResult
 W = TypeVar("W", bound="Waiter")
 Values = list[tuple[Sequence[int], list[Any], str]]  # RunState.ready_values
 
-PUMP_SECONDS = 0.5  # the longest a pump waits while nothing happens
+PUMP_SECONDS = 1.0  # the longest a pump waits while nothing happens (wake() ends it)
 
 
 class Sink(Protocol):
