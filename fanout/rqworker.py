@@ -1,8 +1,6 @@
-"""Stable dotted paths that live outside fanout's code: every fanout job in Redis names
-``fanout.rqworker.run_batch`` as its function, and a stock ``rq worker`` is started with
-``--job-class fanout.rqworker.FanoutJob`` (docs/security.md). The code is in
-:mod:`fanout.backends.rq.job`."""
+"""The path of earlier releases for :mod:`fanout.rq`'s ``run_batch`` and ``FanoutJob``
+(jobs enqueued by them name ``fanout.rqworker.run_batch``): an alias."""
 
-from fanout.backends.rq.job import FanoutJob, run_batch
+from fanout.rq import FanoutJob, run_batch
 
 __all__ = ["FanoutJob", "run_batch"]

@@ -1,6 +1,5 @@
-"""Stable dotted path for a stock ``rq worker --serializer fanout.signing.SignedSerializer``
-(docs/security.md). The code is in :mod:`fanout.backends.rq.signing`."""
+"""The path of earlier releases for :mod:`fanout.rq`'s ``SignedSerializer``: an alias."""
 
-from fanout.backends.rq.signing import SignedSerializer
+from fanout.rq import SignedSerializer
 
 __all__ = ["SignedSerializer"]

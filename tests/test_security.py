@@ -704,13 +704,28 @@ def test_raw_rq_job_data_naming_code_outside_the_allowlist_is_refused_unread(
 # --------------------------------------------------------------------------- stock rq worker
 
 
+def test_the_paths_of_earlier_releases_are_aliases_of_fanout_rq() -> None:
+    """Stock workers started as docs/security.md once said, and jobs enqueued by an
+    earlier release, name ``fanout.signing`` and ``fanout.rqworker``: the same objects."""
+    import fanout.rq
+    import fanout.rqworker
+    import fanout.signing
+    from fanout.backends.rq.protocol import RUN_BATCH, RUN_BATCH_NAMES
+
+    assert fanout.rqworker.FanoutJob is fanout.rq.FanoutJob
+    assert fanout.rqworker.run_batch is fanout.rq.run_batch
+    assert fanout.signing.SignedSerializer is fanout.rq.SignedSerializer
+    assert RUN_BATCH == "fanout.rq.run_batch"
+    assert {RUN_BATCH, "fanout.rqworker.run_batch"} == RUN_BATCH_NAMES
+
+
 @pytest.mark.slow
 def test_stock_rq_worker_with_the_signed_serializer(cluster: Cluster, tmp_path: Path) -> None:
     queue, name = "stock", "stock-signed-1"
     stock = spawn(
         [*RQ_CLI, "worker", "-u", cluster.url, "--name", name,
-         "--serializer", "fanout.signing.SignedSerializer",
-         "--job-class", "fanout.rqworker.FanoutJob", queue],
+         "--serializer", "fanout.rq.SignedSerializer",
+         "--job-class", "fanout.rq.FanoutJob", queue],
         {"FANOUT_SECRET": SECRET}, cluster.logs, name,
     )  # fmt: skip
     try:

@@ -1,6 +1,6 @@
 """The worker's side of one fanout job: check the target, run the batch, push records.
 
-RQ calls ``fanout.rqworker.run_batch(*JobArgs)``. On a ``fanout worker`` the job runs
+RQ calls ``fanout.rq.run_batch(*JobArgs)``. On a ``fanout worker`` the job runs
 with the worker's :class:`WorkerContext` (its task process, heartbeat, allowlist, stop
 flag), handed over by :class:`FanoutJob`; on a stock ``rq worker`` it makes a context
 of its own and runs the tasks in the worker's process.
@@ -34,7 +34,7 @@ from fanout.backends.rq.allowlist import (
     target_module,
 )
 from fanout.backends.rq.context import WorkerContext
-from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH, JobArgs, RunKeys
+from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH_NAMES, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
@@ -51,7 +51,7 @@ CANCELLED_WHILE_RUNNING = "the run was cancelled while its job ran"
 
 
 def run_batch(*args: Any) -> int:
-    """RQ job function (``fanout.rqworker.run_batch``) for a stock ``rq worker``."""
+    """RQ job function (``fanout.rq.run_batch``) for a stock ``rq worker``."""
     job = get_current_job()
     assert job is not None, "run_batch runs as an RQ job"
     with contextlib.suppress(Exception):  # a name for the horse if it dies (watch.py)
@@ -296,7 +296,7 @@ class FanoutJob(Job):
     @property
     def func(self) -> Any:
         name = self.func_name
-        if name is None or name == RUN_BATCH:
+        if name is None or name in RUN_BATCH_NAMES:
             return super().func
         allow = self.allowlist()
         check_name(name, "RQ job function", allow)
@@ -305,7 +305,7 @@ class FanoutJob(Job):
         return fn
 
     def _execute(self) -> Any:
-        if self.func_name == RUN_BATCH and self.context is not None:
+        if self.func_name in RUN_BATCH_NAMES and self.context is not None:
             return execute_batch(self, self.context, JobArgs(*self.args))
         return super()._execute()
 

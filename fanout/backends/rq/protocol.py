@@ -30,7 +30,7 @@ as a marker for an hour)::
                                   jobs expire with the run, RQ's ``ttl``); ``<n>`` is
                                   the job's field in the jobs hash
 
-A job's function is ``fanout.rqworker.run_batch`` (``RUN_BATCH``) and its arguments are
+A job's function is ``fanout.rq.run_batch`` (``RUN_BATCH``) and its arguments are
 a :class:`JobArgs`. A result message is the pickle of ``(identity, records, attempts,
 moves)`` — the identity ``(name, pid, ppid, host)`` of the process that ran the tasks,
 the records as in :mod:`fanout._wire`, the attempts made before each record's (None:
@@ -54,7 +54,9 @@ if TYPE_CHECKING:
     from fanout.backends.rq.signing import Keyring
 
 DEFAULT_QUEUE = "fanout"
-RUN_BATCH = "fanout.rqworker.run_batch"  # the RQ function name of every fanout job
+RUN_BATCH = "fanout.rq.run_batch"  # the RQ function name of every fanout job
+# ... and the names it has had: a job enqueued by an earlier release runs as fanout's own
+RUN_BATCH_NAMES = frozenset({RUN_BATCH, "fanout.rqworker.run_batch"})
 RESULT_TTL = 7 * 24 * 3600  # a run nobody collects expires whole this long after its last use
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
 ENDED_TTL = 3600  # a dropped run's record stays this long, as a marker of what happened

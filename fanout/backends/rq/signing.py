@@ -7,8 +7,8 @@ what they like. With a secret set, every job and every result is sealed::
 
 and a worker checks the seal *before* the body is unpickled or anything is imported.
 Jobs stay plain RQ jobs: :class:`SignedSerializer` is an RQ serializer, so a stock
-``rq worker --serializer fanout.signing.SignedSerializer --job-class
-fanout.rqworker.FanoutJob`` (with ``FANOUT_SECRET`` or ``FANOUT_SECRET_FILE`` in its
+``rq worker --serializer fanout.rq.SignedSerializer --job-class
+fanout.rq.FanoutJob`` (with ``FANOUT_SECRET`` or ``FANOUT_SECRET_FILE`` in its
 environment) checks them too; the job class refuses RQ callbacks and webhooks, which
 live outside the signed data.
 
@@ -162,7 +162,7 @@ def keyring_of(serializer: Any) -> Keyring | None:
 
 
 class SignedSerializer:
-    """For a stock ``rq worker --serializer fanout.signing.SignedSerializer``: the keyring
+    """For a stock ``rq worker --serializer fanout.rq.SignedSerializer``: the keyring
     comes from ``FANOUT_SECRET_FILE`` or ``FANOUT_SECRET`` in the worker's environment."""
 
     @staticmethod
@@ -179,6 +179,6 @@ def _env_keyring() -> Keyring:
     keyring = load_keyring()
     if keyring is None:
         raise SignatureError(
-            "fanout.signing.SignedSerializer needs FANOUT_SECRET or FANOUT_SECRET_FILE set"
+            "fanout.rq.SignedSerializer needs FANOUT_SECRET or FANOUT_SECRET_FILE set"
         )
     return keyring
