@@ -93,10 +93,12 @@ class Capture(io.TextIOBase):
     """A text stream that keeps what a task prints, stdout and stderr interleaved."""
 
     def __init__(self) -> None:
-        self._parts: list[str] = []
+        # What was written since the last take(): the same list for the capture's life,
+        # so a loop may hold it and test it (empty: nothing printed).
+        self.parts: list[str] = []
 
     def write(self, s: str) -> int:
-        self._parts.append(s)
+        self.parts.append(s)
         return len(s)
 
     def writable(self) -> bool:
@@ -111,10 +113,10 @@ class Capture(io.TextIOBase):
 
     def take(self) -> str:
         """Return and forget what was written since the last call."""
-        if not self._parts:
+        if not self.parts:
             return ""
-        text = "".join(self._parts)
-        self._parts.clear()
+        text = "".join(self.parts)
+        self.parts.clear()
         return text
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from fanout import _task
 from fanout._proc import become_subreaper, die_with_parent, kill_tree
-from fanout._wire import DURATION, FAILED, FINISHED, STARTED, Record, not_run_record
+from fanout._task import RAW_TYPES
+from fanout._wire import FAILED, FINISHED, OK_RAW, STARTED, Record, not_run_record
 from fanout.backends.local import barrier
 from fanout.backends.local.protocol import (
     COLUMNS,
@@ -122,6 +123,7 @@ class WorkerLoop:
         self.out = out
         self.marker = marker  # shared with the caller: see protocol.py
         self.capture = _task.install_capture()
+        self.printed = self.capture.parts  # non-empty: the running task printed something
         self.claim = Claim(marker)
         self.fn: Callable[..., Any] | None = None
         self.fn_error = TaskError(TargetError.__name__, "no target was sent")
@@ -178,45 +180,85 @@ class WorkerLoop:
             self.out.send((GAVE_BACK, batch_id, end))
 
     def run_records(self, batch_id: int, indices: list[int], items: list[Any], start: int) -> int:
-        """Run the batch's tasks from ``start`` on, a result record each; the position
-        where it stopped (the length of the batch when none was taken back)."""
-        fn, marker, capture, star, claim = self.fn, self.marker, self.capture, self.star, self.claim
-        records: list[Record] = []
-        # One wall-clock read per batch: a task's start is wall + its perf_counter().
-        wall = time.time() - time.perf_counter()
-        unsent_work = 0.0
-        last_flush = time.perf_counter()
-        end = len(indices)
+        """Run the batch's tasks from ``start`` on, a result each; the position where it
+        stopped (the length of the batch when none was taken back).
+
+        The common case, a task that returns a raw value and prints nothing, costs two
+        clock reads, the call, two marker stores and three appends: its result joins the
+        columns of the :class:`Outbox`. Anything else goes through :meth:`run_one`.
+        Results go to the caller once ``flush_seconds`` have passed since the last ones
+        went (at least every ``FLUSH_SECONDS``; a task's own time counts, so that results
+        that stand for real work go soon: a crash costs little to redo)."""
+        fn, marker, star, claim, printed = self.fn, self.marker, self.star, self.claim, self.printed
         if claim.stopped:
             return start  # run_bare stopped there
+        perf = time.perf_counter
+        # One wall-clock read per batch: a task's start is wall + its perf_counter().
+        box = Outbox(self, batch_id, indices, start, time.time() - perf())
+        wall, values, starts, durations, records = (
+            box.wall,
+            box.values,
+            box.started,
+            box.durations,
+            box.records,
+        )
+        every = min(self.flush_seconds, FLUSH_SECONDS)
+        claimed, deadline, end = claim.last, perf() + every, len(indices)
         for pos in range(start, end):
-            if pos > claim.last and claim.next(pos) < pos:
-                end = pos  # taken back from here on
-                break
-            index, item = indices[pos], items[pos]
-            if fn is None or type(item) is _Unloadable:
-                error = item.error if type(item) is _Unloadable else self.fn_error
-                record = not_run_record(index, error, time.time())
+            if pos > claimed:
+                claimed = claim.next(pos)
+                if claimed < pos:
+                    end = pos  # taken back from here on
+                    break
+            item = items[pos]
+            if records or type(item) is _Unloadable or fn is None:
+                t1 = self.run_one(box, indices[pos], pos, item)[FINISHED] - wall
             else:
                 marker[MARK_POS] = pos
-                record = _task.run_one(fn, index, item, star, capture, wall=wall)
-                if _forked:
-                    # The task forked and returned in the child too: only the worker
-                    # itself answers for the task; the copy ends here, silently.
-                    os._exit(0)
-                marker[MARK_POS] = IDLE
-            records.append(record)
-            # Send finished results once they represent real work (run.py says why).
-            unsent_work += record[DURATION]
-            now = record[FINISHED] - wall  # the batch's clock, without a read of its own
-            if unsent_work >= self.flush_seconds or now - last_flush >= FLUSH_SECONDS:
-                self.send_results(batch_id, records)
-                records = []
-                unsent_work = 0.0
-                last_flush = now
-        if records:
-            self.send_results(batch_id, records)
+                t0 = perf()
+                try:
+                    value = (fn(**item) if type(item) is dict else fn(*item)) if star else fn(item)
+                except BaseException as exc:
+                    t1 = perf()
+                    box.add(self.failed(indices[pos], exc, wall + t0, t1 - t0))
+                else:
+                    t1 = perf()
+                    if _forked:
+                        os._exit(0)  # the task forked and returned in the child: we answer
+                    marker[MARK_POS] = IDLE
+                    if printed or type(value) not in RAW_TYPES:
+                        output = self.capture.take()
+                        box.add(_task.ok_record(indices[pos], value, wall + t0, t1 - t0, output))
+                    else:
+                        values.append(value)
+                        starts.append(wall + t0)
+                        durations.append(t1 - t0)
+            if t1 >= deadline:
+                box.flush()
+                deadline = t1 + every
+        box.flush()
         return end
+
+    def run_one(self, box: Outbox, index: int, pos: int, item: Any) -> Record:
+        """One task the general way; its record joins the outbox's records."""
+        if self.fn is None or type(item) is _Unloadable:
+            error = item.error if type(item) is _Unloadable else self.fn_error
+            record = not_run_record(index, error, time.time())
+        else:
+            self.marker[MARK_POS] = pos
+            record = _task.run_one(self.fn, index, item, self.star, self.capture, wall=box.wall)
+            if _forked:
+                os._exit(0)  # the task forked and returned in the child: see run_records
+            self.marker[MARK_POS] = IDLE
+        box.add(record)
+        return record
+
+    def failed(self, index: int, exc: BaseException, started: float, took: float) -> Record:
+        """The record of a task that raised ``exc`` after ``took`` seconds."""
+        if _forked:
+            os._exit(0)  # the task forked and raised in the child: see run_records
+        self.marker[MARK_POS] = IDLE
+        return _task.failure_record(index, exc, started, took, self.capture.take())
 
     def run_bare(self, batch_id: int, indices: list[int], items: list[Any]) -> int:
         """Run the batch's tasks in a tight loop and send their values alone, up to the
@@ -291,6 +333,54 @@ class WorkerLoop:
                     f"cannot send the result of task {index}: {_task.describe(exc)}",
                 )
                 self.out.send((RESULTS, batch_id, [(index, FAILED, error, *record[STARTED:])]))
+
+
+class Outbox:
+    """A batch's results not yet sent, kept in the order the tasks ran: successes with a
+    raw value and no output as columns (COLUMNS), anything else as records (RESULTS). A
+    record sends the columns before it first; after a record, the batch's next results
+    are records too until the next flush, so that a mixed batch is a few messages."""
+
+    __slots__ = ("batch_id", "durations", "indices", "loop", "records", "sent", "started",
+                 "values", "wall")  # fmt: skip
+
+    def __init__(
+        self, loop: WorkerLoop, batch_id: int, indices: list[int], start: int, wall: float
+    ) -> None:
+        self.loop, self.batch_id, self.indices, self.wall = loop, batch_id, indices, wall
+        self.sent = start  # the batch's positions before this one have their results sent
+        self.values: list[Any] = []
+        self.started: list[float] = []
+        self.durations: list[float] = []
+        self.records: list[Record] = []
+
+    def add(self, record: Record) -> None:
+        if self.values:
+            self.send_columns()
+        self.records.append(record)
+
+    def flush(self) -> None:
+        """Send what waits."""
+        if self.values:
+            self.send_columns()
+        if self.records:
+            self.loop.send_results(self.batch_id, self.records)
+            self.sent += len(self.records)
+            self.records.clear()
+
+    def send_columns(self) -> None:
+        values, started, durations = self.values, self.started, self.durations
+        try:
+            self.loop.out.send((COLUMNS, self.batch_id, values, started, durations, None))
+        except Exception:  # a value too big, say: records one by one find the one
+            at = self.indices[self.sent : self.sent + len(values)]
+            rows = zip(at, values, started, durations, strict=True)
+            records = [(i, OK_RAW, v, s, s + d, d, "") for i, v, s, d in rows]
+            self.loop.send_one_by_one(self.batch_id, records)
+        self.sent += len(values)
+        values.clear()
+        started.clear()
+        durations.clear()
 
 
 class Claim:
