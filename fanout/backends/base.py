@@ -29,18 +29,10 @@ on). Tasks a lost worker held but had not started are run again elsewhere and do
 count an attempt. ``SerializationError`` and ``TargetError`` are never retried.
 
 **``error.type``.** The task's own exception class name (``"ZeroDivisionError"``), or
-one of fanout's:
-
-- ``WorkerLost``: the process running the task died (the message says which, and how);
-- ``TaskTimeout``: it ran longer than ``spec.timeout`` and its process was ended;
-- ``SerializationError``: its input or value could not be (un)pickled (names the index);
-- ``TargetError`` / ``TargetNotAllowed``: the worker could not load the target, or its
-  allowlist refused it;
-- ``SignatureError``: a worker refused the job as unsigned or forged (rq);
-- ``Cancelled``: the run was cancelled, or halted by ``max_failures``, before the task
-  was handed to a worker (``attempts`` 0, worker ``(not run)``);
-- ``JobCanceled`` / ``JobStopped``: the RQ job was cancelled or stopped outside fanout;
-- on rq, a job that RQ itself failed around its tasks gives the name of RQ's exception.
+the name of one of fanout's own classes, each for one reason: the vocabulary is listed
+once, in :mod:`fanout.errors` (``WorkerLost``, ``TaskTimeout``, ``SerializationError``,
+``Cancelled``, ...). A backend reports its failures with those names
+(``fanout.errors.WorkerLost.__name__``), so that the drop-ins raise them as their class.
 
 **Scheduling.** No task waits while a worker that could run it is idle: a batch holds
 at most ``spec.chunksize`` tasks when that is set, and work handed to a worker but not

@@ -20,7 +20,6 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from fanout.backends.intake import CANCELLED
 from fanout.backends.runstate import RunState
 from fanout.dropin.calls import Call
 from fanout.dropin.common import (
@@ -34,7 +33,7 @@ from fanout.dropin.common import (
 )
 from fanout.dropin.driver import Calls, Driver, Values
 from fanout.dropin.outcomes import DEFAULT_BUFFER, Budget, Chunk, InOrder, chunks_of, value_chunks
-from fanout.errors import WorkerLost
+from fanout.errors import Cancelled, WorkerLost
 from fanout.models import TaskResult
 
 # Executors still open, for the interpreter's exit (see _at_exit).
@@ -70,7 +69,7 @@ class TaskFuture(Future[Any]):
 
     def settle(self, result: TaskResult, run: RunState) -> None:
         """(The driver's thread.) The task's outcome."""
-        if result.error is not None and result.error.type == CANCELLED:
+        if result.error is not None and result.error.type == Cancelled.__name__:
             self._cancelled()  # by cancel(): it never ran
             return
         if self.done():

@@ -34,6 +34,7 @@ from fanout import TaskFailed, TaskResult
 from fanout.backends import Backend, get_backend
 from fanout.testing import tasks
 
+CANCELLED = fanout.Cancelled.__name__
 Run = Callable[..., list[TaskResult]]
 MakeFanout = Callable[[], fanout.Fanout]
 
@@ -239,8 +240,8 @@ class BackendContract:
         count = 30
         results = run(tasks.fail_slowly, range(count), max_failures=2)
         assert [r.index for r in results] == list(range(count))
-        ran = [r for r in results if r.error is not None and r.error.type != "Cancelled"]
-        cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+        ran = [r for r in results if r.error is not None and r.error.type != CANCELLED]
+        cancelled = [r for r in results if r.error is not None and r.error.type == CANCELLED]
         assert len(ran) + len(cancelled) == count
         assert all(r.error is not None and r.error.type == "ValueError" for r in ran)
         # The two failures, and what the workers were running when the halt reached
