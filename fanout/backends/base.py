@@ -66,43 +66,16 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fanout.backends.spec import MapSpec as MapSpec  # its home; imported from here too
 from fanout.errors import UnknownOption
 from fanout.models import TaskResult
 
 if TYPE_CHECKING:
     from fanout._wire import Task
     from fanout.backends.runstate import RunState
-
-
-@dataclass(frozen=True)
-class MapSpec:
-    """One ``map`` call, normalised: what to call, on what, and with which limits."""
-
-    fn: Callable[..., Any]
-    target: str | None  # "module:function" when the callable is importable by name
-    items: Iterator[Any]
-    star: bool = False
-    ordered: bool = True
-    timeout: float | None = None
-    retries: int = 0
-    #: Stop after this many failed tasks: no new input is taken, and tasks not yet
-    #: handed to a worker are cancelled (each gets its result, ``Cancelled``).
-    max_failures: int | None = None
-    #: Attempts already made for each item, by position (None: none yet).
-    attempts: Sequence[int] | None = None
-    #: Values alone will do (the drop-ins' maps): a backend may hand successes on as
-    #: chunks of values (``RunState.ready_values``) instead of a TaskResult each.
-    bare: bool = False
-    #: How many more items may be read now, given how many were read (None: no limit
-    #: beyond the backend's own): a consumer's backpressure.
-    room: Callable[[int], int] | None = None
-    #: The most tasks a batch (a job, on rq) may hold (None: as the backend sizes them):
-    #: the drop-ins' explicit ``chunksize``.
-    chunksize: int | None = None
 
 
 class Backend(ABC):

@@ -31,10 +31,10 @@ from typing import Any
 from fanout import _gc
 from fanout._task import load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
-from fanout.backends.base import MapSpec
 from fanout.backends.feed import Feed
 from fanout.backends.intake import batch_of
 from fanout.backends.sizing import Sizing
+from fanout.backends.spec import MapSpec
 from fanout.errors import Cancelled, SerializationError, TargetError
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result, results_of
 
