@@ -1,6 +1,6 @@
 """``fanout.Executor``: a ``concurrent.futures.Executor`` on any fanout backend.
 
-Every ``submit`` goes into one long-lived run whose target is ``calls.call`` (each item
+Every ``submit`` goes into one long-lived run whose target is ``fanout.calls.call`` (each item
 carries its own function): its Feed takes new calls at any time and the driver thread
 hands each result to its future. ``map`` is a run of its own, ordered, its inputs read
 lazily. Futures are ``TaskFuture``s: a ``concurrent.futures.Future`` with the task's
@@ -21,7 +21,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from fanout.backends.runstate import RunState
-from fanout.dropin.calls import Call
+from fanout.calls import Call
+from fanout.driving import Budget, Calls, Driver, Values
 from fanout.dropin.common import (
     CHUNKSIZE_UNSET,
     check_picklable,
@@ -31,8 +32,7 @@ from fanout.dropin.common import (
     map_spec,
     open_fanout,
 )
-from fanout.dropin.driver import Calls, Driver, Values
-from fanout.dropin.outcomes import DEFAULT_BUFFER, Budget, Chunk, InOrder, chunks_of, value_chunks
+from fanout.dropin.outcomes import DEFAULT_BUFFER, Chunk, InOrder, chunks_of, value_chunks
 from fanout.errors import Cancelled, WorkerLost
 from fanout.models import TaskResult
 

@@ -41,7 +41,7 @@ from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
 from fanout.backends.runstate import RunState
-from fanout.dropin.calls import TARGET as CALLS_TARGET
+from fanout.calls import TARGET as CALLS_TARGET
 from fanout.errors import TargetError, TargetNotAllowed
 from fanout.models import TaskError, TaskResult
 from fanout.targets import resolve_target
