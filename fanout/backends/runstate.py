@@ -49,7 +49,12 @@ _CANCELLED = Cancelled.__name__  # not a failure: max_failures does not count it
 
 
 class RunState(Sizing):
-    """Input, retries, measurements and ready results of one map() call."""
+    """Input, retries, measurements and ready results of one map() call.
+
+    A driver (``fanout.driving``) reads ``ready``, ``ready_values``, ``done()``,
+    ``input_error``, ``exceptions`` and ``spec`` after each pump, and nothing else: the
+    drive contract in :mod:`fanout.backends.base` says how.
+    """
 
     def __init__(self, spec: MapSpec, backend: str) -> None:
         super().__init__()
