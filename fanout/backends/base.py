@@ -72,14 +72,15 @@ driver's loop is::
         for run in runs:                     # then, for each run, in the same thread:
             hand on run.ready_values, run.ready (and clear them)
             if run.done():
-                backend.end_run(run)         # also for a run left early, not done
+                backend.end_run(run)         # (and at once for a run its consumer left)
                 tell its consumer run.input_error, if any
 
 What the driver reads of a run — a :class:`~fanout.backends.runstate.RunState` (or a
 subclass), whose methods the backend calls as the rules above say — and nothing else:
 
-- ``ready``: a deque of final :class:`~fanout.TaskResult` s to hand on; the driver empties
-  it after each pump (in input order for an ordered run, as they came otherwise);
+- ``ready``: a deque of final results (:class:`~fanout.TaskResult`) to hand on; the
+  driver empties it after each pump (in input order for an ordered run, as they came
+  otherwise);
 - ``ready_values``: for a run with ``spec.bare`` set (the drop-ins' maps), successes as
   ``(indices, values, output)`` chunks (``RunState.settle_values``), emptied likewise; a
   backend may give every result in ``ready`` instead;
@@ -102,8 +103,7 @@ runs' ``RunState``; they need no lock of their own. ``wake`` is called from any 
 at any time (also while ``pump`` waits, and before a run exists), and must neither block
 nor touch a run. A backend's ``map`` runs and its driven runs are never mixed on one
 backend object (a Fanout, an Executor, a Pool each make their own). ``close`` is called
-once the driver's thread has ended (or, on ``terminate``, from the closing thread after
-every run has been ended).
+once the driver's thread has ended, every run ended.
 
 **Proving it.** The contract's tests ship with fanout: subclass
 :class:`fanout.testing.contract.BackendContract` in a test module of your own and give it
