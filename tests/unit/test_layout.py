@@ -84,3 +84,29 @@ def test_the_driver_lives_in_the_core() -> None:
 
     assert fanout.aio.Driver is fanout.driving.Driver
     assert executor.Driver is fanout.driving.Driver
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every fanout module ``path`` imports, at run time or for type checking alone."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return {name for name in names if name.startswith("fanout")}
+
+
+@pytest.mark.parametrize(
+    ("module", "other"),
+    [
+        ("errors.py", "fanout.models"),  # models raises TaskFailed from errors
+        ("backends/runstate.py", "fanout.backends.base"),  # base names RunState
+        ("backends/spec.py", "fanout.backends"),  # both read it
+        ("backends/local/deaths.py", "fanout.backends.local.pool"),  # the pool applies it
+    ],
+)
+def test_the_two_way_dependencies_issue_23_removed_stay_removed(module: str, other: str) -> None:
+    """Each was hidden by an import for type checking alone (structure.py found them)."""
+    imported = imports_of(Path(fanout.__file__).parent / module)
+    assert not {name for name in imported if name == other or name.startswith(other + ".")}
