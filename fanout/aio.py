@@ -1,11 +1,12 @@
 """fanout from an event loop: ``AsyncFanout`` and ``arun``, on every backend.
 
-The loop never waits on fanout. A thread drives the runs (the drop-ins' ``Driver``:
-``start_run``, ``pump``, ``end_run``), and results cross to the loop a chunk at a time:
-the thread appends to the run's queue and schedules at most one wake-up of the loop
-until the loop has taken what is there, so a run of 100,000 trivial tasks costs the loop
-a few hundred callbacks, not one per result. On rq the thread waits on Redis with
-blocking reads, as a synchronous caller does; nothing polls.
+The loop never waits on fanout. A thread drives the runs (``fanout.driving.Driver``, on
+the backend's drive interface: ``start_run``, ``pump``, ``end_run``), and results cross
+to the loop a chunk at a time: the thread appends to the run's queue and schedules at
+most one wake-up of the loop until the loop has taken what is there, so a run of
+100,000 trivial tasks costs the loop a few hundred callbacks, not one per result. On rq
+the thread waits on Redis with blocking reads, as a synchronous caller does; nothing
+polls.
 
 Cancelling the task that consumes a map (or leaving it early) ends the run as Ctrl-C
 does: queued tasks are dropped (rq: its jobs removed), workers still busy with its tasks
@@ -23,8 +24,7 @@ from typing import Any
 
 from fanout.api import Fanout
 from fanout.backends.runstate import RunState
-from fanout.dropin.driver import Driver, Values
-from fanout.dropin.outcomes import Budget
+from fanout.driving import Budget, Driver, Values
 from fanout.models import TaskResult
 
 # Results taken from the input but not yet by the consumer, at most: a slow consumer

@@ -1,18 +1,45 @@
-"""The whole error tree of fanout.
+"""The whole error tree of fanout, and the vocabulary of failed results.
 
 Errors raised to the caller derive from :class:`FanoutError`. Task failures are not
 raised by ``run``/``map``: they come back as failed ``TaskResult``s whose
-``error.type`` names one of these classes (``WorkerLost``, ``TaskTimeout``,
-``SerializationError``, ...) or the task's own exception class; the whole vocabulary is
-in :mod:`fanout.backends.base`.
+``error.type`` is the name of the task's own exception class (``"ZeroDivisionError"``)
+or of one of these classes, each the whole vocabulary of what fanout itself reports:
+
+- ``WorkerLost``: the process running the task died (the message says which, and how);
+- ``TaskTimeout``: it ran longer than its ``timeout`` and its process was ended;
+- ``SerializationError``: its input or value could not be pickled or unpickled (the
+  message names the task's index);
+- ``TargetError`` / ``TargetNotAllowed``: the worker could not load the target, or its
+  allowlist refused the target or an input;
+- ``SignatureError``: a worker refused the job as unsigned or forged (rq);
+- ``Cancelled``: the run was cancelled, or halted by ``max_failures``, before the task
+  started (``attempts`` 0, worker ``(not run)``), or stopped it while it ran;
+- ``JobCanceled`` / ``JobStopped``: the RQ job that held the task was cancelled
+  (``rq cancel``) or stopped (``rq stop-job``) outside fanout;
+- ``FanoutError``: RQ failed a job around its tasks and said no more (otherwise that
+  error's own class name is given, as for a task's exception).
+
+The drop-ins (``fanout.Executor``, ``fanout.Pool``) raise each of these in the caller
+as its own class: every one of them is made from its message alone.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from fanout.models import TaskError
+
+class ErrorRecord(Protocol):
+    """What :class:`TaskFailed` reads of a failed task's error: a
+    :class:`fanout.TaskError` (its own module depends on this one, not the reverse)."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def traceback(self) -> str: ...
 
 
 class FanoutError(Exception):
@@ -113,6 +140,19 @@ class TaskTimeout(FanoutError):
     """A task ran longer than its ``timeout`` and its process was ended."""
 
 
+class Cancelled(FanoutError):
+    """The task's run was cancelled, or halted by ``max_failures``, before it started
+    (or stopped it while it ran)."""
+
+
+class JobCanceled(FanoutError):
+    """The RQ job that held the task was cancelled in RQ (``rq cancel``) before it ran."""
+
+
+class JobStopped(FanoutError):
+    """The RQ job that held the task was stopped outside fanout (``rq stop-job``)."""
+
+
 class RemoteTraceback(Exception):
     """Carries the traceback text of the process that ran a task (as ``__cause__``)."""
 
@@ -125,9 +165,10 @@ class RemoteTraceback(Exception):
 
 
 class TaskFailed(FanoutError):
-    """Raised by ``TaskResult.unwrap()`` for a failed task; carries the remote error."""
+    """Raised by ``TaskResult.unwrap()`` for a failed task: ``error`` is its
+    :class:`~fanout.TaskError`, whose remote traceback is the ``__cause__``."""
 
-    def __init__(self, index: int, error: TaskError) -> None:
+    def __init__(self, index: int, error: ErrorRecord) -> None:
         said = f"{error.type}: {error.message}" if error.message else error.type
         super().__init__(f"task {index} failed: {said}")
         self.index = index

@@ -41,8 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from fanout.backends.intake import CANCELLED
-from fanout.errors import IncompleteRun, InputError, UnknownRun
+from fanout.errors import Cancelled, IncompleteRun, InputError, UnknownRun
 from fanout.models import TaskError, TaskResult, WorkerInfo
 
 log = logging.getLogger("fanout")
@@ -297,7 +296,7 @@ def _done(record: dict[str, Any], resume: Resume) -> bool:
     """Does a resume skip this journal line's index? Its ok ones always, its failed ones
     unless ``resume="failed"``; a cancelled task never ran: never."""
     error = record.get("error") or {}
-    return bool(record["ok"] or resume is True) and error.get("type") != CANCELLED
+    return bool(record["ok"] or resume is True) and error.get("type") != Cancelled.__name__
 
 
 def _positions(latest: dict[int, dict[str, Any]], resume: Resume) -> Callable[[int], int]:

@@ -10,7 +10,7 @@ import redis
 from rq.worker import BaseWorker
 
 from fanout.backends.rq import worker as worker_module
-from fanout.backends.rq.worker import BEAT_AGAIN_SECONDS, FanoutWorker
+from fanout.backends.rq.worker import BEAT_AGAIN_SECONDS, REGISTRATION_TTL, FanoutWorker
 from tests.helpers import RedisServer
 
 
@@ -45,10 +45,10 @@ def test_a_beat_right_after_another_is_dropped(
     monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
     worker.heartbeat()
     worker.heartbeat()  # RQ beats again as it dequeues: nothing new to say
-    assert sent == [(None, None)]
+    assert sent == [(REGISTRATION_TTL, None)]
     clock[0] += BEAT_AGAIN_SECONDS
     worker.heartbeat()
-    assert sent == [(None, None), (None, None)]
+    assert sent == [(REGISTRATION_TTL, None), (REGISTRATION_TTL, None)]
 
 
 def test_beats_with_a_pipeline_or_a_timeout_always_go(
@@ -57,5 +57,5 @@ def test_beats_with_a_pipeline_or_a_timeout_always_go(
     worker.heartbeat()
     pipe = worker.connection.pipeline()
     worker.heartbeat(pipeline=pipe)  # with the job's own heartbeat (RQ's job bookkeeping)
-    worker.heartbeat(90)  # a longer expiry asked for
-    assert sent == [(None, None), (None, pipe), (90, None)]
+    worker.heartbeat(90)  # an expiry asked for: it goes, no longer than a registration's
+    assert sent == [(REGISTRATION_TTL, None), (REGISTRATION_TTL, pipe), (REGISTRATION_TTL, None)]

@@ -645,6 +645,27 @@ def test_a_file_path_target_never_runs_on_a_worker(
     assert not marker.exists()
 
 
+def test_a_drop_in_job_an_earlier_release_enqueued_runs_on_an_allowlisted_worker(
+    cluster: Cluster,
+) -> None:
+    """Earlier releases named the drop-ins' trampoline ``fanout.dropin.calls:call``: a
+    job of theirs still in a queue passes the allowlist as the trampoline does today
+    (the function inside the call is what the allowlist checks)."""
+    from fanout.calls import Call
+
+    run_id = "earlier-dropin"
+    queue = Queue(PLAIN, connection=cluster.connection)
+    cluster.connection.hset(RunKeys(run_id).meta, mapping={"state": "running", "result_ttl": 60})
+    item = pickle.dumps(Call(tasks.square, (7,), {}))
+    queue.enqueue("fanout.rqworker.run_batch", run_id, "fanout.dropin.calls:call", False, None,
+                  0, [0], [item], [0], None)  # fmt: skip
+    keys = RunKeys(run_id)
+    read = cluster.connection.xread({keys.results: "0-0"}, count=1, block=15_000)
+    assert read, "the job pushed no result"
+    _info, [record], _, _ = unpack_results(read[0][1][0][1][b"m"], keys, None)
+    assert (record[0], record[PAYLOAD]) == (0, 49), record
+
+
 def test_callbacks_and_webhooks_of_an_unsigned_job_never_run_on_a_signed_worker(
     cluster: Cluster,
 ) -> None:

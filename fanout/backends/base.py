@@ -29,18 +29,10 @@ on). Tasks a lost worker held but had not started are run again elsewhere and do
 count an attempt. ``SerializationError`` and ``TargetError`` are never retried.
 
 **``error.type``.** The task's own exception class name (``"ZeroDivisionError"``), or
-one of fanout's:
-
-- ``WorkerLost``: the process running the task died (the message says which, and how);
-- ``TaskTimeout``: it ran longer than ``spec.timeout`` and its process was ended;
-- ``SerializationError``: its input or value could not be (un)pickled (names the index);
-- ``TargetError`` / ``TargetNotAllowed``: the worker could not load the target, or its
-  allowlist refused it;
-- ``SignatureError``: a worker refused the job as unsigned or forged (rq);
-- ``Cancelled``: the run was cancelled, or halted by ``max_failures``, before the task
-  was handed to a worker (``attempts`` 0, worker ``(not run)``);
-- ``JobCanceled`` / ``JobStopped``: the RQ job was cancelled or stopped outside fanout;
-- on rq, a job that RQ itself failed around its tasks gives the name of RQ's exception.
+the name of one of fanout's own classes, each for one reason: the vocabulary is listed
+once, in :mod:`fanout.errors` (``WorkerLost``, ``TaskTimeout``, ``SerializationError``,
+``Cancelled``, ...). A backend reports its failures with those names
+(``fanout.errors.WorkerLost.__name__``), so that the drop-ins raise them as their class.
 
 **Scheduling.** No task waits while a worker that could run it is idle: a batch holds
 at most ``spec.chunksize`` tasks when that is set, and work handed to a worker but not
@@ -64,57 +56,77 @@ several at once from one set of workers. ``close()`` is safe to call twice;
 ``close(cancel=True)`` ends running tasks now. Leaving a ``map`` early (closing its
 iterator) ends what is still running for it; later maps are not held up behind it.
 
+**Driving runs (the drive interface).** ``map`` serves ``fanout.run`` and
+``Fanout.map``: the consumer's own thread drives the run while it waits for the next
+result. ``fanout.Executor``, ``fanout.Pool`` and ``fanout.AsyncFanout`` drive their
+runs from one thread of their own instead (:class:`fanout.driving.Driver`), several runs
+at once on one set of workers, and need four more methods: :meth:`Backend.start_run`,
+:meth:`Backend.pump`, :meth:`Backend.end_run` and :meth:`Backend.wake` (and, where
+tasks wait between the run and a worker, :meth:`Backend.cancel_tasks`). A backend with
+them has ``drive_interface`` set (by default, when it implements the first three). The
+driver's loop is::
+
+    run = backend.start_run(spec)            # for each run asked for, between pumps
+    while runs:
+        backend.pump(0.5)                    # one round of every run, waiting <= 0.5 s
+        for run in runs:                     # then, for each run, in the same thread:
+            hand on run.ready_values, run.ready (and clear them)
+            if run.done():
+                backend.end_run(run)         # (and at once for a run its consumer left)
+                tell its consumer run.input_error, if any
+
+What the driver reads of a run — a :class:`~fanout.backends.runstate.RunState` (or a
+subclass), whose methods the backend calls as the rules above say — and nothing else:
+
+- ``ready``: a deque of final results (:class:`~fanout.TaskResult`) to hand on; the
+  driver empties it after each pump (in input order for an ordered run, as they came
+  otherwise);
+- ``ready_values``: for a run with ``spec.bare`` set (the drop-ins' maps), successes as
+  ``(indices, values, output)`` chunks (``RunState.settle_values``), emptied likewise; a
+  backend may give every result in ``ready`` instead;
+- ``done()``: every input has been taken and every result handed on;
+- ``input_error``: the exception the input raised, raised to the consumer after the
+  results of the tasks taken before it;
+- ``exceptions``: index -> the exception an input could not be pickled with (the
+  drop-ins raise it as the stdlib would), filled by ``take_batch``;
+- ``spec``: the :class:`MapSpec` it was started with.
+
+``spec.items`` of a driven run may be a live input (``fanout.backends.feed.Feed``: the
+calls of ``submit``), which other threads add to while the run goes on and which never
+waits: ``RunState.take_fresh`` takes what is there. ``spec.room`` bounds how far the
+input is read ahead of its consumer; the consumer calls ``wake`` when it has taken
+results and the run may read on.
+
+**Threads.** ``start_run``, ``pump``, ``end_run``, ``cancel_tasks`` and ``give_back``
+are called from one thread at a time, the driver's, which alone reads and changes its
+runs' ``RunState``; they need no lock of their own. ``wake`` is called from any thread,
+at any time (also while ``pump`` waits, and before a run exists), and must neither block
+nor touch a run. A backend's ``map`` runs and its driven runs are never mixed on one
+backend object (a Fanout, an Executor, a Pool each make their own). ``close`` is called
+once the driver's thread has ended, every run ended.
+
 **Proving it.** The contract's tests ship with fanout: subclass
 :class:`fanout.testing.contract.BackendContract` in a test module of your own and give it
 a ``fanout_options`` fixture (the keyword arguments of ``fanout.run`` that select your
-backend); ``tests/test_contract.py`` does exactly that for the built-in backends.
+backend); ``tests/test_contract.py`` does exactly that for the built-in backends, and
+``tests/stub_backend.py`` is a small backend (its workers threads of the caller) that
+passes it whole and serves ``Executor``, ``Pool`` and ``AsyncFanout``.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fanout.backends.spec import MapSpec as MapSpec  # its home; imported from here too
 from fanout.errors import UnknownOption
 from fanout.models import TaskResult
 
 if TYPE_CHECKING:
     from fanout._wire import Task
     from fanout.backends.runstate import RunState
-
-
-@dataclass(frozen=True)
-class MapSpec:
-    """One ``map`` call, normalised: what to call, on what, and with which limits."""
-
-    fn: Callable[..., Any]
-    target: str | None  # "module:function" when the callable is importable by name
-    items: Iterator[Any]
-    star: bool = False
-    ordered: bool = True
-    timeout: float | None = None
-    retries: int = 0
-    #: Stop after this many failed tasks: no new input is taken, and tasks not yet
-    #: handed to a worker are cancelled (each gets its result, ``Cancelled``).
-    max_failures: int | None = None
-    #: Attempts already made for each item, by position (None: none yet).
-    attempts: Sequence[int] | None = None
-    #: Values alone will do (the drop-ins' maps): a backend may hand successes on as
-    #: chunks of values (``RunState.ready_values``) instead of a TaskResult each.
-    bare: bool = False
-    #: How many more items may be read now, given how many were read (None: no limit
-    #: beyond the backend's own): a consumer's backpressure.
-    room: Callable[[int], int] | None = None
-    #: The most tasks a batch (a job, on rq) may hold (None: as the backend sizes them):
-    #: the drop-ins' explicit ``chunksize``.
-    chunksize: int | None = None
-    #: The index of each item, by position (None: its position): a run of part of a
-    #: larger one (a ``fanout worker``'s job) numbers its tasks, and their results and
-    #: messages, as the larger run does. Unordered runs only.
-    indices: Sequence[int] | None = None
 
 
 class Backend(ABC):
@@ -134,6 +146,18 @@ class Backend(ABC):
     #: Runs outlive their caller and are known by id: ``submit``, ``attach``,
     #: ``run_status``, ``cancel_run`` and ``last_run_id`` work.
     durable_runs: ClassVar[bool] = False
+    #: The drive interface works (``start_run``, ``pump``, ``end_run``, ``wake``): the
+    #: backend serves ``fanout.Executor``, ``fanout.Pool`` and ``fanout.AsyncFanout``.
+    #: By default, whether the class implements the first three.
+    drive_interface: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "drive_interface" not in cls.__dict__:
+            cls.drive_interface = all(
+                getattr(cls, method) is not getattr(Backend, method)
+                for method in ("start_run", "pump", "end_run")
+            )
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:  # noqa: B027
         """Take the worker count (None: the backend's default) and backend options."""
@@ -164,7 +188,18 @@ class Backend(ABC):
 
     @abstractmethod
     def map(self, spec: MapSpec) -> Iterator[TaskResult]:
-        """Run ``spec.fn`` on every item; yield results in input order if ``spec.ordered``."""
+        """Run ``spec.fn`` on every item; yield results in input order if ``spec.ordered``.
+
+        The one method every backend implements (``fanout.run``, ``Fanout.map``); the
+        rules of the module docstring apply. The consumer's thread drives the run as it
+        asks for results; closing the iterator early ends what still runs for it.
+
+        :param spec: the run, normalised.
+        :returns: an iterator of one result per item taken from ``spec.items``; after
+            the last, the input's own exception if it raised.
+        :raises TargetError, BackendUnavailable: before any task runs, or (the service
+            lost for good) from the iterator.
+        """
 
     def close(self, cancel: bool = False) -> None:  # noqa: B027 - optional hook
         """Release workers and connections; ``cancel`` ends running tasks at once."""
@@ -173,34 +208,78 @@ class Backend(ABC):
         """What ``close(cancel=True)`` did, in a few words (said after a Ctrl-C)."""
         return "workers stopped"
 
-    # Driving runs from one thread (the drop-in Executor and Pool): ``start_run`` makes
-    # a run without driving it; ``pump`` makes one round of progress on every run started
-    # (waiting at most ``max_wait`` s, or until ``wake``, for something to happen); the
-    # driver hands each run's ready results on and calls ``end_run`` when it is done.
+    # The drive interface (see "Driving runs" above): what fanout.Executor, fanout.Pool
+    # and fanout.AsyncFanout need. One thread, the driver's, calls all but wake().
 
     def start_run(self, spec: MapSpec) -> RunState:
-        raise NotImplementedError(f"the {self.name} backend cannot serve fanout.Executor/Pool")
+        """Make a run of ``spec`` without driving it; later pumps drive it.
+
+        Check what can be checked before any task runs (the target can be sent, the
+        service is there) and raise that, as ``map`` would. The run is open from now
+        until :meth:`end_run`: every pump makes progress on it among the others.
+
+        :param spec: the run, normalised; ``spec.items`` may be a live input (a Feed).
+        :returns: the run's :class:`~fanout.backends.runstate.RunState` (or a subclass
+            carrying the backend's own dispatch state).
+        :raises TargetError, BackendUnavailable: before any task of it runs.
+        :raises NotImplementedError: the backend has no drive interface.
+        """
+        raise NotImplementedError(self._no_drive_interface("start_run"))
 
     def pump(self, max_wait: float | None) -> None:
-        raise NotImplementedError
+        """Make one round of progress on every open run.
+
+        Hand what workers can take now to them (``RunState.take_batch``), and settle
+        what came back into each run (``RunState.settle`` and the rest), so that the
+        driver finds results in ``ready``/``ready_values``. Wait for something to happen
+        at most ``max_wait`` seconds (None: as long as the backend likes), or until
+        :meth:`wake`; do not wait when a run already has results ready or is done. It
+        may be called with no run open (then there is nothing to do).
+
+        :param max_wait: the longest this call may wait for events, in seconds.
+        :raises BackendUnavailable: the service is lost for good; the driver then ends
+            every run and fails what waits on them with this error.
+        :raises NotImplementedError: the backend has no drive interface.
+        """
+        raise NotImplementedError(self._no_drive_interface("pump"))
 
     def end_run(self, run: RunState) -> None:
-        raise NotImplementedError
+        """Close ``run``: it is done (every result handed on), or its consumer left it
+        early (a map closed, an executor terminated, an asyncio task cancelled).
+
+        Forget it, drop what it still has queued, and stop the tasks of it that are
+        running, as leaving a ``map`` early does; later runs are not held up behind
+        them. Called once per run; idempotent for a run already ended.
+
+        :param run: a run this backend's :meth:`start_run` returned.
+        :raises NotImplementedError: the backend has no drive interface.
+        """
+        raise NotImplementedError(self._no_drive_interface("end_run"))
 
     def wake(self) -> None:  # noqa: B027 - optional hook
-        """From any thread: make a ``pump`` that waits return now."""
+        """From any thread: make a :meth:`pump` that waits return now (new input in a
+        run's Feed, a consumer that took results). Never blocks. Without it, new input
+        waits for the pump's ``max_wait`` to pass."""
 
     def give_back(self, run: RunState) -> list[Task]:
         """Stop ``run`` from sending more and give back every task of it that no worker
         has started — taken back from workers where this backend can — for someone else
-        to run (``RunState.hand_back``); the run ends once its running tasks are done."""
+        to run (``RunState.hand_back``); the run ends once its running tasks are done.
+        (``fanout worker`` splits a slow job this way, on the backend running its tasks.)"""
         return run.hand_back()
 
     def cancel_tasks(self, run: RunState, indices: list[int]) -> set[int]:
         """Cancel the tasks of ``run`` among ``indices`` that have left the run's input
-        but that no worker has yet (queued on the backend); the ones cancelled. Where
-        handing a task over means a worker has it, nothing is left to cancel."""
+        but that no worker has yet (queued on the backend); the ones cancelled, each of
+        which then gets its ``Cancelled`` result. Where handing a task over means a
+        worker has it, nothing is left to cancel: the default cancels none."""
         return set()
+
+    def _no_drive_interface(self, method: str) -> str:
+        return (
+            f"the {self.name} backend has no drive interface ({method} is not implemented):"
+            " it cannot serve fanout.Executor, fanout.Pool or fanout.AsyncFanout"
+        )
 
     # Durable runs (``durable_runs``): a backend without them says so.
 

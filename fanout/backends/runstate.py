@@ -31,11 +31,11 @@ from typing import Any
 from fanout import _gc
 from fanout._task import load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
-from fanout.backends.base import MapSpec
 from fanout.backends.feed import Feed
-from fanout.backends.intake import CANCELLED, batch_of
+from fanout.backends.intake import batch_of
 from fanout.backends.sizing import Sizing
-from fanout.errors import SerializationError, TargetError
+from fanout.backends.spec import MapSpec
+from fanout.errors import Cancelled, SerializationError, TargetError
 from fanout.models import TaskError, TaskResult, WorkerInfo, make_result, results_of
 
 # How far past the oldest unyielded result an ordered run may take input, at least.
@@ -45,10 +45,16 @@ MAX_FREE_REQUEUES = 3
 
 # Failures that would only repeat: a value that cannot be pickled, a target that cannot load.
 _NOT_RETRIED = frozenset({SerializationError.__name__, TargetError.__name__})
+_CANCELLED = Cancelled.__name__  # not a failure: max_failures does not count it
 
 
 class RunState(Sizing):
-    """Input, retries, measurements and ready results of one map() call."""
+    """Input, retries, measurements and ready results of one map() call.
+
+    A driver (``fanout.driving``) reads ``ready``, ``ready_values``, ``done()``,
+    ``input_error``, ``exceptions`` and ``spec`` after each pump, and nothing else: the
+    drive contract in :mod:`fanout.backends.base` says how.
+    """
 
     def __init__(self, spec: MapSpec, backend: str) -> None:
         super().__init__()
@@ -337,7 +343,7 @@ class RunState(Sizing):
         yet taken, are cancelled (each its result); those a worker holds finish.
         Backends cancel the tasks they hold unstarted too (``requeue`` cancels them)."""
         self.halted = TaskError(
-            CANCELLED,
+            Cancelled.__name__,
             f"the run stopped after {self.failures} failed task{'s' if self.failures != 1 else ''}"
             f" (max_failures={self.spec.max_failures}) before this task started",
         )
@@ -386,7 +392,9 @@ class RunState(Sizing):
         self.outstanding -= len(results)
         if self.spec.max_failures is not None and self.halted is None:
             self.failures += sum(
-                1 for r in results if not r.ok and r.error is not None and r.error.type != CANCELLED
+                1
+                for r in results
+                if not r.ok and r.error is not None and r.error.type != _CANCELLED
             )
             if self.failures >= self.spec.max_failures:
                 self.halt()

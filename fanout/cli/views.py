@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fanout.backends.intake import CANCELLED
+from fanout.errors import Cancelled
 from fanout.models import NOT_RUN, TaskError, TaskResult
 
 MAX_ROWS = 1000  # rows kept for the human table; failed tasks are all listed below it
@@ -103,7 +103,7 @@ class HumanView:
         if len(self.rows) < MAX_ROWS:
             self.rows.append((result, item))
         error = result.error
-        if error is not None and error.type == CANCELLED:
+        if error is not None and error.type == Cancelled.__name__:
             self.cancelled.setdefault(error.message, []).append(result.index)
         elif error is not None:
             self.failures.append((result, item))

@@ -1,60 +1,8 @@
-"""What the drop-ins send to workers: calls that carry their own function, so that one
-long-lived run serves every ``submit`` and ``apply_async`` of an Executor or a Pool,
-whatever function each call names; and a Pool's ``initializer``, run once per process.
+"""The drop-ins' calls under the path an earlier fanout gave them: jobs it enqueued on
+rq name ``fanout.dropin.calls:call`` as their target and pickle
+``fanout.dropin.calls.Call``. They live in :mod:`fanout.calls`; this alias keeps those
+jobs running (the same objects, under both names)."""
 
-Both are plain picklable objects. On rq, a worker's allowlist sees the function inside
-every call (it unpickles them with ``restricted_loads``), as it sees a run's target.
-"""
+from fanout.calls import TARGET, Call, Init, call
 
-from __future__ import annotations
-
-from typing import Any
-
-# The tokens of the initializers this process has run: one per Pool.
-_initialized: set[str] = set()
-
-
-class Init:
-    """A Pool's ``initializer(*initargs)``, run once in each process that runs its tasks."""
-
-    __slots__ = ("args", "fn", "token")
-
-    def __init__(self, token: str, fn: Any, args: tuple[Any, ...]) -> None:
-        self.token = token
-        self.fn = fn
-        self.args = args
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Init, (self.token, self.fn, self.args))
-
-    def ensure(self) -> None:
-        if self.token not in _initialized:
-            self.fn(*self.args)  # raises: the task fails, the next one tries again
-            _initialized.add(self.token)
-
-
-class Call:
-    """``fn(*args, **kwargs)``, to be made on a worker (after the Pool's ``init``)."""
-
-    __slots__ = ("args", "fn", "init", "kwargs")
-
-    def __init__(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], init: Init | None = None
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.init = init
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Call, (self.fn, self.args, self.kwargs, self.init))
-
-
-def call(item: Call) -> Any:
-    """Make the call ``item`` carries (the run's target on every worker)."""
-    if item.init is not None:
-        item.init.ensure()
-    return item.fn(*item.args, **item.kwargs)
-
-
-TARGET = "fanout.dropin.calls:call"
+__all__ = ["TARGET", "Call", "Init", "call"]

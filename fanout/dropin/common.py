@@ -14,7 +14,7 @@ from fanout.api import Fanout
 from fanout.backends import get_backend
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.runstate import RunState
-from fanout.dropin.calls import TARGET, Call, Init, call
+from fanout.calls import TARGET, Call, Init, call
 from fanout.errors import RemoteTraceback, SerializationError, TaskFailed
 from fanout.models import TaskResult
 from fanout.targets import importable_name, why_not_importable

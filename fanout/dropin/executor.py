@@ -1,6 +1,6 @@
 """``fanout.Executor``: a ``concurrent.futures.Executor`` on any fanout backend.
 
-Every ``submit`` goes into one long-lived run whose target is ``calls.call`` (each item
+Every ``submit`` goes into one long-lived run whose target is ``fanout.calls.call`` (each item
 carries its own function): its Feed takes new calls at any time and the driver thread
 hands each result to its future. ``map`` is a run of its own, ordered, its inputs read
 lazily. Futures are ``TaskFuture``s: a ``concurrent.futures.Future`` with the task's
@@ -20,9 +20,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from fanout.backends.intake import CANCELLED
 from fanout.backends.runstate import RunState
-from fanout.dropin.calls import Call
+from fanout.calls import Call
+from fanout.driving import Budget, Calls, Driver, Values
 from fanout.dropin.common import (
     CHUNKSIZE_UNSET,
     check_picklable,
@@ -32,9 +32,8 @@ from fanout.dropin.common import (
     map_spec,
     open_fanout,
 )
-from fanout.dropin.driver import Calls, Driver, Values
-from fanout.dropin.outcomes import DEFAULT_BUFFER, Budget, Chunk, InOrder, chunks_of, value_chunks
-from fanout.errors import WorkerLost
+from fanout.dropin.outcomes import DEFAULT_BUFFER, Chunk, InOrder, chunks_of, value_chunks
+from fanout.errors import Cancelled, WorkerLost
 from fanout.models import TaskResult
 
 # Executors still open, for the interpreter's exit (see _at_exit).
@@ -70,7 +69,7 @@ class TaskFuture(Future[Any]):
 
     def settle(self, result: TaskResult, run: RunState) -> None:
         """(The driver's thread.) The task's outcome."""
-        if result.error is not None and result.error.type == CANCELLED:
+        if result.error is not None and result.error.type == Cancelled.__name__:
             self._cancelled()  # by cancel(): it never ran
             return
         if self.done():

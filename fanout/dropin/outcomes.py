@@ -3,19 +3,19 @@
 A drop-in's map is a *bare* run (``MapSpec.bare``): a backend that can hands its
 successes on as chunks of values, without a TaskResult each; failures still come as
 TaskResults. Both become chunks here, ``(ok, values)`` (a failure: ``(False,
-[exception])``), which :class:`InOrder` puts back in input order; and a :class:`Budget`
-keeps the input from running far ahead of what the caller has taken.
+[exception])``), which :class:`InOrder` puts back in input order (a
+``fanout.driving.Budget`` keeps the input from running far ahead of what the caller
+has taken).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fanout.backends.runstate import RunState
+from fanout.driving import Values
 from fanout.dropin.common import exception_of
-from fanout.dropin.driver import Values
 from fanout.models import TaskResult
 
 Chunk = tuple[bool, list[Any]]
@@ -71,35 +71,3 @@ class InOrder:
             released.append(chunk)
             self.next += len(chunk[1])
         return released
-
-
-class Budget:
-    """At most ``limit`` tasks taken from the input and not yet taken by the caller
-    (Python 3.14's ``buffersize``): the run asks ``room()`` before it reads input."""
-
-    def __init__(self, limit: int, wake: Callable[[], None]) -> None:
-        self.limit = limit
-        self.wake = wake
-        self.taken = 0  # by the caller
-        self.read = 0  # from the input, as the run last said
-        self.starved = False
-        self.lock = threading.Lock()
-
-    def room(self, read: int) -> int:
-        """(The driver's thread.) How many more inputs may be read, ``read`` read so far."""
-        with self.lock:
-            self.read = read
-            room = self.limit - (read - self.taken)
-            self.starved = room <= 0
-            return room
-
-    def took(self, n: int) -> None:
-        """The caller took ``n`` more results: the run may read on if it was waiting."""
-        with self.lock:
-            self.taken += n
-            # Waking once half the budget is free keeps the run's batches large.
-            wake = self.starved and self.read - self.taken <= self.limit // 2
-            if wake:
-                self.starved = False
-        if wake:
-            self.wake()

@@ -1,9 +1,9 @@
 """``fanout.Pool``: ``multiprocessing.pool.Pool``'s API on any fanout backend.
 
-``apply_async`` calls share one long-lived run (driver.Calls); every ``map_async``,
+``apply_async`` calls share one long-lived run (``fanout.driving.Calls``); every ``map_async``,
 ``imap`` and ``imap_unordered`` is a run of its own. One driver thread serves them all on
 one set of workers. A Pool's ``initializer`` travels with its tasks and runs once in
-each process that runs them (calls.Init).
+each process that runs them (``fanout.calls.Init``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from fanout.dropin.calls import Call, Init
+from fanout.calls import Call, Init
+from fanout.driving import Budget, Calls, Driver
 from fanout.dropin.common import (
     CHUNKSIZE_UNSET,
     backend_class,
@@ -23,11 +24,7 @@ from fanout.dropin.common import (
     map_spec,
     open_fanout,
 )
-from fanout.dropin.driver import Calls, Driver
-from fanout.dropin.outcomes import (
-    DEFAULT_BUFFER,
-    Budget,
-)
+from fanout.dropin.outcomes import DEFAULT_BUFFER
 from fanout.dropin.results import ApplyResult, Callback, IMapIterator, MapResult
 from fanout.errors import WorkerLost
 

@@ -12,9 +12,9 @@ from multiprocessing import TimeoutError as PoolTimeout
 from typing import Any
 
 from fanout.backends.runstate import RunState
+from fanout.driving import Budget, Values
 from fanout.dropin.common import exception_of, pool_traceback
-from fanout.dropin.driver import Values
-from fanout.dropin.outcomes import Budget, Chunk, InOrder, chunks_of, spans, value_chunks
+from fanout.dropin.outcomes import Chunk, InOrder, chunks_of, spans, value_chunks
 from fanout.models import TaskResult
 
 Callback = Callable[[Any], object] | None
@@ -58,7 +58,7 @@ class ApplyResult:
             callback(value)
         self._event.set()
 
-    # The driver's side (driver.Waiter).
+    # The driver's side (fanout.driving.Waiter).
     def settle(self, result: TaskResult, run: RunState) -> None:
         self.task_result = result
         if result.ok:

@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Mapping
 from typing import Any
 
+from fanout.errors import Cancelled, JobCanceled, JobStopped, TaskTimeout
 from fanout.models import NOT_RUN, TaskResult
 
 TEXT_CHARS = 200  # the most characters of one input, value or error
@@ -37,10 +38,10 @@ CAUSES = (
     "cancelled", "not-run",
 )  # fmt: skip
 _BY_TYPE = {
-    "TaskTimeout": "timeout",
-    "Cancelled": "cancelled",
-    "JobCanceled": "cancelled",
-    "JobStopped": "killed",  # `rq stop-job`: ended from outside fanout
+    TaskTimeout.__name__: "timeout",
+    Cancelled.__name__: "cancelled",
+    JobCanceled.__name__: "cancelled",
+    JobStopped.__name__: "killed",  # `rq stop-job`: ended from outside fanout
 }
 _SIGNALLED = re.compile(r"\bkilled by signal\b")
 _EXITED = re.compile(r"\bexited with code\b")

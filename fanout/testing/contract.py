@@ -12,17 +12,26 @@ that select your backend with two workers::
         def fanout_options(self):
             return {"backend": "mybackend", "workers": 2}
 
+What they cover: ``map`` (results, identity, output, errors, retries, timeouts, input
+errors, ``max_failures``, leaving a map early); the drive interface, by running
+``fanout.Executor``, ``fanout.Pool`` and ``fanout.AsyncFanout`` on the backend (skipped
+where ``drive_interface`` is False); and, for a backend with ``durable_runs``, a run
+submitted, collected, looked at and cancelled by its id.
+
 The tests ask the backend class's capability flags (``runs_in_caller``,
-``workers_are_children``, ``needs_importable_target``) what to expect, never its name.
-Their task functions live in :mod:`fanout.testing.tasks`, importable wherever fanout is
-installed.
+``workers_are_children``, ``needs_importable_target``, ``drive_interface``,
+``durable_runs``) what to expect, never its name. Their task functions live in
+:mod:`fanout.testing.tasks`, importable wherever fanout is installed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +43,39 @@ from fanout import TaskFailed, TaskResult
 from fanout.backends import Backend, get_backend
 from fanout.testing import tasks
 
+CANCELLED = fanout.Cancelled.__name__
+WAIT = 60.0  # the longest a test waits for one result
+LONG_TASK = 30.0  # seconds: a task that is stopped long before it would end
+
 Run = Callable[..., list[TaskResult]]
 MakeFanout = Callable[[], fanout.Fanout]
+DropinOptions = tuple["int | None", dict[str, Any]]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(0.02)
+    return value
+
+
+def process_gone(pid: int) -> bool:
+    """True once process ``pid`` of this host has exited (a zombie counts: it runs
+    nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 class BackendContract:
@@ -68,6 +108,29 @@ class BackendContract:
     @pytest.fixture
     def make_fanout(self, fanout_options: dict[str, Any]) -> MakeFanout:
         return lambda: fanout.Fanout(**fanout_options)
+
+    @pytest.fixture
+    def dropin_options(
+        self, fanout_options: dict[str, Any], backend_class: type[Backend]
+    ) -> DropinOptions:
+        """The worker count and the other options, for ``fanout.Executor(max_workers,
+        **options)`` and ``fanout.Pool(processes, **options)``; skips the test where the
+        backend has no drive interface."""
+        if not backend_class.drive_interface:
+            pytest.skip(f"the {backend_class.name} backend has no drive interface")
+        options = dict(fanout_options)
+        return options.pop("workers", None), options
+
+    @pytest.fixture
+    def durable_options(
+        self, fanout_options: dict[str, Any], backend_class: type[Backend]
+    ) -> dict[str, Any]:
+        """The options of ``fanout.submit``/``fanout.attach`` (the queue's own workers
+        run a submitted run: none of its own); skips the test where runs are not
+        durable."""
+        if not backend_class.durable_runs:
+            pytest.skip(f"the {backend_class.name} backend has no durable runs")
+        return {k: v for k, v in fanout_options.items() if k != "workers"}
 
     def test_results_come_back_in_input_order_with_values(self, run: Run) -> None:
         results = run(tasks.square, range(20))
@@ -239,8 +302,8 @@ class BackendContract:
         count = 30
         results = run(tasks.fail_slowly, range(count), max_failures=2)
         assert [r.index for r in results] == list(range(count))
-        ran = [r for r in results if r.error is not None and r.error.type != "Cancelled"]
-        cancelled = [r for r in results if r.error is not None and r.error.type == "Cancelled"]
+        ran = [r for r in results if r.error is not None and r.error.type != CANCELLED]
+        cancelled = [r for r in results if r.error is not None and r.error.type == CANCELLED]
         assert len(ran) + len(cancelled) == count
         assert all(r.error is not None and r.error.type == "ValueError" for r in ran)
         # The two failures, and what the workers were running when the halt reached
@@ -255,6 +318,38 @@ class BackendContract:
     def test_max_failures_counts_failures_not_successes(self, run: Run) -> None:
         results = run(tasks.divide, [1, 0, 2, 0, 4], max_failures=3)
         assert [r.ok for r in results] == [True, False, True, False, True]
+
+    def test_max_failures_counts_final_failures_not_retried_attempts(
+        self, run: Run, tmp_path: Path
+    ) -> None:
+        """A failed attempt that a retry makes good is no failure: were it counted, the
+        halt would cancel the retry and the task would fail."""
+        marker = str(tmp_path / "count")
+        (r,) = run(tasks.fail_until, [(marker, 1)], star=True, retries=1, max_failures=1)
+        assert (r.ok, r.value, r.attempts) == (True, 2, 2)
+
+    def test_a_map_left_early_stops_its_running_tasks(
+        self, make_fanout: MakeFanout, backend_class: type[Backend], tmp_path: Path
+    ) -> None:
+        """Leaving a map early ends what still runs for it: a long task is stopped
+        (its process ends, where it runs on this host apart from the caller), and the
+        next map on the same workers is not held up behind it."""
+        notes = [tmp_path / f"task-{i}" for i in range(4)]
+        items = [(str(note), 0.0 if i == 0 else LONG_TASK) for i, note in enumerate(notes)]
+        with make_fanout() as fo:
+            for first in fo.map(tasks.note_then_sleep, items, star=True, ordered=False):
+                assert first.index == 0
+                if not backend_class.runs_in_caller:  # a long one runs beside the consumer
+                    wait_until(lambda: any(n.exists() for n in notes[1:]), WAIT, "a long task")
+                break  # the map's iterator is closed here: the run ends
+            began = time.monotonic()
+            assert [r.value for r in fo.map(tasks.square, [3, 4])] == [9, 16]
+            assert time.monotonic() - began < LONG_TASK / 2, "held up behind a stopped task"
+            for note in notes[1:]:
+                host, pid = note.read_text().split() if note.exists() else ("", "0")
+                if host == socket.gethostname() and int(pid) != os.getpid():
+                    gone = functools.partial(process_gone, int(pid))
+                    wait_until(gone, 15, f"the stopped task's process {pid} ends")
 
     def test_input_iterator_raising_system_exit_delivers_taken_tasks_then_exits(
         self, make_fanout: MakeFanout
@@ -316,3 +411,114 @@ class BackendContract:
 
     def test_empty_input_gives_no_results(self, run: Run) -> None:
         assert run(tasks.square, []) == []
+
+    # -- the drive interface: fanout.Executor, fanout.Pool, fanout.AsyncFanout ------------
+
+    def test_executor_submit_and_map_run_on_the_backend(
+        self, dropin_options: DropinOptions, backend_class: type[Backend]
+    ) -> None:
+        workers, options = dropin_options
+        with fanout.Executor(workers, **options) as ex:
+            futures = [ex.submit(tasks.add, i, 10) for i in range(6)]
+            assert [f.result(timeout=WAIT) for f in futures] == list(range(10, 16))
+            first = futures[0].task_result
+            assert first is not None
+            assert (first.index, first.ok, first.worker.backend) == (0, True, backend_class.name)
+            with pytest.raises(ZeroDivisionError):  # the task's own exception, as itself
+                ex.submit(tasks.divide, 0).result(timeout=WAIT)
+            squares = list(ex.map(tasks.square, range(10), timeout=WAIT))
+            assert squares == [x * x for x in range(10)]
+            assert list(ex.map(tasks.add, [1, 2], [3, 4], timeout=WAIT)) == [4, 6]
+
+    def test_executor_shutdown_cancels_the_futures_no_worker_has(
+        self, dropin_options: DropinOptions
+    ) -> None:
+        workers, options = dropin_options
+        ex = fanout.Executor(workers, **options)
+        futures = [ex.submit(tasks.sleep_for, 0.5) for _ in range(12)]
+        ex.shutdown(wait=True, cancel_futures=True)
+        assert all(f.done() for f in futures)
+        assert futures[-1].cancelled()  # 12 half-second tasks: the last had not started
+        for f in futures:
+            assert f.cancelled() or f.result() == 0.5
+
+    def test_pool_apply_imap_and_starmap_run_on_the_backend(
+        self, dropin_options: DropinOptions
+    ) -> None:
+        workers, options = dropin_options
+        squares = [x * x for x in range(10)]
+        with fanout.Pool(workers, **options) as pool:
+            assert pool.apply(tasks.add, (1, 2)) == 3
+            assert pool.apply_async(tasks.square, (4,)).get(timeout=WAIT) == 16
+            assert list(pool.imap(tasks.square, range(10))) == squares
+            assert sorted(pool.imap_unordered(tasks.square, range(10))) == squares
+            assert pool.starmap(tasks.add, [(1, 2), (3, 4)]) == [3, 7]
+            with pytest.raises(ValueError, match="bad input 'x'"):
+                pool.apply(tasks.fail, ("x",))
+
+    def test_async_map_and_arun_run_on_the_backend(
+        self, dropin_options: DropinOptions, fanout_options: dict[str, Any]
+    ) -> None:
+        async def main() -> tuple[list[TaskResult], list[TaskResult], list[TaskResult]]:
+            async with fanout.AsyncFanout(**fanout_options) as fo:
+                ordered = [r async for r in fo.map(tasks.square, range(20))]
+                async for r in fo.map(tasks.square, range(1000)):
+                    if r.index == 3:
+                        break  # left early: the next map is not held up
+                again = [r async for r in fo.map(tasks.square, [7])]
+            unordered = await fanout.arun(tasks.square, range(10), ordered=False,
+                                          **fanout_options)  # fmt: skip
+            return ordered, again, unordered
+
+        ordered, again, unordered = asyncio.run(main())
+        assert [(r.index, r.value) for r in ordered] == [(x, x * x) for x in range(20)]
+        assert [r.value for r in again] == [49]
+        assert sorted(r.index for r in unordered) == list(range(10))
+
+    # -- durable runs: submit, attach, status, cancel by id --------------------------------
+
+    def test_a_submitted_run_is_collected_by_its_id_each_index_once(
+        self, durable_options: dict[str, Any]
+    ) -> None:
+        with fanout.submit(tasks.square, range(8), **durable_options) as submitted:
+            status = submitted.status()
+        assert status["total"] == 8
+        with fanout.attach(submitted.id, **durable_options) as run:
+            results = list(run.results())
+        assert sorted(r.index for r in results) == list(range(8))
+        assert all(r.ok and r.value == r.index**2 for r in results)
+        # A complete collection removed it.
+        with (
+            fanout.attach(submitted.id, **durable_options) as run,
+            pytest.raises(fanout.UnknownRun),
+        ):
+            list(run.results())
+
+    def test_an_unknown_run_id_is_unknown(self, durable_options: dict[str, Any]) -> None:
+        with fanout.attach("0" * 32, **durable_options) as run:
+            with pytest.raises(fanout.UnknownRun):
+                run.status()
+            with pytest.raises(fanout.UnknownRun):
+                list(run.results())
+
+    def test_cancelling_a_run_by_its_id_ends_every_task_of_it(
+        self, durable_options: dict[str, Any]
+    ) -> None:
+        """Queued tasks are cancelled, running ones stopped: each index gets its one
+        result, ``Cancelled``, long before a task would have ended."""
+        began = time.monotonic()
+        with fanout.submit(tasks.sleep_for, [LONG_TASK] * 6, **durable_options) as run:
+            run.cancel()
+            assert run.status()["queued"] == 0
+            results = list(run.results())
+        assert sorted(r.index for r in results) == list(range(6))
+        assert {r.error.type if r.error else None for r in results} == {CANCELLED}
+        assert time.monotonic() - began < LONG_TASK / 2
+
+    def test_a_backend_without_durable_runs_says_so(
+        self, make_fanout: MakeFanout, backend_class: type[Backend]
+    ) -> None:
+        if backend_class.durable_runs:
+            pytest.skip(f"the {backend_class.name} backend has durable runs")
+        with make_fanout() as fo, pytest.raises(ValueError, match="no runs that outlive"):
+            fo.submit(tasks.square, [1])

@@ -75,3 +75,13 @@ def fail_slowly(x: Any, seconds: float = 0.1) -> None:
     tasks left that never started."""
     time.sleep(seconds)
     raise ValueError(f"bad input {x!r}")
+
+
+def note_then_sleep(path: str, seconds: float) -> float:
+    """Write ``host pid`` of the process running the task to ``path``, then sleep: a
+    test sees where a long task runs, and whether it was stopped."""
+    with open(path + ".part", "w") as fh:
+        fh.write(f"{socket.gethostname()} {os.getpid()}")
+    os.replace(path + ".part", path)  # whole or not at all, for whoever reads it
+    time.sleep(seconds)
+    return seconds

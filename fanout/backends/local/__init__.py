@@ -15,7 +15,8 @@ Data flow::
 
 Modules: ``backend`` (the adapter), ``run`` (batch sizing of one map), ``pool`` (the event
 loop, serving any number of runs), ``handles`` (a worker's pipes, pidfd and marker, and
-taking work back from it), ``deaths`` (settling what a dead or timed-out worker held),
+taking work back from it), ``deaths`` (what a dead or timed-out worker leaves, decided
+from its handle; the pool applies it to the runs),
 ``protocol`` (messages and the shared marker), ``barrier`` (a memory barrier on every
 worker's CPU), ``worker`` (the child process's side).
 

@@ -188,6 +188,14 @@ class WorkerHandle:
         """What becomes readable when it dies: its pidfd, else the process sentinel."""
         return self.pidfd if self.pidfd is not None else self.process.sentinel
 
+    def time_out(self) -> None:
+        """Its running task over-ran its run's ``timeout``: SIGKILL it, noting which
+        task it was killed for (the autopsy charges that one)."""
+        head = self.inflight[0]
+        self.kill_reason = "timeout"
+        self.timeout_index = head.tasks.indices[head.done]
+        self.kill()
+
     def kill(self) -> None:
         """SIGKILL the worker with everything its tasks started (its tree and group)."""
         kill_tree(self.pid)

@@ -1,7 +1,8 @@
 """The caller's event loop: worker processes fed from any number of runs.
 
 ``step()`` dispatches what can be dispatched, then waits for one round of events:
-results to read, deaths to settle (:mod:`.deaths`), pipes that became writable.
+results to read, deaths to settle (what a death means is decided in :mod:`.deaths`,
+and acted on here), pipes that became writable.
 Every batch knows its run, so one pool serves several runs at once; each run's
 results generator drives the loop while it waits, and each result reaches its own run.
 """
@@ -112,7 +113,7 @@ class Pool:
 
     def wait(self, max_wait: float | None) -> None:
         """Wait for one round of events and handle them."""
-        timeout = deaths.next_deadline(self)
+        timeout = deaths.next_deadline(self.workers)
         for limit in (max_wait, self.look_again):
             if limit is not None:
                 timeout = limit if timeout is None else min(timeout, limit)
@@ -128,10 +129,34 @@ class Pool:
             if kind == "result":
                 self.read(worker)
             elif kind == "death":
-                deaths.bury(self, worker)
+                self.bury(worker)
             elif mask & selectors.EVENT_WRITE:
                 self.flush(worker)
-        deaths.enforce_timeouts(self)
+        self.enforce_timeouts()
+
+    def enforce_timeouts(self) -> None:
+        """Kill every worker whose running task has over-run its run's ``timeout``."""
+        now = time.time()
+        for worker in deaths.overrunning(self.workers, now):
+            self.read(worker)  # a result that just arrived is not a time-out
+            if deaths.overrunning([worker], now):
+                worker.time_out()
+
+    def bury(self, worker: WorkerHandle) -> None:
+        """A worker died: read what it sent, free it, and settle every task it held
+        as :func:`.deaths.autopsy` decides."""
+        self.read(worker)
+        worker.process.join(1.0)
+        settlement = deaths.autopsy(worker, worker.process.exitcode, self.backend)
+        self.forget(worker)  # its marker is released: the autopsy has read it
+        if settlement.broken is not None:
+            run, error = settlement.broken
+            run.break_target(error)
+        if settlement.failed is not None:
+            run, task, result = settlement.failed
+            run.failed_attempt(task, result)
+        for run, tasks in settlement.rerun.items():  # their own run, first in line
+            run.requeue(tasks)
 
     def dispatch(self) -> None:
         """Hand out batches, one run after another, while workers have room; then, if a
@@ -449,7 +474,7 @@ class Pool:
             return  # a run's loop settles its deaths itself
         for worker in list(self.workers):
             if not worker.process.is_alive():
-                deaths.bury(self, worker)
+                self.bury(worker)
 
     def abandon(self, run: LocalRun) -> None:
         """A run ended: drop it, end workers still busy with its tasks.

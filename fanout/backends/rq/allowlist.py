@@ -28,8 +28,10 @@ SAFE_GLOBALS = frozenset(
     + [("decimal", "Decimal"), ("fractions", "Fraction"), ("uuid", "UUID")]
     + [("pathlib", name) for name in ("Path", "PosixPath", "PurePath", "PurePosixPath")]
     + [("copyreg", "_reconstructor")]  # rebuilds plain instances of vetted classes
-    # The drop-ins' calls (fanout/dropin/calls.py): plain holders of a function, its
-    # arguments and a Pool's initializer, each unpickled through this same check.
+    # The drop-ins' calls (fanout/calls.py): plain holders of a function, its arguments
+    # and a Pool's initializer, each unpickled through this same check; also under the
+    # path an earlier fanout pickled them with (the alias fanout/dropin/calls.py).
+    + [("fanout.calls", "Call"), ("fanout.calls", "Init")]
     + [("fanout.dropin.calls", "Call"), ("fanout.dropin.calls", "Init")]
 )
 

@@ -39,7 +39,7 @@ from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
 from fanout.backends.runstate import RunState
-from fanout.dropin.calls import TARGET as CALLS_TARGET
+from fanout.calls import TARGETS as CALLS_TARGETS
 from fanout.errors import TargetError, TargetNotAllowed
 from fanout.models import NOT_RUN as NOT_RUN_NAME
 from fanout.models import TaskError, TaskResult
@@ -206,10 +206,11 @@ def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:
     if not is_module_path(target_module(target)):
         # Never a path: a worker imports targets by module name, nothing else.
         raise TargetError(f"target {target!r} is not a 'package.module:function' name")
-    if target != CALLS_TARGET:  # the drop-ins' calls: the allowlist checks each one's
-        check_name(target, "target", allow)  # function as its input is unpickled
+    calls = target in CALLS_TARGETS  # the drop-ins' calls (also as earlier releases named
+    if not calls:  # them): the allowlist checks each one's function as it is unpickled
+        check_name(target, "target", allow)
     fn, _ = resolve_target(target)
-    if target != CALLS_TARGET:
+    if not calls:
         check_callable(fn, target, "target", allow)
     return fn
 

@@ -1,10 +1,15 @@
-"""The thread behind an Executor or a Pool: it drives every run of theirs on one backend
-(``start_run``, ``pump``, ``end_run``: backends/base.py) and hands each run's results to
-whoever waits for them (a future, a map's queue).
+"""Runs driven by a thread of their own, on any backend with the drive interface
+(``start_run``, ``pump``, ``end_run``, ``wake``, ``cancel_tasks``: the drive contract in
+:mod:`fanout.backends.base`). ``fanout.Executor``, ``fanout.Pool`` and
+``fanout.AsyncFanout`` are built on it.
 
-Callers never touch the backend: what they ask for (a run to start) is done in this
-thread, between two pumps; a new input in a run's Feed only wakes the pump. ``Calls`` is
-the one run that serves every ``submit`` of an Executor (``apply_async`` of a Pool).
+- :class:`Driver`: one thread drives every run of one backend and hands each run's
+  results to its :class:`Sink` (a future, a map's queue, an event loop). Callers never
+  touch the backend: what they ask for (a run to start or end) is done in this thread,
+  between two pumps; a new input in a run's Feed only wakes the pump.
+- :class:`Calls`: the one long-lived run that serves every ``submit`` of an Executor
+  (``apply_async`` of a Pool), each call to its :class:`Waiter`.
+- :class:`Budget`: how far a driven run may read its input ahead of its consumer.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from fanout import calls
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.feed import Feed
 from fanout.backends.runstate import RunState
-from fanout.dropin import calls
-from fanout.dropin.calls import Call
+from fanout.calls import Call
 from fanout.errors import WorkerLost
 from fanout.models import TaskResult
 
@@ -297,3 +302,35 @@ class Calls:
             left, self.waiting = list(self.waiting.values()), {}
         for waiter in left:
             waiter.abandon(error or WorkerLost("the run serving these calls ended"))
+
+
+class Budget:
+    """At most ``limit`` tasks taken from the input and not yet taken by the caller
+    (Python 3.14's ``buffersize``): the run asks ``room()`` before it reads input."""
+
+    def __init__(self, limit: int, wake: Callable[[], None]) -> None:
+        self.limit = limit
+        self.wake = wake
+        self.taken = 0  # by the caller
+        self.read = 0  # from the input, as the run last said
+        self.starved = False
+        self.lock = threading.Lock()
+
+    def room(self, read: int) -> int:
+        """(The driver's thread.) How many more inputs may be read, ``read`` read so far."""
+        with self.lock:
+            self.read = read
+            room = self.limit - (read - self.taken)
+            self.starved = room <= 0
+            return room
+
+    def took(self, n: int) -> None:
+        """The caller took ``n`` more results: the run may read on if it was waiting."""
+        with self.lock:
+            self.taken += n
+            # Waking once half the budget is free keeps the run's batches large.
+            wake = self.starved and self.read - self.taken <= self.limit // 2
+            if wake:
+                self.starved = False
+        if wake:
+            self.wake()

@@ -1,0 +1,42 @@
+"""What one ``map`` call asks of a backend, normalised: :class:`MapSpec`.
+
+The contract (:mod:`fanout.backends.base`) takes it, and the run logic
+(:mod:`fanout.backends.runstate`) reads it: both depend on it, and it on neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One ``map`` call, normalised: what to call, on what, and with which limits."""
+
+    fn: Callable[..., Any]
+    target: str | None  # "module:function" when the callable is importable by name
+    items: Iterator[Any]
+    star: bool = False
+    ordered: bool = True
+    timeout: float | None = None
+    retries: int = 0
+    #: Stop after this many failed tasks: no new input is taken, and tasks not yet
+    #: handed to a worker are cancelled (each gets its result, ``Cancelled``).
+    max_failures: int | None = None
+    #: Attempts already made for each item, by position (None: none yet).
+    attempts: Sequence[int] | None = None
+    #: Values alone will do (the drop-ins' maps): a backend may hand successes on as
+    #: chunks of values (``RunState.ready_values``) instead of a TaskResult each.
+    bare: bool = False
+    #: How many more items may be read now, given how many were read (None: no limit
+    #: beyond the backend's own): a consumer's backpressure.
+    room: Callable[[int], int] | None = None
+    #: The most tasks a batch (a job, on rq) may hold (None: as the backend sizes them):
+    #: the drop-ins' explicit ``chunksize``.
+    chunksize: int | None = None
+    #: The index of each item, by position (None: its position): a run of part of a
+    #: larger one (a ``fanout worker``'s job) numbers its tasks, and their results and
+    #: messages, as the larger run does. Unordered runs only.
+    indices: Sequence[int] | None = None
