@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from fanout.errors import TaskFailed
+from fanout.errors import Cancelled, TaskFailed
 
 NOT_RUN = "(not run)"  # the worker name of a result that no process ran
 
@@ -83,6 +83,12 @@ class TaskError:
         return cls(type(exc).__name__, str(exc), traceback)
 
 
+def cancelled(why: str) -> TaskError:
+    """The error of a task its run cancelled (before it ran, or while it ran): the type
+    ``Cancelled``, ``why`` its message. Every backend makes it here."""
+    return TaskError(Cancelled.__name__, why)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskResult:
     """The outcome of one task: its value or error, and who ran it, when, and what it printed."""
@@ -132,6 +138,18 @@ class TaskResult:
             "duration": self.duration,
             "output": self.output,
         }
+
+
+def decided_now(
+    index: int, error: TaskError, worker: WorkerInfo, attempts: int, now: float | None = None
+) -> TaskResult:
+    """The failure of a task decided now, not by the task (cancelled, lost, not run): no
+    time of its own, started and finished ``now`` (default: the clock's)."""
+    if now is None:
+        import time
+
+        now = time.time()
+    return TaskResult(index, False, None, error, worker, attempts, now, now, 0.0)
 
 
 FIELDS = (

@@ -10,12 +10,8 @@ from fanout import _task
 from fanout._task import RAW_TYPES
 from fanout._wire import TaskBatch
 from fanout.backends.feed import CANCELLED_ITEM
-from fanout.errors import Cancelled
-from fanout.models import TaskError
+from fanout.models import TaskError, cancelled
 
-# The error type of a cancelled task; fanout.errors.Cancelled is its name (this alias
-# stays while the rq backend still imports it from here).
-CANCELLED = Cancelled.__name__
 _DROPPED = object()  # marks an input that failed to pickle in the caller
 
 #: Fails one input in the caller: (its index, the error, the exception if one was raised).
@@ -45,7 +41,7 @@ def batch_of(
         if type(item) in RAW_TYPES or _task.is_raw(item):
             continue
         if item is CANCELLED_ITEM:  # cancelled in the feed before it was taken
-            refuse(indices[pos], TaskError(Cancelled.__name__, "cancelled before it ran"), None)
+            refuse(indices[pos], cancelled("cancelled before it ran"), None)
             fresh[pos] = _DROPPED
             failed = True
             continue

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
@@ -32,11 +31,20 @@ from fanout import _gc
 from fanout._task import load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
 from fanout.backends.feed import Feed
+from fanout.backends.inorder import InOrder
 from fanout.backends.intake import batch_of
 from fanout.backends.sizing import Sizing
 from fanout.backends.spec import MapSpec
 from fanout.errors import Cancelled, SerializationError, TargetError
-from fanout.models import TaskError, TaskResult, WorkerInfo, make_result, results_of
+from fanout.models import (
+    TaskError,
+    TaskResult,
+    WorkerInfo,
+    cancelled,
+    decided_now,
+    make_result,
+    results_of,
+)
 
 # How far past the oldest unyielded result an ordered run may take input, at least.
 ORDER_WINDOW = 10_000
@@ -66,11 +74,12 @@ class RunState(Sizing):
         self.finished = False
         self.outstanding = 0  # tasks taken from the input without a final result yet
         self.next_index = 0  # index of the next item to take
-        self.next_yield = 0  # ordered runs: index of the next result to yield
         self.ready: deque[TaskResult] = deque()
         # Bare runs (MapSpec.bare): successes as (indices, values, output) chunks.
         self.ready_values: deque[tuple[Sequence[int], list[Any], str]] = deque()
-        self.reorder: dict[int, TaskResult] = {}
+        # Ordered runs: results held until those before them are in (pieces: runs of
+        # consecutive results).
+        self.order: InOrder[list[TaskResult]] = InOrder()
         self.retry: deque[Task] = deque()  # tasks to send again, first in line first
         self.broken: TaskError | None = None  # set when no task can run any more
         self.free_requeues: dict[int, int] = {}  # index -> requeues its worker's death cost
@@ -113,7 +122,7 @@ class RunState(Sizing):
         if self.exhausted or room <= 0:
             return start, []
         if self.spec.ordered:
-            room = min(room, self.window() - (self.next_index - self.next_yield))
+            room = min(room, self.window() - (self.next_index - self.order.next))
             if room <= 0:
                 return start, []
         if isinstance(self.source, Feed):
@@ -309,10 +318,9 @@ class RunState(Sizing):
     def not_run(self, index: int, error: TaskError, attempts: int = 0) -> TaskResult:
         """The result of a task that no process ran (a ``Cancelled`` one, say): worker
         ``(not run)`` on this host, ``attempts`` those made before."""
-        now = time.time()
         info = self.not_run_info or WorkerInfo.not_run(self.backend)
         self.not_run_info = info
-        return TaskResult(index, False, None, error, info, attempts, now, now, 0.0)
+        return decided_now(index, error, info, attempts)
 
     def decided(self, results: list[TaskResult]) -> None:
         """Results decided in the caller, no worker's report (a task that could not be
@@ -342,10 +350,9 @@ class RunState(Sizing):
         """Send nothing more: the tasks not yet handed to a worker, and every input not
         yet taken, are cancelled (each its result); those a worker holds finish.
         Backends cancel the tasks they hold unstarted too (``requeue`` cancels them)."""
-        self.halted = TaskError(
-            Cancelled.__name__,
+        self.halted = cancelled(
             f"the run stopped after {self.failures} failed task{'s' if self.failures != 1 else ''}"
-            f" (max_failures={self.spec.max_failures}) before this task started",
+            f" (max_failures={self.spec.max_failures}) before this task started"
         )
         self.fail_the_rest(self.halted, limit=0)
 
@@ -367,18 +374,11 @@ class RunState(Sizing):
                    map(operator.add, started, durations), durations,
                    repeat("") if outputs is None else outputs)  # fmt: skip
         results = results_of(len(values), columns)
-        if (
-            self.spec.ordered
-            and not self.reorder
-            and isinstance(indices, range)
-            and indices.start == self.next_yield
-            and indices.step == 1
-        ):
-            # Next in line, in order (a fresh batch's indices are a range): all ready at
-            # once, without looking at each.
+        if self.spec.ordered and isinstance(indices, range) and indices.step == 1:
+            # A fresh batch's indices are a range: one piece, without looking at each.
             self.outstanding -= len(results)
-            self.ready.extend(results)
-            self.next_yield += len(results)
+            for piece in self.order.add(indices.start, len(results), results):
+                self.ready.extend(piece)
             return
         self.finish_many(results)
 
@@ -401,16 +401,13 @@ class RunState(Sizing):
         if not self.spec.ordered:
             self.ready.extend(results)
             return
-        reorder, ready = self.reorder, self.ready
-        for result in results:
-            if result.index == self.next_yield and not reorder:
-                ready.append(result)  # the common case: results arrive in order
-                self.next_yield += 1
-            else:
-                reorder[result.index] = result
-        while self.next_yield in reorder:
-            ready.append(reorder.pop(self.next_yield))
-            self.next_yield += 1
+        order, ready, start = self.order, self.ready, 0
+        for end in range(1, len(results) + 1):  # a piece per run of consecutive indices
+            if end == len(results) or results[end].index != results[end - 1].index + 1:
+                first = results[start].index
+                for piece in order.add(first, end - start, results[start:end]):
+                    ready.extend(piece)
+                start = end
 
     # -- the results generator --------------------------------------------------------
 

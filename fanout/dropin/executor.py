@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from fanout.backends.inorder import InOrder
 from fanout.backends.runstate import RunState
 from fanout.calls import Call
 from fanout.driving import Budget, Calls, Driver, Values
@@ -32,7 +33,7 @@ from fanout.dropin.common import (
     map_spec,
     open_fanout,
 )
-from fanout.dropin.outcomes import DEFAULT_BUFFER, Chunk, InOrder, chunks_of, value_chunks
+from fanout.dropin.outcomes import DEFAULT_BUFFER, Chunk, chunks_of, value_chunks
 from fanout.errors import Cancelled, WorkerLost
 from fanout.models import TaskResult
 
@@ -228,7 +229,7 @@ class MapSink:
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[list[Chunk] | BaseException | None] = queue.SimpleQueue()
-        self.order = InOrder()
+        self.order: InOrder[Chunk] = InOrder()
         self.ended = False
 
     def deliver(self, run: RunState, results: list[TaskResult]) -> None:
@@ -238,7 +239,11 @@ class MapSink:
         self._add(value_chunks(chunks))
 
     def _add(self, pieces: list[tuple[int, Chunk]]) -> None:
-        released = [chunk for first, chunk in pieces for chunk in self.order.add(first, chunk)]
+        released = [
+            chunk
+            for first, chunk in pieces
+            for chunk in self.order.add(first, len(chunk[1]), chunk)
+        ]
         if released:
             self.queue.put(released)
 

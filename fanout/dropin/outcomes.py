@@ -3,7 +3,7 @@
 A drop-in's map is a *bare* run (``MapSpec.bare``): a backend that can hands its
 successes on as chunks of values, without a TaskResult each; failures still come as
 TaskResults. Both become chunks here, ``(ok, values)`` (a failure: ``(False,
-[exception])``), which :class:`InOrder` puts back in input order (a
+[exception])``), which :class:`fanout.backends.inorder.InOrder` puts back in input order (a
 ``fanout.driving.Budget`` keeps the input from running far ahead of what the caller
 has taken).
 """
@@ -51,23 +51,3 @@ def value_chunks(values: Values) -> list[tuple[int, Chunk]]:
     return [
         (first, (True, part)) for indices, got, _ in values for first, part in spans(indices, got)
     ]
-
-
-class InOrder:
-    """Chunks back in input order: each is released once every index before it is."""
-
-    def __init__(self) -> None:
-        self.next = 0
-        self.pending: dict[int, Chunk] = {}
-
-    def add(self, first: int, chunk: Chunk) -> list[Chunk]:
-        if first != self.next:
-            self.pending[first] = chunk
-            return []
-        released = [chunk]
-        self.next += len(chunk[1])
-        while self.next in self.pending:
-            chunk = self.pending.pop(self.next)
-            released.append(chunk)
-            self.next += len(chunk[1])
-        return released

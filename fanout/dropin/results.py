@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from multiprocessing import TimeoutError as PoolTimeout
 from typing import Any
 
+from fanout.backends.inorder import InOrder
 from fanout.backends.runstate import RunState
 from fanout.driving import Budget, Values
 from fanout.dropin.common import exception_of, pool_traceback
-from fanout.dropin.outcomes import Chunk, InOrder, chunks_of, spans, value_chunks
+from fanout.dropin.outcomes import Chunk, chunks_of, spans, value_chunks
 from fanout.models import TaskResult
 
 Callback = Callable[[Any], object] | None
@@ -118,7 +119,7 @@ class IMapIterator(Iterator[Any]):
         self._cond = threading.Condition(self._lock)
         self._chunks: deque[list[Any]] = deque()  # each reversed, failures as _Failed
         self._current: list[Any] = []
-        self._order = InOrder() if ordered else None
+        self._order: InOrder[Chunk] | None = InOrder() if ordered else None
         self._budget = budget
         self._ended = False
         self._error: BaseException | None = None
@@ -166,7 +167,7 @@ class IMapIterator(Iterator[Any]):
             if self._order is None:
                 released.append(chunk)
             else:
-                released.extend(self._order.add(first, chunk))
+                released.extend(self._order.add(first, len(chunk[1]), chunk))
         ready = []
         for ok, values in released:
             values = values if ok else [_Failed(error) for error in values]

@@ -95,7 +95,21 @@ def test_task_failed_carries_the_task_error_it_was_given() -> None:
     assert isinstance(failed.__cause__, errors.RemoteTraceback)
 
 
-def test_the_intake_alias_of_cancelled_stays_for_the_rq_backend() -> None:
-    from fanout.backends.intake import CANCELLED
+def test_every_backend_makes_a_cancelled_tasks_error_in_one_place() -> None:
+    """``models.cancelled`` is the one maker of a cancel's error: no module builds a
+    ``Cancelled`` TaskError of its own, or names the type as a string."""
+    import pathlib
+    import re
 
-    assert CANCELLED == errors.Cancelled.__name__ == "Cancelled"
+    from fanout.models import cancelled
+
+    error = cancelled("the run was cancelled before this task started")
+    assert (error.type, error.message) == (
+        "Cancelled",
+        "the run was cancelled before this task started",
+    )
+    root = pathlib.Path(errors.__file__).parent
+    own = re.compile(r"TaskError\(\s*(Cancelled\.__name__|CANCELLED|\"Cancelled\")")
+    makers = [str(p.relative_to(root)) for p in root.rglob("*.py") if own.search(p.read_text())]
+    makers.remove("models.py")  # cancelled() itself
+    assert makers == [], makers

@@ -85,10 +85,11 @@ class CollectRun(RQRun):
     def done(self) -> bool:
         if self.ready:
             return False
-        if self.collected() and self.reorder:
+        if self.collected() and len(self.order):
             # Ordered, with gaps no result will fill (--no-wait; inputs lost with their
             # caller): what is held, in index order.
-            self.ready.extend(self.reorder.pop(index) for index in sorted(self.reorder))
+            for piece in self.order.rest():
+                self.ready.extend(piece)
             return False
         return self.collected()
 

@@ -34,15 +34,15 @@ from fanout.backends.rq.allowlist import (
     target_module,
 )
 from fanout.backends.rq.context import WorkerContext
-from fanout.backends.rq.protocol import CANCELLED, HORSE_PID, RUN_BATCH_NAMES, JobArgs, RunKeys
-from fanout.backends.rq.pusher import PUSH_SECONDS, JobStopped, Pusher
+from fanout.backends.rq.protocol import HORSE_PID, RUN_BATCH_NAMES, JobArgs, RunKeys
+from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
 from fanout.backends.rq.signing import keyring_of
 from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
 from fanout.backends.runstate import RunState
 from fanout.calls import TARGETS as CALLS_TARGETS
-from fanout.errors import TargetError, TargetNotAllowed
+from fanout.errors import JobStopped, TargetError, TargetNotAllowed
 from fanout.models import NOT_RUN as NOT_RUN_NAME
-from fanout.models import TaskError, TaskResult
+from fanout.models import TaskError, TaskResult, cancelled
 from fanout.targets import resolve_target
 
 log = logging.getLogger("fanout.worker")
@@ -187,7 +187,7 @@ class _Tasks:
         assert self.run is not None
         self.stopped = True
         self.hand(self.executor.give_back(self.run))  # first: nothing new may start
-        self.run.break_target(TaskError(CANCELLED, CANCELLED_WHILE_RUNNING))  # no retry
+        self.run.break_target(cancelled(CANCELLED_WHILE_RUNNING))  # no retry
         self.kill_running()
 
     def kill_running(self) -> None:
@@ -254,7 +254,7 @@ def _in_this_process(name: str, spec: MapSpec) -> tuple[RunState, Generator[Task
 
 def _stopped(result: TaskResult) -> TaskResult:
     """The result of a task stopped mid-run at its caller's request: Cancelled."""
-    error = TaskError(CANCELLED, "the task was stopped: its run was cancelled while it ran")
+    error = cancelled("the task was stopped: its run was cancelled while it ran")
     return replace(result, error=error)
 
 

@@ -48,7 +48,7 @@ import pickle
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fanout._wire import FAILED, NOT_RUN, Record, TaskBatch
-from fanout.backends.intake import CANCELLED as CANCELLED  # the one error type of a cancel
+from fanout.errors import Cancelled
 
 if TYPE_CHECKING:
     from fanout.backends.rq.signing import Keyring
@@ -144,7 +144,7 @@ def outcome(record: Record) -> int:
     status, payload = record[1], record[2]
     if status not in (FAILED, NOT_RUN):
         return 0
-    return 2 if payload.type == CANCELLED else 1
+    return 2 if payload.type == Cancelled.__name__ else 1
 
 
 def pack_results(

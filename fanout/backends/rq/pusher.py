@@ -16,7 +16,6 @@ from rq.job import Job
 from fanout._wire import FAILED, NOT_RUN, STATUS, Record, not_run_record
 from fanout.backends.rq.connection import Outage, RedisFull, RedisLost, translate
 from fanout.backends.rq.protocol import (
-    CANCELLED,
     PUSH_SCRIPT,
     Identity,
     Moves,
@@ -26,8 +25,8 @@ from fanout.backends.rq.protocol import (
     push_keys,
     text,
 )
-from fanout.errors import SerializationError
-from fanout.models import TaskError, TaskResult
+from fanout.errors import JobStopped, SerializationError
+from fanout.models import TaskError, TaskResult, cancelled
 
 if TYPE_CHECKING:
     from fanout.backends.rq.context import WorkerContext
@@ -35,10 +34,6 @@ if TYPE_CHECKING:
 
 PUSH_SECONDS = 0.2  # a worker pushes finished results at least this often
 PUSH_RECORDS = 2000  # ... or once this many are waiting
-
-
-class JobStopped(Exception):
-    """The job was stopped by RQ's stop-job command (or a cold shutdown)."""
 
 
 class Pusher:
@@ -99,7 +94,7 @@ class Pusher:
 
     def cancel(self, indices: Iterable[int], why: str) -> None:
         """Each of ``indices`` gets its result: Cancelled, run by no one."""
-        error = TaskError(CANCELLED, why)
+        error = cancelled(why)
         now = time.time()
         for index in indices:
             self.add(not_run_record(index, error, now), None)

@@ -20,7 +20,6 @@ from rq.job import Job
 
 from fanout._wire import FAILED, NOT_RUN
 from fanout.backends.rq.protocol import (
-    CANCELLED,
     CANCELLED_TTL,
     DEFAULT_QUEUE,
     DROP_SCRIPT,
@@ -39,7 +38,7 @@ from fanout.backends.rq.protocol import (
     text,
 )
 from fanout.models import NOT_RUN as NOT_RUN_NAME
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.models import TaskResult, WorkerInfo, cancelled, decided_now
 
 if TYPE_CHECKING:
     from fanout.backends.base import MapSpec
@@ -230,13 +229,12 @@ class RunRecord:
 
     def publish_cancelled(self, indices: list[int], why: str, attempts: int = 0) -> None:
         """Each of ``indices`` gets its result: Cancelled (``why``), run by no one."""
-        error = TaskError(CANCELLED, why)
+        error = cancelled(why)
         now = time.time()
         info = WorkerInfo.not_run(self.settings.backend)
         for start in range(0, len(indices), PUBLISH_PART):
             part = indices[start : start + PUBLISH_PART]
-            self.publish([TaskResult(i, False, None, error, info, attempts, now, now, 0.0)
-                          for i in part])  # fmt: skip
+            self.publish([decided_now(i, error, info, attempts, now) for i in part])
 
     # -- the end ------------------------------------------------------------------------
 

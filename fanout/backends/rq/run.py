@@ -34,7 +34,6 @@ from fanout._wire import INDEX, Task, TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.backends.rq.connection import Outage, RedisLost, mask_url, translate
 from fanout.backends.rq.protocol import (
-    CANCELLED,
     CANCELLED_TTL,
     ENDED_TTL,
     FAILURE_TTL,
@@ -58,7 +57,7 @@ from fanout.backends.rq.watch import (
 from fanout.backends.runstate import ORDER_WINDOW, RunState
 from fanout.backends.sizing import guided
 from fanout.errors import BackendUnavailable, RunRemoved, WorkerLost
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.models import TaskError, TaskResult, WorkerInfo, cancelled, decided_now
 
 log = logging.getLogger("fanout")
 
@@ -468,10 +467,9 @@ class RQRun(RunState):
         if not tasks:
             return
         first = tasks[0]
-        now = time.time()
         message = verdict.message.replace("{task}", str(first.index))
-        result = TaskResult(first.index, False, None, TaskError(WorkerLost.__name__, message),
-                            verdict.who, first.attempts + 1, now, now, 0.0)  # fmt: skip
+        error = TaskError(WorkerLost.__name__, message)
+        result = decided_now(first.index, error, verdict.who, first.attempts + 1)
         self.requeue(tasks[1:])
         self.failed_attempt(first, result, decided=True)
 
@@ -479,9 +477,9 @@ class RQRun(RunState):
         """Cancel those of ``indices`` whose job is still queued (no worker took it): the
         job leaves the queue, its other tasks go again in a new one."""
         wanted = set(indices)
-        cancelled = {task.index for task in self.retry if task.index in wanted}
-        if cancelled:  # back from a job cancelled before: not queued again yet
-            kept = [task for task in self.retry if task.index not in cancelled]
+        gone = {task.index for task in self.retry if task.index in wanted}
+        if gone:  # back from a job cancelled before: not queued again yet
+            kept = [task for task in self.retry if task.index not in gone]
             self.retry.clear()
             self.retry.extend(kept)
         jobs = sorted({self.owner[i] for i in wanted if i in self.owner} & set(self.jobs))
@@ -489,12 +487,12 @@ class RQRun(RunState):
         self.record.drop_jobs(removed)
         for job_id in removed:
             tasks = self.forget_job(self.jobs[job_id])
-            cancelled.update(task.index for task in tasks if task.index in wanted)
+            gone.update(task.index for task in tasks if task.index in wanted)
             self.requeue(task for task in tasks if task.index not in wanted)
-        error = TaskError(CANCELLED, "cancelled before a worker took it")
-        for index in sorted(cancelled):
+        error = cancelled("cancelled before a worker took it")
+        for index in sorted(gone):
             self.fail_in_caller(index, error)
-        return cancelled
+        return gone
 
     def halt(self) -> None:
         """max_failures reached: as RunState halts, and the jobs still queued are

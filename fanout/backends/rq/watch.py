@@ -41,7 +41,7 @@ from fanout.backends.rq.protocol import (
     RunKeys,
     text,
 )
-from fanout.errors import BackendUnavailable, FanoutError, SignatureError
+from fanout.errors import BackendUnavailable, FanoutError, JobCanceled, JobStopped, SignatureError
 from fanout.models import TaskError, WorkerInfo
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class JobWatch:
         verdicts += self._lost(jobs)
         for job_id in self._mine(CanceledJobRegistry(queue=queue), jobs):
             why = f"job {job_id} was canceled in RQ before it ran"
-            verdicts.append(Canceled(job_id, TaskError("JobCanceled", why)))
+            verdicts.append(Canceled(job_id, TaskError(JobCanceled.__name__, why)))
         self._watch_for_workers(bool(jobs))
         return verdicts
 
@@ -323,7 +323,7 @@ class JobWatch:
             exc, worker = "", "an RQ worker"
         if "stopped by user" in exc:
             why = f"job {job.id} was stopped on {worker} (rq stop-job)"
-            return Stopped(job.id, TaskError("JobStopped", why, exc))
+            return Stopped(job.id, TaskError(JobStopped.__name__, why, exc))
         refused = _signature_failure(exc, self.settings.keyring is not None, worker)
         if refused is not None:
             return Refused(job.id, refused)

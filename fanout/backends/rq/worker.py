@@ -47,9 +47,8 @@ from fanout.backends.rq.connection import (
 from fanout.backends.rq.context import REDIS_WAIT, WorkerContext
 from fanout.backends.rq.job import FanoutJob
 from fanout.backends.rq.protocol import text
-from fanout.backends.rq.pusher import JobStopped
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
-from fanout.errors import SignatureError, TargetNotAllowed
+from fanout.errors import JobStopped, SignatureError, TargetNotAllowed
 
 HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
 # A fanout worker's registration (its name) lives this long after its last heartbeat,
