@@ -42,7 +42,7 @@ class JobStopped(Exception):
 
 
 class Pusher:
-    """Collects result records and pushes them onto the run's list in bulk."""
+    """Collects result records and pushes them onto the run's stream in bulk."""
 
     def __init__(
         self, job: Job, keys: RunKeys, ctx: WorkerContext, keyring: Keyring | None
