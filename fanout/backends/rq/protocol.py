@@ -1,9 +1,9 @@
 """What the rq backend keeps in Redis, named once for its client and its workers.
 
 Keys of a run (``RunKeys``); every one expires, ``result_ttl`` after the run's last
-activity (default 7 days), and a completed collection removes them at once (a cancelled
-run's live an hour at most; one nobody can collect is dropped at once, its record left
-as a marker for an hour)::
+activity (default 7 days) unless a shorter time is said below, and a completed
+collection removes them at once (a cancelled run's live an hour at most; one nobody can
+collect is dropped at once, its record left as a marker for an hour)::
 
     fanout:run:<run>              the run's record (hash): target, queue, total inputs
                                   enqueued, whether all are, jobs made, ok / failed /
@@ -17,29 +17,36 @@ as a marker for an hour)::
     fanout:run:<run>:done         bitmap of the indexes with a result (counts each once)
     fanout:run:<run>:jobs         hash: each job of the run (its number, or the name of
                                   one a worker split off: split.py) -> its task count
-    fanout:run:<run>:driver       lease of the process watching the run's jobs
-    fanout:run:<run>:caller       refreshed by the driver while it waits (its writes are
-                                  what tells it Redis has become full)
+    fanout:run:<run>:driver       lease of the process that drives the run (watches its
+                                  jobs): ``record.Lease``, ``LEASE_MS``
+    fanout:run:<run>:caller       written at each check by whoever reads the run (its
+                                  writes are what tells it Redis has become full); a
+                                  minute
     fanout:run:<run>:feeder       set while the run's caller lives and still has inputs
-                                  to enqueue (a thread of its own refreshes it): a
-                                  collector never ends a run that its caller still feeds
+                                  to enqueue (a thread of its own refreshes it every
+                                  ``FEEDER_BEAT``, for ``FEEDER_MS``): a collector never
+                                  ends a run that its caller still feeds
     fanout:run:<run>:readers      sorted set: the collectors reading the run now (score:
-                                  until when); a collection that completes while another
-                                  reads leaves the run's data to that one
+                                  until when, ``READER_MS`` on); a collection that
+                                  completes while another reads leaves the run's data to
+                                  that one
     rq:job:fanout-<run>-<n>       an RQ job: one batch of tasks (RQ's own hash; queued
                                   jobs expire with the run, RQ's ``ttl``); ``<n>`` is
                                   the job's field in the jobs hash
 
+Beside them, each caller's backend has a wake stream, ``fanout:wake:<id>`` (backend.py),
+that its driver thread's read also waits on. docs/architecture.md lists every key with
+its expiry.
+
 A job's function is ``fanout.rq.run_batch`` (``RUN_BATCH``) and its arguments are
 a :class:`JobArgs`. A result message is the pickle of ``(identity, records, attempts,
 moves)`` — the identity ``(name, pid, ppid, host)`` of the process that ran the tasks,
-the records as in :mod:`fanout._wire`, the attempts made before each record's (None:
-none: all first tries; as everywhere, ``RunState.settle``), and
-the tasks a job gave back as new jobs (``{job id: (indices, attempts)}``, or None;
-split.py) —
-sealed with the run's key when jobs are signed, so a message replayed onto another
-run's stream is refused there. Results in the stream are final: workers retry a task's
-own failures themselves.
+the records as in :mod:`fanout._wire`, the attempts made before each record's (None
+when all are first tries; as everywhere, ``RunState.settle``), and the tasks a job
+gave back as new jobs (``{job id: (indices, attempts)}``, or None; split.py) — sealed
+with the run's key when jobs are signed, so a message replayed onto another run's
+stream is refused there. Results in the stream are final: workers retry a task's own
+failures themselves.
 """
 
 from __future__ import annotations

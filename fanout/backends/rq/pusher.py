@@ -37,7 +37,7 @@ PUSH_RECORDS = 2000  # ... or once this many are waiting
 
 
 class Pusher:
-    """Collects result records and pushes them onto the run's list in bulk."""
+    """Collects result records and pushes them onto the run's stream in bulk."""
 
     def __init__(
         self, job: Job, keys: RunKeys, ctx: WorkerContext, keyring: Keyring | None
