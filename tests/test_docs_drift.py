@@ -141,8 +141,8 @@ def test_protocols_docstring_names_every_key_of_a_run_and_no_other() -> None:
 def test_the_architecture_key_table_names_every_key_of_a_run_and_no_other() -> None:
     rows = table(rq_section(), "| key | type | what it holds | expires |")
     documented = {row[0].strip("`") for row in rows}
-    wake = "fanout:wake:<id>"  # a backend's, not a run's: RQBackend.__init__ makes it
-    assert "fanout:wake:{" in inspect.getsource(RQBackend.__init__)
+    wake = protocol.wake_key("<id>")  # a backend's, not a run's: RQBackend.__init__ makes it
+    assert "wake_key(" in inspect.getsource(RQBackend.__init__)
     assert documented == {*run_keys().values(), wake}
 
 
@@ -195,12 +195,6 @@ def test_every_number_the_rq_package_defines_is_in_the_architecture_table() -> N
     assert not missing, f"say what these are in docs/architecture.md's numbers: {missing}"
 
 
-def _check_memory() -> Callable[..., Any]:
-    from fanout.backends.rq.watch import JobWatch
-
-    return JobWatch.check_memory
-
-
 def _outage_hit() -> Callable[..., Any]:
     from fanout.backends.rq.connection import Outage
 
@@ -222,7 +216,7 @@ def _push_script_part() -> float:
 Ref = str | Callable[[], float]
 PHRASES: dict[str, list[tuple[str, Ref]]] = {
     "architecture.md": [
-        (r"a job holds about (1 s) of work, at most", "run.TARGET_JOB_SECONDS"),
+        (r"a job holds about (1 s) of work, at most", "protocol.TARGET_JOB_SECONDS"),
         (r"of work, at most (5,000) tasks and about", "run.MAX_JOB_TASKS"),
         (r"5,000 tasks and about (1 MiB) of result messages", "run.MAX_JOB_BYTES"),
         (r"down to 1/(8) of a full job's work", "run.TAIL_SHRINK"),
@@ -249,7 +243,7 @@ PHRASES: dict[str, list[tuple[str, Ref]]] = {
         (r"times that plus (0.2 s)", "split.SPLIT_SLACK"),
         (r"result for (four) times a task's share", "split.STALL_FACTOR"),
         (r"budget \((0.1 s) at least", "split.STALL_SECONDS"),
-        (r"looking every (50 ms)", "split.CHECK_SECONDS"),
+        (r"looking every (50 ms)", "split.PACE_CHECK_SECONDS"),
         (r"has not started for (5 s)", "watch.STUCK_SECONDS"),
         (r"logs a warning after `warn_after` \((10 s)\)", "backend.RQBackend(warn_after=)"),
         (r"older than `dead_after` \((30 s)\)", "backend.RQBackend(dead_after=)"),
@@ -282,7 +276,7 @@ PHRASES: dict[str, list[tuple[str, Ref]]] = {
         (r"\| `fanout:run:<run>:driver` \|[^|]*\|[^|]*\| (15 s) after", "record.LEASE_MS"),
         (
             r"\| `fanout:run:<run>:caller` \|[^|]*\|[^|]*\| (60 s) \|",
-            lambda: literal(_check_memory(), r"keys\.caller, 1, ex=(\d+)"),
+            "protocol.CALLER_TTL",
         ),
         (r"\| `fanout:run:<run>:feeder` \|[^|]*\|[^|]*\| (10 s) after", "protocol.FEEDER_MS"),
         (
@@ -291,9 +285,9 @@ PHRASES: dict[str, list[tuple[str, Ref]]] = {
         ),
         (
             r"\| `fanout:wake:<id>` \|[^|]*\|[^|]*\| (an hour) after",
-            lambda: literal(RQBackend.wake, r"expire\(self\.wakes, (\d+)\)"),
+            "protocol.WAKE_TTL",
         ),
-        (r"`MAXLEN ~ (8)`", lambda: literal(RQBackend.wake, r"maxlen=(\d+)")),
+        (r"`MAXLEN ~ (8)`", "protocol.WAKE_MAXLEN"),
         (r"holds about (10 ms) of work, up to 1,024 tasks", "local.run.TARGET_BATCH_SECONDS"),
         (r"of work, up to (1,024) tasks", "local.run.MAX_BATCH"),
         (r"\((16,384) in a bare run", "local.run.MAX_BARE_BATCH"),
@@ -301,8 +295,8 @@ PHRASES: dict[str, list[tuple[str, Ref]]] = {
         (r"kept to about (128 MiB) of measured", "local.run.MAX_WINDOW_BYTES"),
         (r"The window is (10,000) tasks or more", "runstate.ORDER_WINDOW"),
         (r"when batches are quick \(under (50 ms)\)", "local.run.SLOW_TASK_SECONDS"),
-        (r"once (1 ms) of unsent work", "local.run.FLUSH_WORK_SECONDS"),
-        (r"has built up, or (0.1 s) has passed", "local.worker.FLUSH_SECONDS"),
+        (r"result pipe once (1 ms) has passed", "local.run.FLUSH_WORK_SECONDS"),
+        (r"so at least every (0.1 s)\. With a", "local.worker.FLUSH_SECONDS"),
         (r"or up to (64) while tasks take", "local.protocol.MAX_CLAIM"),
         (r"while tasks take under (20 µs) each", "local.protocol.QUICK_TASK_NS"),
         (r"measured time per task, (20 ms) at least", "local.run.OVERDUE_SECONDS"),
@@ -333,7 +327,7 @@ PHRASES: dict[str, list[tuple[str, Ref]]] = {
     ],
     "runs.md": [
         (r"`enqueue_ahead` tasks \(default (10,000)\)", "backend.RQBackend(enqueue_ahead=)"),
-        (r"then jobs of about (1 s) of work", "run.TARGET_JOB_SECONDS"),
+        (r"then jobs of about (1 s) of work", "protocol.TARGET_JOB_SECONDS"),
         (r"tasks \(at most (a second)\)", "run.MEASURING_SECONDS"),
         (r"from a thread of its own every (2 s)", "protocol.FEEDER_BEAT"),
         (r"read the run \(every (2 s)\)", "watch.CHECK_SECONDS"),
@@ -349,7 +343,7 @@ PHRASES: dict[str, list[tuple[str, Ref]]] = {
         (r"registration lives (60 s) past its last heartbeat", "worker.REGISTRATION_TTL"),
         (r"heartbeats every (2 s), idle or busy", "worker.HEARTBEAT_SECONDS"),
         (r"heartbeats stopped \((6 s)\)", "worker.TAKE_OVER_AFTER"),
-        (r"A job holds about (1 s) of work, or a single slow task", "run.TARGET_JOB_SECONDS"),
+        (r"A job holds about (1 s) of work, or a single slow task", "protocol.TARGET_JOB_SECONDS"),
         (r"heartbeats after `dead_after` \((30 s)\)", "backend.RQBackend(dead_after=)"),
         (r"until they can push them \(up to (60 s)\)", "context.REDIS_WAIT"),
         (r"reconnects for `redis_wait` \((30 s)\)", "backend.RQBackend(redis_wait=)"),
@@ -398,8 +392,8 @@ def test_the_numbers_relate_as_the_architecture_says() -> None:
     assert constant("run.WAIT_SECONDS") < check  # a blocking read keeps checks on time
     assert constant("worker.REGISTRATION_TTL") > dead_after >= 3 * heartbeat
     assert constant("watch.STUCK_SECONDS") >= 2 * check
-    assert constant("split.CHECK_SECONDS") < constant("split.STALL_SECONDS")
-    assert split.TARGET_JOB_SECONDS == run.TARGET_JOB_SECONDS
+    assert constant("split.PACE_CHECK_SECONDS") < constant("split.STALL_SECONDS")
+    assert split.TARGET_JOB_SECONDS is run.TARGET_JOB_SECONDS is protocol.TARGET_JOB_SECONDS
     default = re.search(r"HGET', KEYS\[3\], 'result_ttl'\) or '(\d+)'", protocol.PUSH_SCRIPT)
     assert default, "the push script has no default expiry any more"
     assert int(default[1]) == protocol.RESULT_TTL

@@ -79,8 +79,11 @@ def cancel_command(run_id: ropt.RunId, redis_url: ropt.RedisUrl = None) -> None:
         status = fo.backend.run_status(run_id)
     left = status["running"]
     still = f"; {left} still stopping" if left else ""
+    from fanout.backends.rq.protocol import CANCELLED_TTL, in_words
+
+    kept = in_words(CANCELLED_TTL)
     typer.echo(f"run {run_id} cancelled: {status['ok']} ok, {status['failed']} failed,"
-               f" {status['cancelled']} cancelled{still}; collect them within an hour with:"
+               f" {status['cancelled']} cancelled{still}; collect them within {kept} with:"
                f" fanout results {run_id}", err=True)  # fmt: skip
 
 

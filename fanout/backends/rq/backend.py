@@ -21,7 +21,16 @@ from fanout.backends.base import Backend, MapSpec
 from fanout.backends.rq.connection import Outage, RedisLost, connect, mask_url, translate
 from fanout.backends.rq.connection import redis_url as resolve_url
 from fanout.backends.rq.feeder import Feeder
-from fanout.backends.rq.protocol import DEFAULT_QUEUE, RESULT_TTL, text
+from fanout.backends.rq.protocol import (
+    CANCELLED_TTL,
+    DEFAULT_QUEUE,
+    RESULT_TTL,
+    WAKE_MAXLEN,
+    WAKE_TTL,
+    in_words,
+    text,
+    wake_key,
+)
 from fanout.backends.rq.record import RunRecord
 from fanout.backends.rq.run import READ_MESSAGES, WAIT_SECONDS, RQRun
 from fanout.backends.rq.settings import RunSettings
@@ -98,7 +107,7 @@ class RQBackend(Backend):
             give_up_after, keep,
         )  # fmt: skip
         # A driver thread waits on its runs' streams and this one: wake() writes to it.
-        self.wakes = f"fanout:wake:{uuid.uuid4().hex}"
+        self.wakes = wake_key(uuid.uuid4().hex)
         self.wake_cursor = "0-0"
         self.waiting = False  # a driver thread is in (or about to be in) a blocking read
         self.woken = False  # wake() was called since the round began
@@ -161,12 +170,11 @@ class RQBackend(Backend):
         try:
             with translate(self.url):
                 self._round(WAIT_SECONDS if max_wait is None else max_wait)
+                if self.outage.over():
+                    for run in list(self.runs):
+                        run.check()  # jobs a restarted Redis forgot are enqueued again
         except RedisLost as exc:
             self.outage.hit(exc)
-            return
-        if self.outage.over():
-            for run in list(self.runs):
-                run.check()  # jobs a restarted Redis forgot are enqueued again
 
     def _round(self, block: float) -> None:
         self.woken = False
@@ -199,8 +207,8 @@ class RQBackend(Backend):
         if self.waiting:
             with contextlib.suppress(Exception):  # a lost Redis: the round ends by itself
                 pipe = self.connection.pipeline(transaction=False)
-                pipe.xadd(self.wakes, {"w": 1}, maxlen=8, approximate=True)
-                pipe.expire(self.wakes, 3600)
+                pipe.xadd(self.wakes, {"w": 1}, maxlen=WAKE_MAXLEN, approximate=True)
+                pipe.expire(self.wakes, WAKE_TTL)
                 pipe.execute()
 
     def cancel_tasks(self, run: RunState, indices: list[int]) -> set[int]:
@@ -283,7 +291,8 @@ class RQBackend(Backend):
             note += ", local workers stopped"
         if not self.handed_out(run_id):  # nobody had its id: its results were dropped
             return f"{note}; its results were not kept"
-        return f"{note}; collect what finished within an hour with: fanout results {run_id}"
+        within = f"within {in_words(CANCELLED_TTL)}"
+        return f"{note}; collect what finished {within} with: fanout results {run_id}"
 
     def detach(self) -> None:
         self.detach_runs = True

@@ -37,7 +37,7 @@ from fanout.backends.rq.context import WorkerContext
 from fanout.backends.rq.protocol import HORSE_PID, RUN_BATCH_NAMES, JobArgs, RunKeys
 from fanout.backends.rq.pusher import PUSH_SECONDS, Pusher
 from fanout.backends.rq.signing import keyring_of
-from fanout.backends.rq.split import CHECK_SECONDS, Split, give_back_unloadable
+from fanout.backends.rq.split import PACE_CHECK_SECONDS, Split, give_back_unloadable
 from fanout.backends.runstate import RunState
 from fanout.calls import TARGETS as CALLS_TARGETS
 from fanout.errors import JobStopped, TargetError, TargetNotAllowed
@@ -120,7 +120,7 @@ class _Tasks:
     def run_all(self, spec: MapSpec) -> None:
         results: Iterator[TaskResult]
         if self.ctx.executor is not None:
-            every = PUSH_SECONDS if self.split.deadline is None else CHECK_SECONDS
+            every = PUSH_SECONDS if self.split.deadline is None else PACE_CHECK_SECONDS
             self.run, results = self.ctx.executor.stream(spec, self.idle, every)
         else:
             self.run, results = _in_this_process(self.ctx.name, spec)

@@ -68,6 +68,10 @@ RESULT_TTL = 7 * 24 * 3600  # a run nobody collects expires whole this long afte
 FAILURE_TTL = 3600  # failed fanout jobs stay visible in RQ this long
 ENDED_TTL = 3600  # a dropped run's record stays this long, as a marker of what happened
 CANCELLED_TTL = 3600  # a cancelled run's results stay collectable this long at most
+CALLER_TTL = 60  # the key a driver writes as it checks (what tells it Redis is full)
+WAKE_TTL = 3600  # a backend's wake stream lives this long after its last wake
+WAKE_MAXLEN = 8  # ... and holds about this many entries (only the latest is read)
+TARGET_JOB_SECONDS = 1.0  # a job holds about this much work once tasks are measured
 FEEDER_MS = 10_000  # a caller silent this long no longer feeds its run (it died)
 FEEDER_BEAT = 2.0  # seconds between two refreshes of a feeding caller's key
 READER_MS = 30_000  # a collector silent this long is no longer reading the run
@@ -78,6 +82,20 @@ HORSE_PID = "fanout_horse_pid"
 Identity = tuple[str, int, int, str]  # (name, pid, ppid, host)
 Moves = dict[str, tuple[list[int], list[int]]]  # new job id -> (task indices, attempts)
 Message = tuple[Identity, list[Record], list[int] | None, Moves | None]
+
+
+def in_words(seconds: int) -> str:
+    """A TTL as messages say it: "an hour", "2 hours", "30 minutes", "7 days"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{'an' if unit == 'hour' else 'a'} {unit}" if count == 1 else f"{count} {unit}s"
+    return f"{seconds} seconds"
+
+
+def wake_key(token: str) -> str:
+    """The stream a backend's driver thread waits on besides its runs' (``wake()``)."""
+    return f"fanout:wake:{token}"
 
 
 class RunKeys:

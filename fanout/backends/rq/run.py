@@ -38,12 +38,13 @@ from fanout.backends.rq.protocol import (
     ENDED_TTL,
     FAILURE_TTL,
     RUN_BATCH,
+    TARGET_JOB_SECONDS,
     JobArgs,
     Moves,
     RQJob,
     unpack_results,
 )
-from fanout.backends.rq.record import RunRecord, server_id
+from fanout.backends.rq.record import PUBLISH_PART, RunRecord, server_id
 from fanout.backends.rq.settings import RunSettings
 from fanout.backends.rq.watch import (
     Canceled,
@@ -63,7 +64,6 @@ log = logging.getLogger("fanout")
 
 # About this much work per job: RQ's own bookkeeping costs a worker milliseconds per job,
 # and a job is the unit a worker's end of the run waits for (benchmarks/scale.py).
-TARGET_JOB_SECONDS = 1.0
 MAX_JOB_TASKS = 5000
 TAIL_SHRINK = 8  # a tail job holds at least 1/this of a full job's work (see guided())
 MAX_JOB_BYTES = 1 << 20
@@ -138,11 +138,10 @@ class RQRun(RunState):
             with translate(self.settings.url):
                 if self.prepare():
                     self.take(self.read(block))
+                if self.outage.over():
+                    self.check()
         except RedisLost as exc:
             self.outage.hit(exc)
-            return
-        if self.outage.over():
-            self.check()
 
     def prepare(self) -> bool:
         """The first half of a round: send what can go, check if it is time; True if the
@@ -521,8 +520,8 @@ class RQRun(RunState):
     def decided(self, results: list[TaskResult]) -> None:
         """Results decided here (a task lost with its worker, a cancelled one): pushed
         onto the run's stream, where every collector reads them, this one included."""
-        for start in range(0, len(results), 1000):
-            self.record.publish(results[start : start + 1000])
+        for start in range(0, len(results), PUBLISH_PART):
+            self.record.publish(results[start : start + PUBLISH_PART])
 
     # -- the end ------------------------------------------------------------------------
 

@@ -27,7 +27,15 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from fanout._wire import Task
-from fanout.backends.rq.protocol import FAILURE_TTL, RESULT_TTL, RUN_BATCH, JobArgs, Moves, text
+from fanout.backends.rq.protocol import (
+    FAILURE_TTL,
+    RESULT_TTL,
+    RUN_BATCH,
+    TARGET_JOB_SECONDS,
+    JobArgs,
+    Moves,
+    text,
+)
 from fanout.backends.sizing import guided
 
 if TYPE_CHECKING:
@@ -37,11 +45,10 @@ SPLIT_FACTOR = 1.5
 SPLIT_SLACK = 0.2  # seconds
 STALL_FACTOR = 4.0
 STALL_SECONDS = 0.1
-CHECK_SECONDS = 0.05  # how often a job that may split looks at its pace
+PACE_CHECK_SECONDS = 0.05  # how often a job that may split looks at its pace
 MAX_REFUSALS = 20  # give-backs of a job whose target a worker could not load, at most
 REFUSED_PAUSE = 0.5  # a worker meeting again a job it refused waits this, doubling
 MAX_REFUSED_PAUSE = 5.0
-TARGET_JOB_SECONDS = 1.0  # as the caller sizes its jobs (run.py)
 
 
 class Split:

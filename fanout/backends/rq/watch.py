@@ -33,6 +33,7 @@ from rq.utils import utcparse
 
 from fanout.backends.rq.connection import mask_url
 from fanout.backends.rq.protocol import (
+    CALLER_TTL,
     FORGET_JOB_SCRIPT,
     HORSE_PID,
     REQUEUE_VANISHED_SCRIPT,
@@ -173,7 +174,7 @@ class JobWatch:
         """Redis must keep what fanout writes. A write of the driver's own (refreshing its
         key) fails when Redis is full (noeviction): translate() says so. A Redis that
         evicts keys to stay under its maxmemory may drop jobs and results: say so too."""
-        self.connection.set(self.keys.caller, 1, ex=60)
+        self.connection.set(self.keys.caller, 1, ex=CALLER_TTL)
         evicted = _evicted_keys(self.connection)
         if self.evicted is not None and evicted is not None and evicted > self.evicted:
             raise BackendUnavailable(
