@@ -35,11 +35,11 @@ from fanout.errors import (
     UnknownRun,
     WorkerLost,
 )
-from fanout.models import TaskError, TaskResult, WorkerInfo
 
 if TYPE_CHECKING:
     from fanout.aio import AsyncFanout, arun
     from fanout.dropin import Executor, Pool, TaskFuture
+    from fanout.models import TaskError, TaskResult, WorkerInfo
     from fanout.reporting import report
     from fanout.runs import Run, attach, submit
 
@@ -47,6 +47,9 @@ __version__ = "0.1.0"
 
 
 _LAZY = {
+    "TaskResult": "fanout.models",
+    "TaskError": "fanout.models",
+    "WorkerInfo": "fanout.models",
     "AsyncFanout": "fanout.aio",
     "arun": "fanout.aio",
     "Run": "fanout.runs",
@@ -60,7 +63,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
-    # Durable runs, the drop-ins and the report load on first use: `import fanout` stays light.
+    # The records (msgspec), durable runs, the drop-ins and the report load on first use:
+    # `import fanout` stays light.
     if name in _LAZY:
         import importlib
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from fanout.backends import Backend, MapSpec, create_backend, get_backend
 from fanout.errors import TargetError
-from fanout.models import TaskResult
 from fanout.targets import resolve_target, why_not_importable
 
 if TYPE_CHECKING:
     from fanout.journal import Resume
+    from fanout.models import TaskResult
 
 DEFAULT_BACKEND = "local"
 

@@ -35,11 +35,14 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
+
+import msgspec
+from msgspec.structs import replace
 
 from fanout.errors import Cancelled, IncompleteRun, InputError, UnknownRun
 from fanout.models import TaskError, TaskResult, WorkerInfo
@@ -60,14 +63,31 @@ def fingerprint(item: Any) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})  # values JSON holds as they are
+
+
 def json_record(result: TaskResult) -> dict[str, Any]:
-    """The ``--json`` shape of a result; a value JSON cannot hold is given as its repr."""
+    """The ``--json`` shape of a result; a value JSON cannot hold is given as its repr
+    (also a float that is not finite, anywhere in it: JSON has none)."""
     record = result.to_dict()
+    value = record["value"]
+    kind = type(value)
+    if kind in _PLAIN or (kind is float and math.isfinite(value)):
+        return record
     try:
-        json.dumps(record["value"], allow_nan=False)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         record["value"] = repr(result.value)
     return record
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    """One JSON line (no newline), encoded by msgspec: UTF-8, compact."""
+    try:
+        return msgspec.json.encode(record)
+    except (msgspec.EncodeError, OverflowError):
+        # What msgspec leaves out and json takes: a dict keyed by None, say.
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def result_of(record: dict[str, Any]) -> TaskResult:
@@ -140,19 +160,19 @@ class Journal:
         latest: dict[int, dict[str, Any]] = {}  # index -> its last line
         for number, line in enumerate(complete[1:], 2):
             try:
-                record = json.loads(line)
+                record = msgspec.json.decode(line)
                 if "fanout_run" in record:
                     self.runs.append((record["fanout_run"], _positions(latest, record["resume"])))
                     continue
                 latest[record["index"]] = record
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # msgspec.DecodeError is a ValueError
                 raise InputError(f"line {number} of the journal {self.path} is not a result"
                                  " fanout wrote") from None  # fmt: skip
         return {index: record for index, record in latest.items() if _done(record, resume)}
 
     def note_run(self, run_id: str) -> None:
         """The run that writes the journal from now on has this id (see ``take_over``)."""
-        self.file.write(json.dumps({"fanout_run": run_id, "resume": self.resume}).encode() + b"\n")
+        self.file.write(json_line({"fanout_run": run_id, "resume": self.resume}) + b"\n")
         self.file.flush()
 
     def take_over(self, attach: Callable[[str], Iterator[TaskResult]]) -> None:
@@ -180,7 +200,7 @@ class Journal:
 
     def _check_header(self, line: bytes) -> None:
         try:
-            header = json.loads(line)
+            header = msgspec.json.decode(line)
             version, target = header["fanout_journal"], header["target"]
         except (ValueError, KeyError, TypeError):
             raise self._not_a_journal() from None
@@ -199,7 +219,7 @@ class Journal:
         size = file.tell()
         if size == 0:
             header = {"fanout_journal": FORMAT, "target": self.target}
-            file.write(json.dumps(header).encode() + b"\n")
+            file.write(json_line(header) + b"\n")
         else:
             file.seek(0)
             data = file.read()
@@ -213,7 +233,7 @@ class Journal:
     def write(self, result: TaskResult, print_: str | None) -> None:
         record = json_record(result)
         record["fingerprint"] = print_
-        self.file.write(json.dumps(record).encode() + b"\n")
+        self.file.write(json_line(record) + b"\n")
         self.file.flush()
 
     def close(self) -> None:

@@ -122,11 +122,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fanout.backends.spec import MapSpec as MapSpec  # its home; imported from here too
 from fanout.errors import UnknownOption
-from fanout.models import TaskResult
 
 if TYPE_CHECKING:
     from fanout._wire import Task
     from fanout.backends.runstate import RunState
+    from fanout.models import TaskResult
 
 
 class Backend(ABC):

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
-from fanout import _gc
 from fanout._task import load_value
 from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
 from fanout.backends.feed import Feed
@@ -42,8 +41,6 @@ from fanout.models import (
     WorkerInfo,
     cancelled,
     decided_now,
-    make_result,
-    results_of,
 )
 
 # How far past the oldest unyielded result an ordered run may take input, at least.
@@ -192,7 +189,6 @@ class RunState(Sizing):
 
     # -- outcomes ---------------------------------------------------------------------
 
-    @_gc.pausing  # _gc says why
     def settle(
         self,
         records: Sequence[Record],
@@ -213,14 +209,14 @@ class RunState(Sizing):
             before = 0 if prior is None else prior[i]
             if status == NOT_RUN:  # never started: no attempt made, nobody ran it
                 who = WorkerInfo.not_run(info.backend, info.host)
-                done.append(make_result(index, False, None, payload, who, before,
-                                        started, finished, 0.0, ""))  # fmt: skip
+                done.append(TaskResult(index, False, None, payload, who, before,
+                                       started, finished, 0.0, ""))  # fmt: skip
                 if payload.type == TargetError.__name__:
                     self.break_target(payload)
                 continue
             ok, value = (True, payload) if status == OK_RAW else load_value(index, status, payload)
-            result = make_result(index, ok, value if ok else None, None if ok else value, info,
-                                 before + 1, started, finished, duration, output)  # fmt: skip
+            result = TaskResult(index, ok, value if ok else None, None if ok else value, info,
+                                before + 1, started, finished, duration, output)  # fmt: skip
             if ok or task_of is None:
                 done.append(result)
             else:
@@ -356,7 +352,6 @@ class RunState(Sizing):
         )
         self.fail_the_rest(self.halted, limit=0)
 
-    @_gc.pausing
     def settle_columns(
         self,
         indices: Sequence[int],
@@ -373,7 +368,7 @@ class RunState(Sizing):
         columns = (indices, repeat(True), values, repeat(None), repeat(info), tries, started,
                    map(operator.add, started, durations), durations,
                    repeat("") if outputs is None else outputs)  # fmt: skip
-        results = results_of(len(values), columns)
+        results = list(map(TaskResult, *columns))
         if self.spec.ordered and isinstance(indices, range) and indices.step == 1:
             # A fresh batch's indices are a range: one piece, without looking at each.
             self.outstanding -= len(results)
@@ -438,8 +433,7 @@ def _index(task: Task) -> int:
 
 
 def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:
-    """The results of records that are all first-try successes with a raw value, made a
-    field at a time: building one result per task is most of what the caller spends."""
+    """The results of records that are all first-try successes with a raw value."""
     indices, _, values, started, finished, durations, outputs = zip(*records, strict=True)
-    return results_of(len(records), (indices, repeat(True), values, repeat(None), repeat(info),
-                                     repeat(1), started, finished, durations, outputs))  # fmt: skip
+    return list(map(TaskResult, indices, repeat(True), values, repeat(None), repeat(info),
+                    repeat(1), started, finished, durations, outputs))  # fmt: skip

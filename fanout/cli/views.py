@@ -8,13 +8,13 @@ never wrapped.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from fanout.errors import Cancelled
+from fanout.journal import json_line, json_record
 from fanout.models import NOT_RUN, TaskError, TaskResult
 
 MAX_ROWS = 1000  # rows kept for the human table; failed tasks are all listed below it
@@ -60,12 +60,7 @@ class JsonView:
     """Exactly one JSON object per task on stdout, nothing else."""
 
     def show(self, result: TaskResult, item: Any, out: Print) -> None:
-        record = result.to_dict()
-        try:
-            json.dumps(record["value"], allow_nan=False)
-        except (TypeError, ValueError):
-            record["value"] = repr(result.value)
-        out(json.dumps(record))
+        out(json_line(json_record(result)).decode())
 
     def finish(self, complete: bool = False, interrupted: bool = False) -> None:
         pass

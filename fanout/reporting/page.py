@@ -9,12 +9,13 @@ over the path.
 from __future__ import annotations
 
 import html
-import json
 import os
 import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from fanout.errors import InputError
 
@@ -30,7 +31,7 @@ def render(data: dict[str, Any]) -> str:
     page, style, script = map(_asset, _PARTS)
     title = "fanout report" + (f": {data['title']}" if data.get("title") else "")
     # "<" never appears raw inside the JSON, so no text of a task can end the script tag.
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    payload = msgspec.json.encode(data).decode("utf-8").replace("<", "\\u003c")
     head, rest = page.split("/*STYLE*/")
     middle, tail = rest.split("/*DATA*/")
     between, end = tail.split("/*SCRIPT*/")

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from fanout.errors import InputError
 from fanout.journal import FORMAT, HEADER_BYTES
 from fanout.reporting.pack import UNKNOWN, Packer
@@ -79,8 +81,12 @@ def _read(packer: Packer, stream: IO[bytes], label: str) -> str:
 
 def _json(line: bytes) -> Any:
     try:
+        return msgspec.json.decode(line)
+    except ValueError:  # not JSON (as msgspec reads it: no NaN), or not UTF-8
+        pass
+    try:
         return json.loads(line)
-    except ValueError:  # not JSON, or not UTF-8
+    except ValueError:
         return None
 
 

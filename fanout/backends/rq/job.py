@@ -14,10 +14,10 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import replace
 from typing import Any
 
 import redis
+from msgspec.structs import replace
 from rq import get_current_job
 from rq.job import Job
 
