@@ -43,17 +43,22 @@ CHUNKSIZE = 256
 
 
 def cpu_of(pids: list[int]) -> float:
-    """User plus system CPU seconds of these processes so far (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds of these processes' threads so far: the scheduler's own count, in
+    nanoseconds (Linux ``/proc/PID/task/TID/schedstat``; ``stat``'s utime and stime
+    tick at 10 ms, too coarse for a pool that spends 20 ms on 200,000 tasks)."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+            threads = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    total += int(stat.read().split()[0])
+            except OSError:
+                continue
+    return total / 1e9
 
 
 class Phases:
@@ -85,8 +90,11 @@ def phases_of_fanout() -> Iterator[Phases]:
     from fanout.backends.runstate import RunState
 
     phases = Phases()
+    # What the pool unpickles messages with: protocol.load (msgpack or pickle) since
+    # issue 24, the pickle module before.
+    decoder = "load" if hasattr(pool_module, "load") else "pickle"
     saved = (pool_module.Pool.dispatch, pool_module.Pool.read, RunState.settle,
-             getattr(RunState, "settle_columns", None), pool_module.pickle)  # fmt: skip
+             getattr(RunState, "settle_columns", None), getattr(pool_module, decoder))  # fmt: skip
 
     class TimedPickle:
         """The pool module's ``pickle``, its ``loads`` timed (unpickling results)."""
@@ -107,12 +115,26 @@ def phases_of_fanout() -> Iterator[Phases]:
     phases.wrap(RunState, "settle", "build")
     if hasattr(RunState, "settle_columns"):  # issue 16's columnar results
         phases.wrap(RunState, "settle_columns", "build")
-    pool_module.pickle = TimedPickle()  # type: ignore[assignment]
+    if decoder == "load":
+        load = pool_module.load
+
+        def timed_load(data: bytes) -> Any:
+            began = time.perf_counter()
+            try:
+                return load(data)
+            finally:
+                phases.seconds["unpickle"] += time.perf_counter() - began
+
+        pool_module.load = timed_load
+    else:
+        pool_module.pickle = TimedPickle()  # type: ignore[assignment]
     try:
         yield phases
     finally:
-        (pool_module.Pool.dispatch, pool_module.Pool.read, RunState.settle, columns,
-         pool_module.pickle) = saved  # type: ignore[method-assign]  # fmt: skip
+        dispatch, read, settle, columns, original = saved
+        pool_module.Pool.dispatch, pool_module.Pool.read = dispatch, read  # type: ignore[method-assign]
+        RunState.settle = settle  # type: ignore[method-assign]
+        setattr(pool_module, decoder, original)
         if columns is not None:
             RunState.settle_columns = columns  # type: ignore[method-assign]
     # read() unpickles and settles inside it: what is left of it is reading and splitting.

@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-import pickle
 import selectors
 import sys
 import time
@@ -32,6 +31,7 @@ from fanout.backends.local.protocol import (
     PIPE_SIZE,
     VALUES,
     frame,
+    load,
     split_frames,
 )
 from fanout.backends.local.run import Batch, LocalRun
@@ -356,7 +356,7 @@ class Pool:
             if worker.kill_reason == "garbled":
                 break
             try:
-                message = pickle.loads(data)
+                message = load(data)
             except Exception:
                 self.distrust(worker)
                 break

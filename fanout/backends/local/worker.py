@@ -43,6 +43,7 @@ from fanout.backends.local.protocol import (
     VALUES,
     Reader,
     Writer,
+    columns_frame,
     key,
 )
 from fanout.errors import SerializationError, TargetError
@@ -371,7 +372,7 @@ class Outbox:
     def send_columns(self) -> None:
         values, started, durations = self.values, self.started, self.durations
         try:
-            self.loop.out.send((COLUMNS, self.batch_id, values, started, durations, None))
+            self.loop.out.write(columns_frame(self.batch_id, values, started, durations))
         except Exception:  # a value too big, say: records one by one find the one
             at = self.indices[self.sent : self.sent + len(values)]
             rows = zip(at, values, started, durations, strict=True)
