@@ -262,3 +262,96 @@ def test_a_stock_rq_job_counts_one_task_waiting(redis_server: RedisServer) -> No
     assert value(samples, "fanout_queue_jobs", queue=queue) == 3
     assert value(samples, "fanout_queue_tasks", queue=queue) == 3
     assert value(samples, "fanout_queue_oldest_age_seconds", queue=queue) >= 0
+
+
+def metrics_once(url: str, queue: str) -> Samples:
+    result = run_fanout("metrics", "--once", "--queue", queue, env={"FANOUT_REDIS_URL": url})
+    assert result.returncode == 0, result.stderr
+    return parse(result.stdout)
+
+
+@pytest.mark.slow
+def test_queue_metrics_track_a_backlog_as_it_fills_and_drains(redis_server: RedisServer) -> None:
+    """Two runs submitted with no worker serving their queue: the exported numbers grow
+    with each; workers started, they fall to 0 as the backlog drains, and the runs are
+    counted finished. The plain-script autoscaler's arithmetic, on the same text."""
+    from fanout.examples.autoscale import workers_wanted
+
+    url, queue = redis_server.url, queue_name()
+    options: dict[str, Any] = {"backend": "rq", "redis_url": url, "queue": queue}
+    first = fanout.submit("tests.tasks:say_then_sleep", [0.15] * 10, **options)
+    filling = metrics_once(url, queue)
+    assert value(filling, "fanout_queue_tasks", queue=queue) == 10
+    assert value(filling, "fanout_runs", queue=queue, state="running") == 1
+    second = fanout.submit("tests.tasks:say_then_sleep", [0.15] * 20, **options)
+    text = run_fanout("metrics", "--once", "--queue", queue,
+                      env={"FANOUT_REDIS_URL": url}).stdout  # fmt: skip
+    full = parse(text)
+    jobs = value(full, "fanout_queue_jobs", queue=queue)
+    assert value(full, "fanout_queue_tasks", queue=queue) == 30
+    assert 1 <= jobs <= 30
+    assert value(full, "fanout_runs", queue=queue, state="running") == 2
+    assert value(full, "fanout_queue_oldest_age_seconds", queue=queue) >= value(
+        filling, "fanout_queue_oldest_age_seconds", queue=queue
+    )
+    assert value(full, "fanout_workers", queue=queue) == 0
+    # 30 waiting, none busy: ceil(30 / 8) = 4, within the bounds given.
+    assert workers_wanted(text, queue, tasks_per_worker=8) == 4
+    assert workers_wanted(text, queue, tasks_per_worker=8, max_workers=2) == 2
+    assert workers_wanted(text, "another-queue", tasks_per_worker=8, min_workers=1) == 1
+
+    workers = [start_worker(url, f"{queue}-{i}", "--queue", queue, "--quiet") for i in (1, 2)]
+    seen: list[float] = []
+    try:
+
+        def drained() -> bool:
+            samples = metrics_once(url, queue)
+            seen.append(value(samples, "fanout_queue_tasks", queue=queue))
+            return value(samples, "fanout_runs", queue=queue, state="finished") == 2 and samples
+
+        empty = wait_until(drained, 60, "the backlog drains and both runs finish")
+        wait_until(
+            lambda: (
+                value(metrics_once(url, queue), "fanout_workers", queue=queue, state="idle") == 2
+            ),
+            20,
+            "both workers idle again",
+        )
+        assert sorted(r.index for r in first.results()) == list(range(10))
+        assert sorted(r.index for r in second.results()) == list(range(20))
+    finally:
+        stop_workers(workers)
+    assert seen == sorted(seen, reverse=True)  # it only fell
+    assert seen[-1] == 0
+    for name in ("fanout_queue_jobs", "fanout_queue_tasks", "fanout_queue_oldest_age_seconds"):
+        assert value(empty, name, queue=queue) == 0
+    assert [v for v in seen if 0 < v < 30], seen  # read on its way down
+
+
+def test_a_fanout_worker_whose_heartbeat_stopped_is_counted_lost(
+    redis_server: RedisServer,
+) -> None:
+    """A worker killed outright leaves its registration for a minute; once its heartbeat
+    (every 2 s) has been silent 30 s it is 'lost', not 'busy'."""
+    from datetime import datetime, timedelta, timezone
+
+    from redis import Redis
+    from rq.utils import utcformat
+
+    queue = queue_name()
+    old = utcformat(datetime.now(timezone.utc) - timedelta(seconds=45))
+    fresh = utcformat(datetime.now(timezone.utc))
+    keys = [f"rq:worker:{queue}-dead", f"rq:worker:{queue}-alive"]
+    with Redis.from_url(redis_server.url) as connection:
+        for key, beat in zip(keys, (old, fresh), strict=True):
+            connection.hset(key, mapping={"state": "busy", "last_heartbeat": beat,
+                                          "fanout_heartbeat": 2})  # fmt: skip
+            connection.expire(key, 60)
+        connection.sadd(f"rq:workers:{queue}", *keys)
+        connection.expire(f"rq:workers:{queue}", 60)
+        try:
+            samples = metrics_once(redis_server.url, queue)
+        finally:
+            connection.delete(*keys, f"rq:workers:{queue}")
+    assert value(samples, "fanout_workers", queue=queue, state="lost") == 1
+    assert value(samples, "fanout_workers", queue=queue, state="busy") == 1
