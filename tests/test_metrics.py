@@ -67,18 +67,21 @@ def test_worker_counts_each_task_by_outcome_and_cause_with_its_duration(
     redis_server: RedisServer,
 ) -> None:
     """Ok tasks, a task that raises, one over its timeout and one that kills its own
-    process: each counted once, under the cause its result gives, on the worker's port."""
+    process: each counted once, under the cause its result gives, on the worker's port;
+    and the task processes that replaced the two that were ended."""
     queue, port = queue_name(), free_port()
     worker = start_metrics_worker(redis_server.url, "metrics-w1", queue, port)
     try:
         wait_for_workers(redis_server.url, ["metrics-w1"])
         options: dict[str, Any] = {"backend": "rq", "redis_url": redis_server.url,
                                    "queue": queue}  # fmt: skip
-        ok = fanout.run("tests.tasks:square", range(50), **options)
-        raised = fanout.run("tests.tasks:fail", [1, 2], **options)
+        ok = fanout.run("tests.tasks:square", range(49), **options)
         timed_out = fanout.run("tests.tasks:say_then_sleep", [30], timeout=0.3, **options)
+        raised = fanout.run("tests.tasks:fail", [1, 2], **options)  # in a second process
         lost = fanout.run("tests.tasks:kill_self", repeat=1, **options)
+        ok += fanout.run("tests.tasks:square", [7], **options)  # in a third
         assert all(r.ok for r in ok)
+        assert len({r.worker.pid for r in (*ok, *raised)}) == 3
         failures = [r for r in (*raised, *timed_out, *lost) if not r.ok]
         assert len(failures) == 4
         samples = scrape(port)
@@ -101,6 +104,7 @@ def test_worker_counts_each_task_by_outcome_and_cause_with_its_duration(
     assert value(samples, "fanout_task_duration_seconds_bucket", le="0.025", **labels) >= 50
     assert value(samples, "fanout_jobs_total", outcome="done", **labels) >= 4
     assert value(samples, "fanout_worker_busy", **labels) == 0
+    assert value(samples, "fanout_task_process_starts_total", **labels) == 3
 
 
 @pytest.mark.slow
@@ -162,6 +166,43 @@ def test_processes_share_one_endpoint_each_worker_its_own_series(
         count = sum(r.worker.name == name for r in results)
         assert value(samples, "fanout_tasks_total", outcome="ok", worker=name) == count
     assert not list(Path("/tmp").glob(f"fanout-metrics-{worker.pid}-*"))  # tidied at exit
+
+
+def test_counting_a_batch_matches_counting_each_record() -> None:
+    """The worker counts a batch at a time (a sort, a bisect per bucket): the same
+    counts as one record at a time, each duration in the first bucket it fits (le)."""
+    import random
+    from bisect import bisect_left
+
+    from fanout._wire import FAILED, NOT_RUN, OK_PICKLED, OK_RAW
+    from fanout.backends.rq.metrics import DURATION_BUCKETS, WorkerMetrics
+    from fanout.models import TaskError
+
+    rng = random.Random(7)
+    durations = [0.0, *DURATION_BUCKETS, 0.0011, 3.0, 7200.0]
+    records = []
+    for index in range(3000):
+        status = rng.choice([OK_RAW, OK_PICKLED, OK_RAW, FAILED, NOT_RUN])
+        kind = rng.choice(["ValueError", "TaskTimeout", "WorkerLost", "Cancelled", "TargetError"])
+        payload = TaskError(kind, "m") if status >= FAILED else index
+        records.append((index, status, payload, 0.0, 0.0, rng.choice(durations), ""))
+    metrics = WorkerMetrics("q", "w")
+    for start in range(0, 3000, 700):
+        metrics.count(records[start : start + 700])
+    buckets = [0] * (len(DURATION_BUCKETS) + 1)
+    failures: dict[tuple[str, str], int] = {}
+    for _, status, payload, _, _, duration, _ in records:
+        if status != NOT_RUN:
+            buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
+        if status >= FAILED:
+            cancelled = payload.type == "Cancelled"
+            key = ("cancelled", "cancelled") if cancelled else ("failed", cause_of(payload, status))
+            failures[key] = failures.get(key, 0) + 1
+    assert metrics.buckets == buckets
+    assert {k: v for k, v in metrics.failures.items() if v} == failures
+    assert metrics.ok == sum(r[1] < FAILED for r in records)
+    assert metrics.duration_sum == pytest.approx(sum(r[5] for r in records if r[1] != NOT_RUN))
+    assert failures[("failed", "not-run")] > 0  # a TargetError no process ran
 
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_2(redis_server: RedisServer) -> None:

@@ -10,8 +10,8 @@ their way to Redis (``pusher.py``), never in the task process::
                                     v
                    scrape --> collect(): the integers as Prometheus families
 
-The hot path is one dict or list increment per record, with no lock and no
-prometheus_client object: a ``Counter.inc`` costs 0.4 µs and a ``Histogram.observe``
+The hot path is plain integers counted a batch of records at a time, with no lock and
+no prometheus_client object: a ``Counter.inc`` costs 0.4 µs and a ``Histogram.observe``
 1.4 µs (2.5 µs in prometheus_client's multiprocess mode), beside the RQ worker
 process's ~9 µs per trivial task in all. The scrape turns the integers into metric
 families (:meth:`WorkerMetrics.collect`, a prometheus_client custom collector).
@@ -23,9 +23,11 @@ its type (:func:`cause_of`).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections.abc import Iterator
+from operator import itemgetter
 from typing import Any
 
 from fanout._wire import DURATION, FAILED, NOT_RUN, PAYLOAD, STATUS, Record
@@ -76,31 +78,44 @@ class WorkerMetrics:
         self.duration_sum = 0.0
         self.jobs = dict.fromkeys(JOB_OUTCOMES, 0)
         self.busy = 0
+        self.pid = os.getpid()  # this worker's own (records it decides carry it)
+        self.task_pid = 0  # the task process that ran the last records counted
+        self.task_processes = 0  # task processes seen: the first, and each replacement
         self.changes = 0  # counts every change: a snapshot writer's cue (metrics_http.py)
 
-    def count(self, records: Iterable[Record]) -> None:
-        """Count each record: its outcome and cause, and its duration if its task ran."""
-        buckets, bounds = self.buckets, DURATION_BUCKETS
-        ok = 0
-        total = 0.0
-        for record in records:
-            status = record[STATUS]
-            if status < FAILED:  # OK_RAW, OK_PICKLED: the common case, kept short
-                ok += 1
-            else:
-                error = record[PAYLOAD]
-                outcome = CANCELLED_OUTCOME if error.type == CANCELLED else FAILED_OUTCOME
-                key = (outcome, "cancelled" if outcome == CANCELLED_OUTCOME else
-                       cause_of(error, status))  # fmt: skip
-                self.failures[key] = self.failures.get(key, 0) + 1
-                if status == NOT_RUN:
-                    continue  # no process ran it: no duration
-            duration = record[DURATION]
-            buckets[bisect_left(bounds, duration)] += 1
-            total += duration
-        self.ok += ok
-        self.duration_sum += total
+    def count(self, records: list[Record], pid: int = 0) -> None:
+        """Count each record: its outcome and cause, and its duration if its task ran;
+        ``pid``: the process that ran them (a task process new to this worker is
+        counted). A batch at a time, in C where it can be (a sort, then one bisect per
+        bucket): 0.08 µs a record, against 0.28 µs for a bisect each (measured)."""
+        if pid != self.task_pid and pid not in (0, self.pid):  # not decided by this one
+            self.task_pid = pid
+            self.task_processes += 1
+        failures = [record for record in records if record[STATUS] >= FAILED]
+        if failures:
+            for record in failures:
+                self._count_failure(record)
+            ran = [record[DURATION] for record in records if record[STATUS] != NOT_RUN]
+        else:
+            ran = list(map(itemgetter(DURATION), records))
+        ran.sort()
+        buckets, below = self.buckets, 0
+        for position, bound in enumerate(DURATION_BUCKETS):
+            upto = bisect_right(ran, bound)  # durations <= bound ("le")
+            buckets[position] += upto - below
+            below = upto
+        buckets[-1] += len(ran) - below
+        self.ok += len(records) - len(failures)
+        self.duration_sum += sum(ran)
         self.changes += 1
+
+    def _count_failure(self, record: Record) -> None:
+        error, status = record[PAYLOAD], record[STATUS]
+        if error.type == CANCELLED:
+            key = (CANCELLED_OUTCOME, "cancelled")
+        else:
+            key = (FAILED_OUTCOME, cause_of(error, status))
+        self.failures[key] = self.failures.get(key, 0) + 1
 
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
@@ -169,6 +184,14 @@ class WorkerMetrics:
         )  # fmt: skip
         busy.add_metric([queue, worker], self.busy)
         yield busy
+        starts = CounterMetricFamily(
+            "fanout_task_process_starts",
+            "Task processes this worker has run tasks in: its first, and one for each"
+            " replacement (a task that killed its process, a limit, recycling)",
+            labels=["queue", "worker"],
+        )
+        starts.add_metric([queue, worker], self.task_processes)
+        yield starts
 
 
 class Snapshots:
@@ -191,8 +214,6 @@ class Snapshots:
 
     def write(self) -> None:
         """Write the metrics now if they changed: whole, or not at all (a rename)."""
-        import os
-
         from prometheus_client import CollectorRegistry, generate_latest
 
         changes = self.metrics.changes
