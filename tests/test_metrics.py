@@ -396,3 +396,53 @@ def test_a_fanout_worker_whose_heartbeat_stopped_is_counted_lost(
             connection.delete(*keys, f"rq:workers:{queue}")
     assert value(samples, "fanout_workers", queue=queue, state="lost") == 1
     assert value(samples, "fanout_workers", queue=queue, state="busy") == 1
+
+
+def deployment_yaml_blocks() -> list[Any]:
+    """The YAML blocks of docs/deployment.md's autoscaling section, parsed."""
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    section = text[text.index("## 5. Autoscaling workers") :]
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+
+
+def test_the_keda_scaled_objects_read_what_fanout_metrics_exports(
+    redis_server: RedisServer,
+) -> None:
+    """The Prometheus trigger's query uses metrics and labels that `fanout metrics`
+    exports, and its value over its threshold is the plain script's arithmetic on the
+    same text; the Redis-list trigger reads the list RQ keeps for the queue."""
+    import math
+    import re
+
+    from rq import Queue
+
+    from fanout.examples.autoscale import workers_wanted
+
+    blocks = deployment_yaml_blocks()
+    assert [b["kind"] for b in blocks] == ["ScaledObject", "ScaledObject"]
+    (prometheus,) = blocks[0]["spec"]["triggers"]
+    (redis_list,) = blocks[1]["spec"]["triggers"]
+    assert prometheus["type"] == "prometheus"
+    assert redis_list["type"] == "redis"
+    assert redis_list["metadata"]["listName"] == Queue.redis_queue_namespace_prefix + "fanout"
+
+    text = run_fanout("metrics", "--once", "--queue", "fanout",
+                      env={"FANOUT_REDIS_URL": redis_server.url}).stdout  # fmt: skip
+    samples = parse(text)
+    query = prometheus["metadata"]["query"]
+    terms = re.findall(r"(?:(\d+)\s*\*\s*)?sum\((\w+)\{([^}]*)\}\)", query)
+    assert len(terms) == 2
+    total = 0.0
+    for factor, name, selector in terms:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+        exported = [ls for (n, ls) in samples if n == name]
+        assert exported, f"{name} is not exported"
+        assert any(set(labels.items()) <= ls for ls in exported), (name, labels)
+        total += int(factor or 1) * value(samples, name, **labels)
+    threshold = float(prometheus["metadata"]["threshold"])
+    assert float(terms[1][0]) == threshold  # busy workers weigh one threshold each
+    assert math.ceil(total / threshold) == workers_wanted(text, "fanout", threshold, 0, 10**6)

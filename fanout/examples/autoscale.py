@@ -34,6 +34,13 @@ def workers_wanted(
     max_workers: int = 100,
 ) -> int:
     """The workers ``queue`` wants, from the text of ``fanout metrics``."""
+    waiting, busy = backlog(metrics, queue)
+    wanted = busy + math.ceil(waiting / tasks_per_worker)
+    return max(min_workers, min(max_workers, wanted))
+
+
+def backlog(metrics: str, queue: str) -> tuple[float, int]:
+    """(tasks waiting, workers busy) on ``queue``, from the text of ``fanout metrics``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     waiting = busy = 0.0
@@ -45,8 +52,7 @@ def workers_wanted(
                 waiting += sample.value
             elif sample.name == "fanout_workers" and sample.labels.get("state") == "busy":
                 busy += sample.value
-    wanted = int(busy) + math.ceil(waiting / tasks_per_worker)
-    return max(min_workers, min(max_workers, wanted))
+    return waiting, int(busy)
 
 
 def read_metrics(url: str | None, queue: str) -> str:
@@ -89,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                 lower_since = None
             if wanted != current:
                 command = [part.replace("{n}", str(wanted)) for part in shlex.split(args.command)]
-                print(f"autoscale: {args.queue}: {current} -> {wanted} workers", file=sys.stderr)
+                waiting, busy = backlog(text, args.queue)
+                print(f"autoscale: queue {args.queue}: {waiting:.0f} tasks waiting, {busy} workers"
+                      f" busy: {wanted} workers (were {current})", file=sys.stderr)  # fmt: skip
                 subprocess.run(command, check=False)
                 current, lower_since = wanted, None
         time.sleep(args.every)
