@@ -307,7 +307,7 @@ class FanoutJob(Job):
     def _execute(self) -> Any:
         metrics = self.context.metrics if self.context is not None else None
         # --metrics-port: busy meanwhile, and the job counted by how it ended.
-        with contextlib.nullcontext() if metrics is None else metrics.job():
+        with contextlib.nullcontext() if metrics is None else metrics.job(JobStopped):
             if self.func_name in RUN_BATCH_NAMES and self.context is not None:
                 return execute_batch(self, self.context, JobArgs(*self.args))
             return super()._execute()

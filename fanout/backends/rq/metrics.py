@@ -32,6 +32,7 @@ from typing import Any
 
 from fanout._wire import DURATION, FAILED, NOT_RUN, PAYLOAD, STATUS, Record
 from fanout.backends.intake import CANCELLED
+from fanout.errors import SignatureError, TargetNotAllowed
 
 # Seconds: tasks run from microseconds to hours, so the buckets span both (Prometheus's
 # defaults stop at 10 s, for web requests), about one per factor of 4: each sample costs
@@ -118,18 +119,16 @@ class WorkerMetrics:
         self.failures[key] = self.failures.get(key, 0) + 1
 
     @contextlib.contextmanager
-    def job(self) -> Iterator[None]:
-        """Around one job: busy meanwhile, and the job counted by how it ended."""
-        from fanout.backends.rq.pusher import JobStopped
-        from fanout.errors import SignatureError, TargetNotAllowed
-
+    def job(self, stopped: type[BaseException]) -> Iterator[None]:
+        """Around one job: busy meanwhile, and the job counted by how it ended
+        (``stopped``: what a stopped job raises)."""
         self.busy = 1
         self.changes += 1
         outcome = "failed"
         try:
             yield
             outcome = "done"
-        except JobStopped:
+        except stopped:
             outcome = "stopped"
             raise
         except (SignatureError, TargetNotAllowed):
