@@ -21,7 +21,7 @@ Queues = Annotated[
 ]  # fmt: skip
 Port = Annotated[
     int | None,
-    typer.Option("--port", metavar="PORT", min=0, max=65535, show_default=False,
+    typer.Option("--port", metavar="PORT", min=1, max=65535, show_default=False,
                  help="Serve the metrics at http://HOST:PORT/metrics until SIGTERM or Ctrl-C."),
 ]  # fmt: skip
 Addr = Annotated[

@@ -36,7 +36,7 @@ MetricsPort = Annotated[
     typer.Option(
         "--metrics-port",
         metavar="PORT",
-        min=0,
+        min=1,
         max=65535,
         show_default=False,
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (all --processes on one).",
