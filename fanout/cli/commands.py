@@ -114,6 +114,7 @@ def worker_command(
     secret_file: ropt.SecretFile = None,
     quiet: ropt.Quiet = False,
     redis_wait: ropt.RedisWait = 60.0,
+    metrics_port: ropt.MetricsPort = None,
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
     from fanout.backends.rq.allowlist import parse_allow
@@ -122,7 +123,6 @@ def worker_command(
     sys.path.insert(0, os.getcwd())  # like `rq worker`: task modules in the current directory
     with errors_as_exit_codes():
         prefixes = parse_allow(allow or [])
-        code = run_worker(
-            redis_url, queue, name, burst, processes, prefixes, secret_file, quiet, redis_wait
-        )
+        code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file, quiet,
+                          redis_wait, metrics_port)  # fmt: skip
     raise typer.Exit(code)

@@ -31,6 +31,17 @@ RedisWait = Annotated[
         help="How long a job's results wait for a lost or full Redis before the job fails.",
     ),
 ]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        metavar="PORT",
+        min=1,
+        max=65535,
+        show_default=False,
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (all --processes on one).",
+    ),
+]
 Burst = Annotated[bool, typer.Option("--burst", help="Exit once the queue is empty.")]
 Processes = Annotated[
     int, typer.Option("--processes", metavar="N", min=1, help="Worker processes to run.")

@@ -16,6 +16,7 @@ from fanout.backends.rq.allowlist import allowlist_from_env
 
 if TYPE_CHECKING:
     from fanout.backends.local import LocalBackend
+    from fanout.backends.rq.metrics import WorkerMetrics
 
 REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
 
@@ -40,6 +41,7 @@ class WorkerContext:
         self.redis_wait = REDIS_WAIT  # how long a push waits for a lost Redis
         self.stop_requested = False  # set from RQ's command thread (stop-job)
         self.since = utcformat(now())  # when this process began to serve (RQ's time format)
+        self.metrics: WorkerMetrics | None = None  # --metrics-port: what it counts
 
     def pause(self, seconds: float) -> None:
         """Wait ``seconds`` in a job, heartbeating (a worker that refused a job before)."""

@@ -137,6 +137,8 @@ class Pusher:
             return
         records, self.records = self.records, []
         attempts, self.attempts = self.attempts, []
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.count(records, self.identity_()[1])
         for part, tries in self.messages(records, attempts):
             if not self.push(pack_results(self.keys, self.identity_(), part,
                                           None if not any(tries) else tries,

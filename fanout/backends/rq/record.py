@@ -68,6 +68,14 @@ def server_id(connection: Any) -> str | None:
         return None
 
 
+def shown_state(state: str, enqueued_all: bool, done: int, total: int) -> str:
+    """A run's state as status and metrics show it: its record's (running, cancelled,
+    halted), or "finished" once every task has its result (nobody has collected them)."""
+    if state == "running" and enqueued_all and done >= total:
+        return "finished"
+    return state
+
+
 class RunRecord:
     """Run ``run_id`` in the Redis of ``settings``: its keys, and what may be done to
     them."""
@@ -299,9 +307,7 @@ class RunRecord:
         queued = sum(sizes[i] for i, s in zip(ids, statuses, strict=True) if s == "queued")
         total = int(record["total"])
         done = sum(int(record[k]) for k in ("ok", "failed", "cancelled"))
-        state = record["state"]
-        if state == "running" and record["enqueued_all"] == "1" and done >= total:
-            state = "finished"  # every task has its result; nobody has collected them yet
+        state = shown_state(record["state"], record["enqueued_all"] == "1", done, total)
         workers = self._workers(ids, statuses)
         if "dropped" in record:  # only its record is left: what had not finished never will
             queued, workers = 0, []

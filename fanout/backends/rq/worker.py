@@ -46,6 +46,7 @@ from fanout.backends.rq.connection import (
 )
 from fanout.backends.rq.context import REDIS_WAIT, WorkerContext
 from fanout.backends.rq.job import FanoutJob
+from fanout.backends.rq.metrics_http import PoolMetrics, worker_endpoint
 from fanout.backends.rq.protocol import text
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
 from fanout.errors import JobStopped, SignatureError, TargetNotAllowed
@@ -239,6 +240,7 @@ def run_worker(
     secret_file: str | None = None,
     quiet: bool = False,
     redis_wait: float = REDIS_WAIT,
+    metrics_port: int | None = None,
 ) -> int:
     """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code.
 
@@ -247,16 +249,20 @@ def run_worker(
     ``quiet``: no banner and no warnings (workers a client starts for its own run).
     ``redis_wait``: how long a job's results wait for a lost or full Redis before the
     job fails (the worker itself waits for its Redis as long as it takes).
+    ``metrics_port``: serve Prometheus metrics there (metrics.py), for all processes.
     """
     url = redis_url(url)
     keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
     if processes > 1:
-        return _run_pool(url, queue, name, burst, processes, allow, secret_file, quiet, redis_wait)
+        return _run_pool(url, queue, name, burst, processes, allow, secret_file, quiet, redis_wait,
+                         metrics_port)  # fmt: skip
     connection = connect(url, socket_timeout=None)
     name = name or default_worker_name()
     _refuse_a_taken_name(connection, name, url)
+    endpoint = worker_endpoint(queue, name, metrics_port)
     executor = TaskProcess(workers=1, daemon=False, process_name=name)
     context = WorkerContext(name, url, allow, executor)
+    context.metrics = endpoint.metrics if endpoint is not None else None
     context.max_value_bytes = _max_value_bytes(connection)
     context.redis_wait = redis_wait
     # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
@@ -279,6 +285,8 @@ def run_worker(
         _serve(worker, burst, quiet)
     finally:
         executor.close(cancel=True)
+        if endpoint is not None:
+            endpoint.close()
     return 0
 
 
@@ -463,15 +471,22 @@ def _run_pool(
     secret_file: str | None,
     quiet: bool,
     redis_wait: float,
+    metrics_port: int | None = None,
 ) -> int:
     """``--processes N``: N single-process workers, stopped together (a SIGKILLed
-    parent's workers get the SIGTERM it would have forwarded)."""
+    parent's workers get the SIGTERM it would have forwarded). With ``metrics_port``,
+    this process serves the metrics of them all (metrics_http.py)."""
     base = name or default_worker_name()
     env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
     env.update(secret_env(None, secret_file))
+    children: list[Any] = []
+    metrics = None
+    if metrics_port is not None:
+        metrics = PoolMetrics(metrics_port, lambda: {c.pid for c in children if c.poll() is None})
+        env.update(metrics.env())
     spawn = functools.partial(spawn_fanout_worker, queue, env=env, burst=burst, quiet=quiet,
                               redis_wait=redis_wait, tied_to_parent=True)  # fmt: skip
-    children = [spawn(f"{base}-{i}") for i in range(1, processes + 1)]
+    children += [spawn(f"{base}-{i}") for i in range(1, processes + 1)]
 
     def forward(signum: int, frame: Any) -> None:
         for child in children:
@@ -481,4 +496,6 @@ def _run_pool(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    if metrics is not None:
+        metrics.close()
     return max(codes, default=0)
