@@ -45,3 +45,11 @@ def mark_and_nap(seconds: float, path: str) -> float:
     Path(path).touch()
     time.sleep(seconds)
     return seconds
+
+
+def nap_noted(seconds: float, folder: str, index: int) -> int:
+    """``nap`` that leaves a file of its own in ``folder`` per execution, named after
+    ``index`` (``drain.py`` counts how many times each task ran)."""
+    time.sleep(seconds)
+    (Path(folder) / f"{index}-{os.getpid()}-{time.perf_counter_ns()}").touch()
+    return index

@@ -20,12 +20,15 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fanout.api import Fanout
 from fanout.backends.runstate import RunState
 from fanout.driving import Budget, Driver, Values
 from fanout.models import TaskResult
+
+if TYPE_CHECKING:
+    from fanout.tracing import RunTrace
 
 # Results taken from the input but not yet by the consumer, at most: a slow consumer
 # holds the run back instead of piling results up in memory.
@@ -103,7 +106,8 @@ class AsyncFanout:
             raise RuntimeError("use AsyncFanout in 'async with' (or after 'await __aenter__()')")
         budget = Budget(AHEAD, driver.wake)
         spec = fanout.spec(target, items, room=budget.room, **options)  # raises now
-        return _run_chunks(driver, spec, budget)
+        spec, trace = fanout.traced(spec)  # in the consuming task's trace context
+        return _run_chunks(driver, spec, budget, trace)
 
 
 async def arun(
@@ -137,7 +141,9 @@ async def _flat(chunks: AsyncIterator[list[TaskResult]]) -> AsyncIterator[TaskRe
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def _run_chunks(driver: Driver, spec: Any, budget: Budget) -> AsyncIterator[list[TaskResult]]:
+async def _run_chunks(
+    driver: Driver, spec: Any, budget: Budget, trace: RunTrace | None = None
+) -> AsyncIterator[list[TaskResult]]:
     sink = LoopSink(asyncio.get_running_loop())
     starting = asyncio.ensure_future(asyncio.to_thread(driver.start, spec, sink))
     try:
@@ -149,12 +155,17 @@ async def _run_chunks(driver: Driver, spec: Any, budget: Budget) -> AsyncIterato
     try:
         while (chunk := await sink.get()) is not None:
             budget.took(len(chunk))
+            if trace is not None:
+                for result in chunk:
+                    trace.count(result)
             yield chunk
     finally:
         if not sink.ended:
             # Cancelled, or left early: the run ends as on Ctrl-C. Shielded, so that a
             # second cancellation cannot leave it going.
             await asyncio.shield(asyncio.to_thread(driver.end, run))
+        if trace is not None:
+            trace.end(driver.backend.last_run_id())
 
 
 class _End:

@@ -18,6 +18,7 @@ from fanout.targets import resolve_target, why_not_importable
 if TYPE_CHECKING:
     from fanout.journal import Resume
     from fanout.models import TaskResult
+    from fanout.tracing import RunTrace
 
 DEFAULT_BACKEND = "local"
 
@@ -117,6 +118,7 @@ class Fanout:
                          star=star, repeat=repeat, max_failures=max_failures)  # fmt: skip
         if resume and journal is None:
             raise ValueError("resuming needs the journal to resume from: give journal=PATH")
+        spec, trace = self.traced(spec)
 
         if journal is None:
             results = self._backend.map(spec)
@@ -138,7 +140,7 @@ class Fanout:
                 return run
 
             results = journaled(book, spec.items, ordered, run_on)
-        results = _keeping(self, results)
+        results = _keeping(self, results, trace)
         self._active = weakref.ref(results)
         return results
 
@@ -156,7 +158,12 @@ class Fanout:
         The backend must keep runs (``durable_runs``, as rq does)."""
         spec = self.spec(target, items, ordered=False, timeout=timeout, retries=retries,
                          star=star, repeat=repeat)  # fmt: skip
-        return self._backend.submit(spec)
+        spec, trace = self.traced(spec)
+        try:
+            return self._backend.submit(spec)
+        finally:
+            if trace is not None:  # its span: the enqueueing; its tasks are its children
+                trace.end(self._backend.last_run_id())
 
     def attach(
         self,
@@ -220,6 +227,17 @@ class Fanout:
         return MapSpec(fn, name, iter(items), star, ordered, timeout, retries, max_failures,
                        room=room)  # fmt: skip
 
+    def traced(self, spec: MapSpec) -> tuple[MapSpec, RunTrace | None]:
+        """``spec`` with the caller's trace context, its ``fanout.run`` span begun (with
+        a tracer provider configured; see :mod:`fanout.tracing`); as it was, and None,
+        where OpenTelemetry is not in use."""
+        from fanout import tracing
+
+        trace = tracing.begin_run(spec.target, self.backend_name)
+        if trace is None:
+            return spec, None
+        return dataclasses.replace(spec, trace=trace.carrier), trace
+
     def _resolve(self, target: Callable[..., Any] | str) -> tuple[Callable[..., Any], str | None]:
         fn, name = resolve_target(target)
         if self._backend.needs_importable_target and name is None:
@@ -248,15 +266,26 @@ class Fanout:
         self.close(cancel=exc_type is not None)
 
 
-def _keeping(owner: Fanout, results: Iterator[TaskResult]) -> Iterator[TaskResult]:
+def _keeping(
+    owner: Fanout, results: Iterator[TaskResult], trace: RunTrace | None = None
+) -> Iterator[TaskResult]:
     """``results``, holding ``owner`` until they end: ``for r in Fanout().map(...)``
-    keeps its Fanout (whose collection would end the workers) for as long as it runs."""
+    keeps its Fanout (whose collection would end the workers) for as long as it runs.
+    A traced run's results are counted for its span, which ends with them."""
     try:
-        yield from results
+        if trace is None:
+            yield from results
+        else:
+            for result in results:
+                trace.count(result)
+                yield result
     finally:
         close = getattr(results, "close", None)
         if close is not None:
             close()  # ends the run now, as leaving the map early does
+        if trace is not None:
+            # Asked for once the run has ended, the id changes nothing about it.
+            trace.end(owner._backend.last_run_id())
 
 
 def _inputs(

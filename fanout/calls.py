@@ -39,26 +39,42 @@ class Init:
 
 
 class Call:
-    """``fn(*args, **kwargs)``, to be made on a worker (after the Pool's ``init``)."""
+    """``fn(*args, **kwargs)``, to be made on a worker (after the Pool's ``init``), in
+    the trace context of its submitter (``trace``: where it differs from its run's)."""
 
-    __slots__ = ("args", "fn", "init", "kwargs")
+    __slots__ = ("args", "fn", "init", "kwargs", "trace")
 
     def __init__(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], init: Init | None = None
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        init: Init | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.init = init
+        self.trace = trace
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Call, (self.fn, self.args, self.kwargs, self.init))
+        if self.trace is None:  # as before tracing: nothing more to pickle
+            return (Call, (self.fn, self.args, self.kwargs, self.init))
+        return (Call, (self.fn, self.args, self.kwargs, self.init, self.trace))
 
 
 def call(item: Call) -> Any:
-    """Make the call ``item`` carries (the run's target on every worker)."""
+    """Make the call ``item`` carries (the run's target on every worker), in its
+    submitter's trace context where it still carries one (its worker did not make it
+    current: its run is not traced, ``fanout.tracing``)."""
     if item.init is not None:
         item.init.ensure()
+    if item.trace is not None:
+        from fanout import tracing
+
+        with tracing.attached(item.trace):
+            return item.fn(*item.args, **item.kwargs)
     return item.fn(*item.args, **item.kwargs)
 
 

@@ -18,10 +18,10 @@ import contextlib
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from fanout import calls
+from fanout import calls, tracing
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.feed import Feed
 from fanout.backends.runstate import RunState
@@ -248,6 +248,7 @@ class Calls:
         self.lock = threading.Lock()
         self.feed: Feed | None = None
         self.run: RunState | None = None
+        self.trace: Mapping[str, str] | None = None  # the run's (tracing.run_carrier)
         self.waiting: dict[int, Waiter] = {}
 
     def put(self, call: Call, waiter: Callable[[Callable[[], bool]], W]) -> W:
@@ -258,8 +259,12 @@ class Calls:
                 self.feed = Feed(self.driver.wake)
                 # Unordered: each call's result goes to its own waiter as soon as it is in,
                 # not once every call made before it has finished.
-                spec = MapSpec(calls.call, calls.TARGET, self.feed, ordered=False)
+                spec = MapSpec(calls.call, calls.TARGET, self.feed, ordered=False,
+                               trace=tracing.run_carrier())  # fmt: skip
+                self.trace = spec.trace
                 self.run = self.driver.start(spec, self)
+            if call.trace is None:  # the submitter's trace context goes with its call
+                call.trace = tracing.carrier(self.trace)
             feed, run, index = self.feed, self.run, self.feed.put(call)
 
             def cancel() -> bool:

@@ -175,10 +175,15 @@ class RedisServer:
 
 
 def start_worker(
-    url: str, name: str, *args: str, python: str = sys.executable
+    url: str,
+    name: str,
+    *args: str,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A real ``fanout worker`` process, run from the repo root so tests.tasks imports."""
-    env = dict(os.environ, FANOUT_REDIS_URL=url)
+    """A real ``fanout worker`` process, run from the repo root so tests.tasks imports;
+    ``env``: more of its environment."""
+    env = dict(os.environ, FANOUT_REDIS_URL=url, **(env or {}))
     return subprocess.Popen(
         [python, "-m", "fanout", "worker", "--name", name, *args], cwd=ROOT, env=env
     )

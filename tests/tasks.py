@@ -323,3 +323,18 @@ def record_then_sleep(log: str, x: Any, seconds: float) -> Any:
         fh.write(f"{x}\n")
     time.sleep(seconds)
     return x
+
+
+def trace_id(_: Any = None) -> str:
+    """The trace id of the current span inside the task (OpenTelemetry), as hex."""
+    from opentelemetry import trace
+
+    return trace.format_trace_id(trace.get_current_span().get_span_context().trace_id)
+
+
+def otel_setup() -> None:
+    """``FANOUT_OTEL_SETUP``'s hook for tests: a tracer provider that appends each span,
+    as it ends, to the JSON-lines file ``$FANOUT_TEST_SPANS`` (tests/spans.py)."""
+    from tests.spans import use_file_exporter
+
+    use_file_exporter(os.environ["FANOUT_TEST_SPANS"])

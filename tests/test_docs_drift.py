@@ -168,6 +168,7 @@ NOT_IN_THE_TABLE = {
     "signing.KEY_ID_SIZE", "signing.MAC_SIZE", "signing.HEADER_SIZE",  # the seal's layout
     "signing.MIN_SECRET_BYTES",  # docs/security.md says it
     "connection.SENTINEL_PORT",  # Redis Sentinel's own default port
+    "protocol._REQUIRED",  # JobArgs' fields without a default, counted
 }  # fmt: skip
 
 

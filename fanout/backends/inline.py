@@ -8,12 +8,14 @@ round trip they would make to a worker, output is captured, errors become result
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fanout import _task
 from fanout._wire import Record, TaskBatch, not_run_record
@@ -21,6 +23,9 @@ from fanout.backends.base import Backend, MapSpec
 from fanout.backends.runstate import RunState
 from fanout.errors import TaskTimeout
 from fanout.models import TaskResult, WorkerInfo
+
+if TYPE_CHECKING:
+    from fanout.tracing import TaskSpans
 
 WAIT_SECONDS = 1.0  # the longest wait for a live input's next item before looking again
 
@@ -64,7 +69,8 @@ class InlineBackend(Backend):
         if batch is None:
             return False
         capture = _task.Capture()
-        records = [_attempt(run.spec, batch, pos, capture) for pos in range(len(batch))]
+        spans = _spans(run.spec)
+        records = [_attempt(run.spec, batch, pos, capture, spans) for pos in range(len(batch))]
         run.settle(records, WorkerInfo.current(self.name), batch.attempts, batch.task)
         return True
 
@@ -93,7 +99,19 @@ class InlineBackend(Backend):
         self._woken.set()
 
 
-def _attempt(spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture) -> Record:
+def _spans(spec: MapSpec) -> TaskSpans | None:
+    """The run's tracing (``fanout.tracing``): None unless its caller traces (or, on a
+    stock ``rq worker``, the worker does)."""
+    if spec.trace is None:
+        return None
+    from fanout import tracing
+
+    return tracing.task_spans(spec.trace)
+
+
+def _attempt(
+    spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture, spans: TaskSpans | None
+) -> Record:
     index, item = batch.indices[pos], batch.items[pos]
     if pos in batch.pickled:
         # The same round trip a worker makes, so that a test on this backend catches
@@ -107,7 +125,9 @@ def _attempt(spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture) 
         contextlib.redirect_stderr(capture),
         _alarm(spec.timeout, index),
     ):
-        return _task.run_one(spec.fn, index, item, spec.star, capture, in_caller=True)
+        task = functools.partial(_task.run_one, spec.fn, index, item, spec.star, capture,
+                                 in_caller=True)  # fmt: skip
+        return task() if spans is None else spans.run(index, item, task)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ The contract (:mod:`fanout.backends.base`) takes it, and the run logic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,3 +40,6 @@ class MapSpec:
     #: larger one (a ``fanout worker``'s job) numbers its tasks, and their results and
     #: messages, as the larger run does. Unordered runs only.
     indices: Sequence[int] | None = None
+    #: The caller's trace context, as W3C headers and the run's id (``fanout.tracing``):
+    #: a backend hands it to whatever runs the tasks (None: nothing to trace).
+    trace: Mapping[str, str] | None = None

@@ -1,8 +1,8 @@
 """The ``fanout`` command line, built with typer: ``commands`` (run, worker), ``runs``
-(results, cancel, status), ``report`` (report), ``metrics`` (metrics), ``running``
-(what run does), ``inputs`` (where a run's inputs come from), ``views`` (JSON lines,
-the human view, the progress bar), ``report_view`` (run --report), ``options``,
-``exitcodes``.
+(results, cancel, status), ``fleet`` (drain, pause, resume), ``report`` (report),
+``metrics`` (metrics), ``running`` (what run does), ``inputs`` (where a run's inputs
+come from), ``views`` (JSON lines, the human view, the progress bar), ``report_view``
+(run --report), ``options``, ``exitcodes``.
 
 Exit codes: 0 every task ok, 1 some task failed, 2 usage error or bad target or input,
 3 backend unavailable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -14,6 +14,7 @@ import sys
 
 import typer
 
+from fanout.cli import fleet as _fleet  # noqa: F401 - registers drain, pause, resume
 from fanout.cli import metrics as _metrics  # noqa: F401 - registers metrics
 from fanout.cli import report as _report  # noqa: F401 - registers report
 from fanout.cli import runs as _runs  # noqa: F401 - registers results, cancel, status

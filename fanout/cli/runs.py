@@ -150,4 +150,5 @@ def _print_status(status: dict[str, Any]) -> None:
                  ", ".join(w["queues"]))  # fmt: skip
         workers.add_row(*map(Text, cells))
     console.print(workers)
-    console.print(f"{len(status['queues'])} queue(s), {len(status['workers'])} worker(s)")
+    paused = "; paused: no worker takes a new job until fanout resume" if status["paused"] else ""
+    console.print(f"{len(status['queues'])} queue(s), {len(status['workers'])} worker(s){paused}")

@@ -9,7 +9,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from fanout import errors
+from fanout import errors, tracing
 from fanout.api import Fanout
 from fanout.backends import get_backend
 from fanout.backends.base import Backend, MapSpec
@@ -126,11 +126,13 @@ def map_spec(
     itself is the run's target when the backend can take it (by name on rq); otherwise,
     or with a Pool's initializer, each item travels as a Call that carries it."""
     name = importable_name(fn)
+    trace = tracing.map_carrier()  # the caller's context, for every task of the map
     if init is None and (name is not None or not backend.needs_importable_target):
         return MapSpec(fn, name, iter(inputs), star=star, ordered=False, bare=True, room=room,
-                       chunksize=chunksize)  # fmt: skip
+                       chunksize=chunksize, trace=trace)  # fmt: skip
     check_picklable(backend, fn)
     items: Iterator[Call] = (
         Call(fn, tuple(item) if star else (item,), {}, init) for item in inputs
     )
-    return MapSpec(call, TARGET, items, ordered=False, bare=True, room=room, chunksize=chunksize)
+    return MapSpec(call, TARGET, items, ordered=False, bare=True, room=room, chunksize=chunksize,
+                   trace=trace)  # fmt: skip

@@ -66,15 +66,19 @@ def test_a_pools_initializer_runs_once_per_process_through_a_call() -> None:
 
 
 def test_the_calls_module_imports_nothing_of_fanout() -> None:
-    """A worker loads it for every call: it must not pull in the drop-ins or a driver."""
+    """A worker loads it for every call: it must not pull in the drop-ins or a driver
+    (only ``fanout.tracing``, and only for a call that carries a trace context)."""
     tree = ast.parse(Path(fanout.calls.__file__).read_text())
     imported = [
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        f"{node.module}.{alias.name}" if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(tree)
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     ]
-    assert not [name for name in imported if name and name.startswith("fanout")], imported
+    ours = [name for name in imported if name.startswith("fanout")]
+    assert ours == ["fanout.tracing"], imported
+    top = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert not [node for node in top if (getattr(node, "module", "") or "").startswith("fanout")]
 
 
 def test_the_driver_lives_in_the_core() -> None:

@@ -297,6 +297,7 @@ class Pool:
                 run.flush_seconds,
                 file_modules(),
                 spec.bare,
+                None if spec.trace is None else dict(spec.trace),
             )
             self.send(worker, message)
             worker.fn_id = run.fn_id

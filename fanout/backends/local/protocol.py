@@ -5,7 +5,8 @@ Each message is a pickled tuple behind an 8-byte little-endian length. The first
 element names the message:
 
     caller -> worker   (FN, fn id, target pickle, star, seconds of work between result
-                        messages (0: each result), file modules, bare)
+                        messages (0: each result), file modules, bare, trace context
+                        (fanout.tracing's carrier, or None))
                        (BATCH, batch id, indices, items, pickled positions)
     worker -> caller   (HELLO, name, pid, ppid, host, whether it gets barriers)
                        (RESULTS, batch id, [result record, ...])   (records: fanout._wire)

@@ -7,6 +7,7 @@ caller's ends of every pipe, says hello, then serves messages until end-of-file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fanout import _task
 from fanout._proc import become_subreaper, die_with_parent, kill_tree
@@ -49,6 +50,9 @@ from fanout.backends.local.protocol import (
 from fanout.errors import SerializationError, TargetError
 from fanout.models import TaskError
 from fanout.targets import load_file_modules
+
+if TYPE_CHECKING:
+    from fanout.tracing import TaskSpans
 
 # A worker sends results mid-batch at least this often (and once they stand for the
 # run's flush_seconds of work).
@@ -111,6 +115,9 @@ def _exit() -> None:
     from multiprocessing import util
 
     util._exit_function()  # type: ignore[attr-defined]
+    if "fanout.tracing" in sys.modules:  # spans a batching exporter still holds
+        with contextlib.suppress(Exception):
+            sys.modules["fanout.tracing"].flush()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -130,6 +137,7 @@ class WorkerLoop:
         self.fn_error = TaskError(TargetError.__name__, "no target was sent")
         self.star = self.bare = False
         self.flush_seconds = 0.0
+        self.spans: TaskSpans | None = None  # the run's tracing (fanout.tracing)
 
     def load(
         self,
@@ -138,8 +146,14 @@ class WorkerLoop:
         flush_seconds: float,
         modules: dict[str, str],
         bare: bool,
+        trace: dict[str, str] | None = None,
     ) -> None:
         self.star, self.flush_seconds, self.bare = star, flush_seconds, bare
+        self.spans = None
+        if trace is not None:  # the caller traces (fanout.tracing)
+            from fanout import tracing
+
+            self.spans = tracing.task_spans(trace)
         self.marker[MARK_BATCH] = LOADING_TARGET
         try:
             load_file_modules(modules)
@@ -174,7 +188,7 @@ class WorkerLoop:
         self.marker[MARK_BATCH] = batch_id
         self.unpickle_inputs(indices, items, pickled)
         start = 0
-        if self.bare and self.fn is not None:
+        if self.bare and self.fn is not None and self.spans is None:
             start = self.run_bare(batch_id, indices, items)
         end = self.run_records(batch_id, indices, items, start)
         if end < len(indices):  # the caller took the rest back: say where we stopped
@@ -191,6 +205,7 @@ class WorkerLoop:
         went (at least every ``FLUSH_SECONDS``; a task's own time counts, so that results
         that stand for real work go soon: a crash costs little to redo)."""
         fn, marker, star, claim, printed = self.fn, self.marker, self.star, self.claim, self.printed
+        traced = self.spans is not None  # a span per task: each the general way
         if claim.stopped:
             return start  # run_bare stopped there
         perf = time.perf_counter
@@ -212,7 +227,7 @@ class WorkerLoop:
                     end = pos  # taken back from here on
                     break
             item = items[pos]
-            if records or type(item) is _Unloadable or fn is None:
+            if records or type(item) is _Unloadable or fn is None or traced:
                 t1 = self.run_one(box, indices[pos], pos, item)[FINISHED] - wall
             else:
                 marker[MARK_POS] = pos
@@ -247,7 +262,13 @@ class WorkerLoop:
             record = not_run_record(index, error, time.time())
         else:
             self.marker[MARK_POS] = pos
-            record = _task.run_one(self.fn, index, item, self.star, self.capture, wall=box.wall)
+            if self.spans is None:
+                record = _task.run_one(self.fn, index, item, self.star, self.capture,
+                                       wall=box.wall)  # fmt: skip
+            else:
+                task = functools.partial(_task.run_one, self.fn, index, item, self.star,
+                                         self.capture, wall=box.wall)  # fmt: skip
+                record = self.spans.run(index, item, task)
             if _forked:
                 os._exit(0)  # the task forked and returned in the child: see run_records
             self.marker[MARK_POS] = IDLE

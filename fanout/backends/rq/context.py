@@ -1,6 +1,6 @@
 """What a job needs from the worker that runs it: its name, its Redis, its allowlist,
-its task process, its heartbeat and its stop flag, in one object that ``fanout worker``
-makes once (``worker.py``) and hands to every job it runs (``job.py``)."""
+its task process, its heartbeat, its stop and drain flags, in one object that ``fanout
+worker`` makes once (``worker.py``) and hands to every job it runs (``job.py``)."""
 
 from __future__ import annotations
 
@@ -30,18 +30,28 @@ class WorkerContext:
         url: str,
         allow: tuple[str, ...],
         executor: LocalBackend | None = None,
+        *,
+        max_value_bytes: int = 512 * 2**20,
+        redis_wait: float = REDIS_WAIT,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """``max_value_bytes``: Redis's limit on one value (``proto-max-bulk-len``: a
+        bigger push would fail); ``redis_wait``: how long a push waits for a lost Redis;
+        ``metrics``: what ``--metrics-port`` counts (None: nothing)."""
         self.name = name
         self.url = url  # for messages only
         self.allow = allow  # module prefixes whose code may run; () admits any
         self.executor = executor  # the task process; None: run tasks in this process
         self.heartbeat: Callable[[], None] | None = None  # set while a job runs
-        # Redis's limit on one value (proto-max-bulk-len): a bigger push would fail.
-        self.max_value_bytes = 512 * 2**20
-        self.redis_wait = REDIS_WAIT  # how long a push waits for a lost Redis
+        self.max_value_bytes = max_value_bytes
+        self.redis_wait = redis_wait
         self.stop_requested = False  # set from RQ's command thread (stop-job)
+        # Set from RQ's command thread (fanout drain): the job running gives back what it
+        # has not started, and the worker takes no new job.
+        self.drain_requested = False
+        self.gave_back = 0  # tasks its jobs gave back on a drain
         self.since = utcformat(now())  # when this process began to serve (RQ's time format)
-        self.metrics: WorkerMetrics | None = None  # --metrics-port: what it counts
+        self.metrics = metrics
 
     def pause(self, seconds: float) -> None:
         """Wait ``seconds`` in a job, heartbeating (a worker that refused a job before)."""

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -46,6 +47,9 @@ from fanout.models import TaskError, TaskResult, cancelled
 from fanout.targets import resolve_target
 
 log = logging.getLogger("fanout.worker")
+
+# As fanout.tracing's (imported only where this is loaded): a process that traces has it.
+TRACE_MODULE = "opentelemetry.trace"
 
 CANCELLED_WHILE_RUNNING = "the run was cancelled while its job ran"
 
@@ -89,7 +93,7 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
     # task, not a position in this job.
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
                    timeout=args.timeout, retries=args.retries, attempts=prior,
-                   indices=todo)  # fmt: skip
+                   indices=todo, trace=_trace(args))  # fmt: skip
     pusher.check_stop(todo)  # the stop came while the inputs were being unpickled
     _Tasks(job, ctx, args, pusher, todo, keep).run_all(spec)
     return len(args.indices)
@@ -98,7 +102,8 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
 class _Tasks:
     """The job's tasks through the worker's task process (or this process, on a stock
     ``rq worker``), each result pushed; and those that leave the job before they start:
-    given back as new jobs when the job runs late (split.py), cancelled once a push has
+    given back as new jobs when the job runs late (split.py) or its worker is drained
+    (fleet.py), cancelled once a push has
     found its run halted (max_failures) or cancelled — those running finish — and, when
     the run's caller stops the job (Ctrl-C, cancel), cancelled before the one running is
     stopped."""
@@ -154,7 +159,9 @@ class _Tasks:
         run = self.run
         assert run is not None
         stopped = self.pusher.state in _STOPPED and run.handed is None
-        if stopped or self.split.due():
+        # Drained (fanout drain): the task running finishes here, the rest goes back.
+        drained = self.ctx.drain_requested and run.handed is None
+        if stopped or drained or self.split.due():
             self.hand(self.executor.give_back(run))
 
     def hand(self, tasks: list[Task]) -> None:
@@ -166,6 +173,8 @@ class _Tasks:
             assert self.run is not None
             try:
                 self.split.give_back(tasks, self.run.per_task)
+                if self.ctx.drain_requested:
+                    self.ctx.gave_back += len(tasks)
             except (redis.RedisError, OSError) as exc:
                 # Not run here either way: the transaction that enqueues them went
                 # through (the run's stream says where they went) or it did not (the
@@ -200,6 +209,19 @@ _STOPPED = {
     "halted": "the run stopped (max_failures) before the task started",
     "cancelled": "the run was cancelled before the task started",
 }
+
+
+def _trace(args: JobArgs) -> dict[str, str] | None:
+    """The job's trace context for its tasks (``fanout.tracing``), named by the run's
+    id: the caller's, or none where this worker traces on its own (its tracer provider
+    set up); None where neither."""
+    if args.trace is None and TRACE_MODULE not in sys.modules:
+        return None  # the common case, at once
+    from fanout import tracing
+
+    if args.trace is None and not tracing.provider_set():
+        return None
+    return {**(args.trace or {}), tracing.RUN_ID: args.run_id}
 
 
 def _load_target(target: str, allow: tuple[str, ...]) -> Callable[..., Any]:

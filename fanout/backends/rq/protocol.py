@@ -145,17 +145,28 @@ class JobArgs(NamedTuple):
     # The workers that could not load the target for these tasks, once each time they
     # gave them back for another (split.py): a job the caller makes has none.
     refused: tuple[str, ...] = ()
+    # The caller's trace context (fanout.tracing's carrier), None where it has none.
+    trace: dict[str, str] | None = None
 
     def wire(self) -> tuple[Any, ...]:
-        """The job's arguments as RQ stores them: without ``refused`` when there are
-        none, so that a worker older than it still runs the job."""
-        return tuple(self) if self.refused else tuple(self)[:-1]
+        """The job's arguments as RQ stores them: without the trailing ones that are at
+        their default (``refused``, ``trace``), so that a worker older than they are
+        still runs the job."""
+        fields = tuple(self)
+        end = len(fields)
+        while end > _REQUIRED and fields[end - 1] == self._field_defaults[self._fields[end - 1]]:
+            end -= 1
+        return fields[:end]
 
     @classmethod
     def of(cls, run_id: str, target: str, star: bool, timeout: float | None, retries: int,
-           tasks: TaskBatch, budget: float | None = None) -> JobArgs:  # fmt: skip
+           tasks: TaskBatch, budget: float | None = None,
+           trace: dict[str, str] | None = None) -> JobArgs:  # fmt: skip
         return cls(run_id, target, star, timeout, retries, list(tasks.indices), tasks.items,
-                   tasks.pickled, tasks.attempts, budget)  # fmt: skip
+                   tasks.pickled, tasks.attempts, budget, (), trace)  # fmt: skip
+
+
+_REQUIRED = len(JobArgs._fields) - len(JobArgs._field_defaults)
 
 
 def text(value: Any) -> str:

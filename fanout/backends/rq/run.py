@@ -305,8 +305,9 @@ class RQRun(RunState):
         spec = self.spec
         assert spec.target is not None
         budget = None if self.per_task is None else self.per_task * len(tasks)
+        trace = None if spec.trace is None else dict(spec.trace)
         args = JobArgs.of(self.run_id, spec.target, spec.star, spec.timeout, spec.retries,
-                          tasks, budget)  # fmt: skip
+                          tasks, budget, trace)  # fmt: skip
         return Queue.prepare_data(
             RUN_BATCH,
             args=args.wire(),

@@ -125,6 +125,7 @@ class Split:
             [n for n, pos in enumerate(positions) if pos in wire],
             [task.attempts for task in part],
             per * len(part),
+            trace=args.trace,
         )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rq import Queue, Worker
+from rq.suspension import is_suspended
 
 from fanout.backends.rq.connection import (
     connect,
@@ -17,7 +18,8 @@ from fanout.backends.rq.connection import (
 
 def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, Any]:
     """Queues with their lengths and workers with name, pid, host, state, current job;
-    for a Sentinel URL, the master the Sentinels named (``master``, else None)."""
+    for a Sentinel URL, the master the Sentinels named (``master``, else None); whether
+    the workers are paused (``paused``)."""
     url = redis_url(url)
     connection = connect(url)
     with translate(url):
@@ -26,6 +28,7 @@ def queue_status(url: str | None = None, queue: str | None = None) -> dict[str, 
         return {
             "redis": mask_url(url),
             "master": master_address(connection),
+            "paused": bool(is_suspended(connection)),  # fanout pause, rq suspend
             "queues": [{"name": q.name, "length": q.count} for q in queues],
             "workers": [
                 {

@@ -5,7 +5,8 @@ happened to the job that carried it.
 
 At each check (every ``CHECK_SECONDS``, by whoever drives the run) the watch looks at
 
-- the workers serving the queue (none for a while: a warning, then maybe giving up);
+- the workers serving the queue (none for a while: a warning, then maybe giving up;
+  paused for a while, ``fanout pause``: a warning, and the run waits);
 - RQ's FailedJobRegistry: a job that failed as a whole — its work-horse killed
   (:class:`Lost`), stopped by ``rq stop-job`` (:class:`Stopped`), refused as unsigned
   (:class:`Refused`), RQ failing around it (:class:`FailedAround`);
@@ -29,6 +30,7 @@ from rq import Worker
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
 from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import utcparse
 
 from fanout.backends.rq.connection import mask_url
@@ -138,6 +140,8 @@ class JobWatch:
         self.last_check = 0.0
         self.last_progress = time.monotonic()
         self.warned = False
+        self.paused_since: float | None = None  # the workers found paused since then
+        self.said_paused = False
 
     def due(self) -> bool:
         """Is it time for a check (every ``CHECK_SECONDS``)?"""
@@ -365,6 +369,8 @@ class JobWatch:
         return WorkerInfo(worker, int(pid or 0), int(ppid or 0), host, backend)
 
     def _watch_for_workers(self, waiting: bool) -> None:
+        if self.workers_seen and waiting:
+            self._watch_for_pause()
         if self.workers_seen or not waiting:
             self.last_progress = time.monotonic()
             return
@@ -380,6 +386,25 @@ class JobWatch:
                 " --redis-url URL --queue %s)",
                 where,
                 settings.queue.name,
+            )
+
+    def _watch_for_pause(self) -> None:
+        """Workers serve the queue, but they may be paused (``fanout pause``, ``rq
+        suspend``): the run waits for them as long as it takes, and says why once."""
+        if self.said_paused:
+            return
+        if not self.connection.exists(WORKERS_SUSPENDED):
+            self.paused_since = None
+            return
+        now = time.monotonic()
+        self.paused_since = self.paused_since or now
+        if now - self.paused_since >= self.settings.warn_after:
+            self.said_paused = True
+            log.warning(
+                "the workers serving queue %r on %s are paused (fanout pause or rq suspend);"
+                " waiting (resume them with: fanout resume --redis-url URL)",
+                self.settings.queue.name,
+                mask_url(self.settings.url),
             )
 
 

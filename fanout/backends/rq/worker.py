@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from rq import Worker
+from rq import Queue, Worker
+from rq.command import parse_payload
 from rq.exceptions import StopRequested
 from rq.utils import utcparse
 from rq.worker import SimpleWorker, WorkerStatus
@@ -45,6 +46,7 @@ from fanout.backends.rq.connection import (
     url_passwords,
 )
 from fanout.backends.rq.context import REDIS_WAIT, WorkerContext
+from fanout.backends.rq.fleet import DRAIN_COMMAND, FANOUT_FIELD, GAVE_BACK_FIELD
 from fanout.backends.rq.job import FanoutJob
 from fanout.backends.rq.metrics_http import PoolMetrics, worker_endpoint
 from fanout.backends.rq.protocol import text
@@ -80,6 +82,7 @@ class FanoutWorker(SimpleWorker):
         self.context = context or WorkerContext(self.name, "", ())
         self._beat_at = -BEAT_AGAIN_SECONDS  # time.monotonic() of the last heartbeat
         self.stop_asked = False  # a SIGTERM or SIGINT came (see request_stop)
+        self.draining = False  # fanout drain came (see drain)
 
     def note_stop(self, signum: int, frame: Any) -> None:
         """The SIGTERM and Ctrl-C handler until RQ installs its own. RQ registers the
@@ -112,7 +115,54 @@ class FanoutWorker(SimpleWorker):
         # task process): a killed worker's name, and its job, would stay that long.
         return REGISTRATION_TTL
 
+    def handle_payload(self, message: Any) -> None:
+        """RQ's command listener, which also hears fanout's own ``fanout-drain``."""
+        if parse_payload(message).get("command") == DRAIN_COMMAND:
+            self.drain()
+        else:
+            super().handle_payload(message)  # type: ignore[no-untyped-call]
+
+    def drain(self) -> None:
+        """``fanout drain`` (from RQ's command thread; fleet.py): the job running gives
+        back what it has not started and finishes the task it runs; then the worker
+        exits, taking no new job. An idle one exits within a round of its wait for jobs,
+        a paused one at once."""
+        if self.draining:
+            return
+        self.log.warning("Worker %s: draining (fanout drain): the running task finishes,"
+                         " the rest of its job goes back to the queue", self.name)  # fmt: skip
+        self.draining = True
+        ctx = self.context
+        ctx.drain_requested = True
+        # RQ's loop then ends after the job running, or at once where it waits, paused.
+        self._stop_requested = True
+        if ctx.executor is not None:
+            ctx.executor.wake()  # the job gives its rest back now, not at its next look
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Any, Any] | None:
+        """RQ's wait for a job, which a drain ends and a pause holds: RQ waits in rounds
+        of ``timeout`` seconds for as long as no job comes, and looks whether it is
+        paused (``rq suspend``) only before it waits, so an idle worker took one more job
+        after a pause. Here, one round at a time, with that look between them."""
+        if timeout is None or max_idle_time is not None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while not self.draining:
+            result = super().dequeue_job_and_maintain_ttl(timeout, timeout)
+            if result is not None:
+                return result
+            # Returns on resume, or on a drain. Redis lost meanwhile: RQ's wait above
+            # waits it out, as it did before this look.
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                self.check_for_suspension(burst=False)
+        return None
+
     def execute_job(self, job: Any, queue: Any) -> None:
+        if self.draining:
+            # Taken as the drain came: not started, so it goes back whole, at the front.
+            _put_back(self.connection, queue, job.id)
+            return
         ctx = self.context
         ctx.stop_requested = False
         job.context = ctx
@@ -142,8 +192,14 @@ class FanoutWorker(SimpleWorker):
         # And since when this process serves: a registration newer than a job's start
         # but not the process means the worker registered again between jobs (its
         # connection broke), so that job is not running, rather than died with it.
-        self.connection.hset(self.key, mapping={"fanout_heartbeat": HEARTBEAT_SECONDS,
+        self.connection.hset(self.key, mapping={FANOUT_FIELD: HEARTBEAT_SECONDS,
                                                 "fanout_since": self.context.since})  # fmt: skip
+
+    def register_death(self) -> None:
+        if self.draining:  # for fanout drain's summary (the registration lives 60 s more)
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.connection.hset(self.key, GAVE_BACK_FIELD, self.context.gave_back)
+        super().register_death()  # type: ignore[no-untyped-call]
 
     def set_shutdown_requested_date(self) -> None:
         # Called from RQ's SIGTERM handler, wherever the signal landed: a Redis that is
@@ -206,6 +262,15 @@ class TaskProcess(LocalBackend):
     flush_seconds = 0.05
 
 
+def _put_back(connection: Any, queue: Queue, job_id: str) -> None:
+    """A job taken from ``queue`` (into RQ's intermediate list) but not started, back at
+    the front of the queue."""
+    pipe = connection.pipeline(transaction=True)
+    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+    pipe.lpush(queue.key, job_id)
+    pipe.execute()
+
+
 def _flag_stop(thread: Any) -> None:
     """Tell redis-py's pubsub thread to stop, without waiting for it: redis-py 8.2's
     ``stop()`` waits for it (for ever unless given a time-out), older ones never do."""
@@ -250,21 +315,24 @@ def run_worker(
     ``redis_wait``: how long a job's results wait for a lost or full Redis before the
     job fails (the worker itself waits for its Redis as long as it takes).
     ``metrics_port``: serve Prometheus metrics there (metrics.py), for all processes.
+    ``FANOUT_OTEL_SETUP=package.module:function``: called once first, to set up
+    OpenTelemetry's tracer provider (``fanout.tracing``).
     """
     url = redis_url(url)
     keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
     if processes > 1:
         return _run_pool(url, queue, name, burst, processes, allow, secret_file, quiet, redis_wait,
                          metrics_port)  # fmt: skip
+    _tracing_from_env()  # before the task process forks: it inherits it
     connection = connect(url, socket_timeout=None)
     name = name or default_worker_name()
     _refuse_a_taken_name(connection, name, url)
     endpoint = worker_endpoint(queue, name, metrics_port)
     executor = TaskProcess(workers=1, daemon=False, process_name=name)
-    context = WorkerContext(name, url, allow, executor)
-    context.metrics = endpoint.metrics if endpoint is not None else None
-    context.max_value_bytes = _max_value_bytes(connection)
-    context.redis_wait = redis_wait
+    context = WorkerContext(
+        name, url, allow, executor, max_value_bytes=_max_value_bytes(connection),
+        redis_wait=redis_wait, metrics=endpoint.metrics if endpoint is not None else None,
+    )  # fmt: skip
     # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
     worker = FanoutWorker(
         [queue],
@@ -275,10 +343,7 @@ def run_worker(
         context=context,
     )
     if not quiet:
-        say = functools.partial(print, file=sys.stderr, flush=True)
-        say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
-        for warning in safety_warnings(url, keyring, allow):
-            say(f"fanout worker {name}: warning: {warning}")
+        _banner(name, queue, url, keyring, allow)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, worker.note_stop)
     try:
@@ -288,6 +353,21 @@ def run_worker(
         if endpoint is not None:
             endpoint.close()
     return 0
+
+
+def _tracing_from_env() -> None:
+    """``FANOUT_OTEL_SETUP=module:function``: OpenTelemetry's setup, called once."""
+    if os.environ.get("FANOUT_OTEL_SETUP"):
+        from fanout import tracing
+
+        tracing.setup_from_env()
+
+
+def _banner(name: str, queue: str, url: str, keyring: Any, allow: tuple[str, ...]) -> None:
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    say(f"fanout worker {name} (pid {os.getpid()}) serving queue {queue!r} on {mask_url(url)}")
+    for warning in safety_warnings(url, keyring, allow):
+        say(f"fanout worker {name}: warning: {warning}")
 
 
 def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
@@ -314,7 +394,7 @@ def _serve(worker: FanoutWorker, burst: bool, quiet: bool) -> None:
             # RQ's handler raises where the signal lands when no job runs; out of work()
             # (waiting for Redis, or a new worker starting) nothing of RQ's catches it.
             with contextlib.suppress(redis.RedisError, OSError):
-                worker.register_death()  # type: ignore[no-untyped-call]
+                worker.register_death()
             return
 
 
