@@ -39,7 +39,7 @@ from fanout.errors import (
 if TYPE_CHECKING:
     from fanout.aio import AsyncFanout, arun
     from fanout.dropin import Executor, Pool, TaskFuture
-    from fanout.models import TaskError, TaskResult, WorkerInfo
+    from fanout.models import TaskError, TaskResult, Usage, WorkerInfo
     from fanout.reporting import report
     from fanout.runs import Run, attach, submit
 
@@ -50,6 +50,7 @@ _LAZY = {
     "TaskResult": "fanout.models",
     "TaskError": "fanout.models",
     "WorkerInfo": "fanout.models",
+    "Usage": "fanout.models",
     "AsyncFanout": "fanout.aio",
     "arun": "fanout.aio",
     "Run": "fanout.runs",
@@ -90,6 +91,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     # results
     "TaskError",
     "TaskResult",
+    "Usage",
     "WorkerInfo",
     # the run as a picture
     "report",

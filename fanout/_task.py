@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fanout._wire import FAILED, OK_PICKLED, OK_RAW, Record
-from fanout.errors import SerializationError
+from fanout.errors import SerializationError, TaskTimeout
 from fanout.models import TaskError
 
 # Types whose instances always pickle and unpickle: they ride inside the batch pickle.
@@ -77,7 +77,9 @@ def message_of(exc: BaseException) -> str:
 def input_error(index: int, exc: BaseException, action: str = "pickle") -> TaskError:
     """The error of a task whose input cannot cross to the worker."""
     return TaskError(
-        SerializationError.__name__, f"cannot {action} the input of task {index}: {describe(exc)}"
+        SerializationError.__name__,
+        f"cannot {action} the input of task {index}: {describe(exc)}",
+        cause="not-run",
     )
 
 
@@ -86,6 +88,7 @@ def value_error(index: int, value: Any, exc: BaseException) -> TaskError:
     return TaskError(
         SerializationError.__name__,
         f"cannot pickle the return value of task {index} ({type(value).__name__}): {describe(exc)}",
+        cause="raised",
     )
 
 
@@ -156,21 +159,22 @@ def failure_record(
     # Skip the caller's frame: the traceback starts in the user's code.
     frames = exc.__traceback__.tb_next if exc.__traceback__ else None
     tb = "".join(traceback.format_exception(type(exc), exc, frames))
-    error = TaskError(type(exc).__name__, message_of(exc), tb, pickled=pickled_exception(exc))
-    return (index, FAILED, error, started_at, started_at + duration, duration, output)
+    cause = "timeout" if isinstance(exc, TaskTimeout) else "raised"  # the inline backend's alarm
+    error = TaskError(type(exc).__name__, message_of(exc), tb, pickled_exception(exc), cause)
+    return (index, FAILED, error, started_at, started_at + duration, duration, output, None)
 
 
 def ok_record(index: int, value: Any, started_at: float, duration: float, output: str) -> Record:
     """The record of a task that returned ``value`` (a failure if it cannot be pickled)."""
     finished = started_at + duration
     if type(value) in RAW_TYPES:
-        return (index, OK_RAW, value, started_at, finished, duration, output)
+        return (index, OK_RAW, value, started_at, finished, duration, output, None)
     try:
         payload = dumps(value)
     except Exception as exc:
         error = value_error(index, value, exc)
-        return (index, FAILED, error, started_at, finished, duration, output)
-    return (index, OK_PICKLED, payload, started_at, finished, duration, output)
+        return (index, FAILED, error, started_at, finished, duration, output, None)
+    return (index, OK_PICKLED, payload, started_at, finished, duration, output, None)
 
 
 def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:
@@ -186,6 +190,7 @@ def load_value(index: int, status: int, payload: Any) -> tuple[bool, Any]:
             return False, TaskError(
                 SerializationError.__name__,
                 f"cannot unpickle the return value of task {index}: {describe(exc)}",
+                cause="raised",
             )
     return False, payload
 

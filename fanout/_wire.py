@@ -6,13 +6,16 @@ unpacking, or by the index names below.
 
 Result record, one task attempt as a worker reports it::
 
-    (index, status, payload, started_at, finished_at, duration, output)
+    (index, status, payload, started_at, finished_at, duration, output, usage)
 
     status OK_RAW      payload is the value itself (a RAW_TYPES value)
            OK_PICKLED  payload is the value's own pickle (one bad value fails one task)
            FAILED      payload is a TaskError
            NOT_RUN     payload is a TaskError; the target never started for the task
                        (it could not be loaded, or the input could not be read)
+
+    usage              (cpu seconds, peak resident bytes) of the process that ran it
+                       (models.Usage), or None: no process ran it, or it was not measured
 
 Tasks travel in batches, column by column (:class:`TaskBatch`): the indices, the
 inputs as sent (a raw value, or the input's own pickle at the positions listed in
@@ -40,13 +43,15 @@ STARTED: Final = 3
 FINISHED: Final = 4
 DURATION: Final = 5
 OUTPUT: Final = 6
+USAGE: Final = 7
 
-Record = tuple[int, int, Any, float, float, float, str]
+UsageFacts = tuple[float, int]  # (cpu seconds, peak resident bytes): models.Usage's fields
+Record = tuple[int, int, Any, float, float, float, str, UsageFacts | None]
 
 
 def not_run_record(index: int, error: TaskError, now: float) -> Record:
-    """The record of a task whose target never started (no time, no output)."""
-    return (index, NOT_RUN, error, now, now, 0.0, "")
+    """The record of a task whose target never started (no time, no output, no usage)."""
+    return (index, NOT_RUN, error, now, now, 0.0, "", None)
 
 
 class Task:

@@ -45,7 +45,7 @@ import msgspec
 from msgspec.structs import replace
 
 from fanout.errors import Cancelled, IncompleteRun, InputError, UnknownRun
-from fanout.models import TaskError, TaskResult, WorkerInfo
+from fanout.models import TaskError, TaskResult, Usage, WorkerInfo
 
 log = logging.getLogger("fanout")
 
@@ -92,19 +92,27 @@ def json_line(record: dict[str, Any]) -> bytes:
 
 def result_of(record: dict[str, Any]) -> TaskResult:
     """A journal line back as a TaskResult."""
-    error = record.get("error")
+    error, usage = record.get("error"), record.get("usage")
     return TaskResult(
         record["index"],
         record["ok"],
         record["value"],
-        None if error is None else TaskError(error["type"], error["message"], error["traceback"]),
+        None if error is None else error_of(error),
         WorkerInfo(**record["worker"]),
         record["attempts"],
         record["started_at"],
         record["finished_at"],
         record["duration"],
         record.get("output", ""),
+        None if usage is None else Usage(usage["cpu"], usage["max_rss"]),
     )
+
+
+def error_of(error: dict[str, Any]) -> TaskError:
+    """A journal line's error back as a TaskError (a line written before causes has
+    none: its cause is None)."""
+    return TaskError(error["type"], error["message"], error["traceback"], None,
+                     error.get("cause"), error.get("signal"), error.get("exit_code"))  # fmt: skip
 
 
 class Journal:

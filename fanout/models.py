@@ -64,8 +64,29 @@ class WorkerInfo(Struct, frozen=True, gc=False):
     __setstate__ = _records.setstate
 
 
+# Why a task failed (TaskError.cause): the task raised; it ran past its time-out; it grew
+# past fanout's memory limit; the kernel's OOM killer ended its process; a signal from
+# outside fanout did; its process exited inside it; its worker or host stopped
+# answering; its run was cancelled (or halted); it never started (its target or input
+# could not be loaded).
+CAUSES = ("raised", "timeout", "memory-limit", "oom-killed", "killed", "exited", "lost",
+          "cancelled", "not-run")  # fmt: skip
+
+
+class Usage(Struct, frozen=True, gc=False):
+    """What a task cost the process that ran it: ``cpu``, the CPU seconds (user and
+    system) the process spent on it; ``max_rss``, the process's peak resident memory in
+    bytes while it ran. Measured by the process itself (``getrusage``), a stretch of
+    quick tasks at a time: docs/reliability.md says how exact each is."""
+
+    cpu: float
+    max_rss: int
+
+
 class TaskError(Struct, frozen=True, gc=False):
-    """Why a task failed: exception class name, message and the remote traceback text.
+    """Why a task failed: exception class name, message and the remote traceback text;
+    ``cause`` (one of :data:`CAUSES`), and the raw facts of a process that ended:
+    ``signal`` (the signal that ended it) or ``exit_code`` (its exit status).
 
     ``pickled`` holds the exception itself, pickled where it was raised (None when it
     could not be): the drop-in executors raise it again as its own type. It is left
@@ -76,6 +97,9 @@ class TaskError(Struct, frozen=True, gc=False):
     message: str
     traceback: str = ""
     pickled: bytes | None = None
+    cause: str | None = None
+    signal: int | None = None
+    exit_code: int | None = None
 
     def exception(self) -> BaseException | None:
         """The exception itself, if it travelled and can be unpickled here."""
@@ -89,24 +113,36 @@ class TaskError(Struct, frozen=True, gc=False):
 
     @classmethod
     def from_exception(cls, exc: BaseException, traceback: str = "") -> TaskError:
-        return cls(type(exc).__name__, str(exc), traceback)
+        return cls(type(exc).__name__, str(exc), traceback, cause="raised")
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.type, self.message, self.traceback, self.cause, self.signal,
+                self.exit_code)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not TaskError:
             return NotImplemented
-        return (self.type, self.message, self.traceback) == (
-            other.type,
-            other.message,
-            other.traceback,
-        )
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.type, self.message, self.traceback))
+        return hash(self._key())
 
     def __repr__(self) -> str:
         return (
-            f"TaskError(type={self.type!r}, message={self.message!r}, traceback={self.traceback!r})"
+            f"TaskError(type={self.type!r}, message={self.message!r}, traceback={self.traceback!r}"
+            f", cause={self.cause!r}, signal={self.signal!r}, exit_code={self.exit_code!r})"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the error in ``fanout run --json``."""
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "cause": self.cause,
+            "signal": self.signal,
+            "exit_code": self.exit_code,
+        }
 
     __setstate__ = _records.setstate
 
@@ -114,7 +150,7 @@ class TaskError(Struct, frozen=True, gc=False):
 def cancelled(why: str) -> TaskError:
     """The error of a task its run cancelled (before it ran, or while it ran): the type
     ``Cancelled``, ``why`` its message. Every backend makes it here."""
-    return TaskError(Cancelled.__name__, why)
+    return TaskError(Cancelled.__name__, why, cause="cancelled")
 
 
 class TaskResult(Struct, frozen=True, gc=False):
@@ -130,6 +166,7 @@ class TaskResult(Struct, frozen=True, gc=False):
     finished_at: float
     duration: float
     output: str = ""
+    usage: Usage | None = None
 
     def unwrap(self) -> Any:
         """Return ``value``, or raise :class:`~fanout.TaskFailed` with the remote traceback."""
@@ -145,13 +182,7 @@ class TaskResult(Struct, frozen=True, gc=False):
             "index": self.index,
             "ok": self.ok,
             "value": self.value,
-            "error": None
-            if self.error is None
-            else {
-                "type": self.error.type,
-                "message": self.error.message,
-                "traceback": self.error.traceback,
-            },
+            "error": None if self.error is None else self.error.to_dict(),
             "worker": {
                 "name": w.name,
                 "pid": w.pid,
@@ -164,6 +195,9 @@ class TaskResult(Struct, frozen=True, gc=False):
             "finished_at": self.finished_at,
             "duration": self.duration,
             "output": self.output,
+            "usage": None
+            if self.usage is None
+            else {"cpu": self.usage.cpu, "max_rss": self.usage.max_rss},
         }
 
     __setstate__ = _records.setstate

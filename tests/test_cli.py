@@ -38,9 +38,10 @@ RECORD_KEYS = {
     "finished_at",
     "duration",
     "output",
+    "usage",
 }
 WORKER_KEYS = {"name", "pid", "ppid", "host", "backend"}
-ERROR_KEYS = {"type", "message", "traceback"}
+ERROR_KEYS = {"type", "message", "traceback", "cause", "signal", "exit_code"}
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SUMMARY = re.compile(
     r"^(?P<count>\d+) tasks?: (?P<ok>\d+) ok, (?P<failed>\d+) failed"
@@ -315,6 +316,9 @@ def test_json_records_have_exactly_the_contract_fields() -> None:
         assert record["started_at"] <= record["finished_at"]
         assert record["duration"] >= 0
         assert record["output"] == ""
+        assert set(record["usage"]) == {"cpu", "max_rss"}
+        assert record["usage"]["cpu"] >= 0
+        assert record["usage"]["max_rss"] > 1_000_000  # a Python process: megabytes
     ok, failed = sorted(records, key=lambda r: r["index"])
     assert (ok["index"], ok["ok"], ok["value"], ok["error"]) == (0, True, 1.0, None)
     assert (failed["index"], failed["ok"], failed["value"]) == (1, False, None)
@@ -322,6 +326,7 @@ def test_json_records_have_exactly_the_contract_fields() -> None:
     assert set(error) == ERROR_KEYS
     assert error["type"] == "ZeroDivisionError"
     assert error["message"] == "division by zero"
+    assert (error["cause"], error["signal"], error["exit_code"]) == ("raised", None, None)
     # The remote traceback starts in the user's code and names its file and line.
     assert re.search(r'tasks\.py", line \d+, in divide', error["traceback"]), error["traceback"]
     assert "1 / x" in error["traceback"]

@@ -34,10 +34,10 @@ def test_a_result_is_the_record_users_know() -> None:
     assert repr(made) == (
         "TaskResult(index=3, ok=True, value=[1, 2], error=None, worker=WorkerInfo("
         "name='worker-1', pid=10, ppid=9, host='host', backend='local'), attempts=1,"
-        " started_at=1.0, finished_at=2.0, duration=1.0, output='hi')"
+        " started_at=1.0, finished_at=2.0, duration=1.0, output='hi', usage=None)"
     )
     assert FIELDS == ("index", "ok", "value", "error", "worker", "attempts", "started_at",
-                      "finished_at", "duration", "output")  # fmt: skip
+                      "finished_at", "duration", "output", "usage")  # fmt: skip
     assert msgspec.structs.asdict(made)["worker"].host == "host"
     assert msgspec.structs.replace(made, index=4).index == 4
     assert pickle.loads(pickle.dumps(made)) == made
@@ -55,11 +55,33 @@ def test_an_errors_pickled_exception_is_left_out_of_eq_hash_and_repr() -> None:
     plain = TaskError("ValueError", "bad", "tb")
     assert raised == plain
     assert hash(raised) == hash(plain)
-    assert repr(raised) == "TaskError(type='ValueError', message='bad', traceback='tb')"
+    assert repr(raised) == (
+        "TaskError(type='ValueError', message='bad', traceback='tb', cause=None, signal=None,"
+        " exit_code=None)"
+    )
     assert isinstance(raised.exception(), ValueError)
     assert plain.exception() is None
     assert raised != TaskError("ValueError", "other", "tb")
     assert pickle.loads(pickle.dumps(raised)).pickled == raised.pickled
+
+
+def test_why_and_what_it_cost_are_part_of_a_result() -> None:
+    """Usage and the error's cause, signal and exit code: compared, printed, pickled,
+    in to_dict() (the --json shape)."""
+    usage = fanout.Usage(0.25, 64 * 2**20)
+    killed = TaskError("WorkerLost", "killed", cause="killed", signal=9)
+    result = a_result(ok=False, value=None, error=killed, usage=usage)
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert killed != TaskError("WorkerLost", "killed", cause="oom-killed", signal=9)
+    assert "cause='killed', signal=9, exit_code=None" in repr(killed)
+    assert repr(usage) == "Usage(cpu=0.25, max_rss=67108864)"
+    as_json = result.to_dict()
+    assert as_json["usage"] == {"cpu": 0.25, "max_rss": 64 * 2**20}
+    assert as_json["error"]["cause"] == "killed"
+    assert (as_json["error"]["signal"], as_json["error"]["exit_code"]) == (9, None)
+    assert not gc.is_tracked(usage)
+    with pytest.raises(AttributeError):
+        usage.cpu = 1.0  # type: ignore[misc]
 
 
 def test_a_failure_unwraps_to_task_failed() -> None:
@@ -94,8 +116,10 @@ def test_results_pickled_by_an_earlier_release_load_as_todays(commit: str, proto
 def test_a_kept_result_costs_at_most_260_bytes() -> None:
     count = 20_000
     values = list(range(1000, 1000 + count))  # made before: not the result's cost
-    columns = (values, repeat(True), values, repeat(None), repeat(WHO),
-               repeat(1), repeat(1.0), repeat(2.0), repeat(1.0), repeat(""))  # fmt: skip
+    cpu, rss = [n * 1e-7 for n in values], [n * 4096 for n in values]
+    usages = map(fanout.Usage, cpu, rss)
+    columns = (values, repeat(True), values, repeat(None), repeat(WHO), repeat(1),
+               repeat(1.0), repeat(2.0), repeat(1.0), repeat(""), usages)  # fmt: skip
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

@@ -463,7 +463,7 @@ def test_client_refuses_forged_result_messages_without_unpickling_them(
     info = ("forger", 1, 1, "forged-host")
 
     def message(value: Any) -> bytes:
-        record = (0, OK_RAW, value, 0.0, 0.0, 0.0, "")
+        record = (0, OK_RAW, value, 0.0, 0.0, 0.0, "", None)
         return pickle.dumps((info, [record], None), pickle.HIGHEST_PROTOCOL)
 
     forged = [

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from fanout import _task
-from fanout._wire import Record, TaskBatch, not_run_record
+from fanout import _task, _usage
+from fanout._wire import USAGE, Record, TaskBatch, not_run_record
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.runstate import RunState
 from fanout.errors import TaskTimeout
@@ -70,7 +70,13 @@ class InlineBackend(Backend):
             return False
         capture = _task.Capture()
         spans = _spans(run.spec)
-        records = [_attempt(run.spec, batch, pos, capture, spans) for pos in range(len(batch))]
+        meter = _usage.Meter(thread=True) if _usage.enabled() else None
+        try:
+            records = [_attempt(run.spec, batch, pos, capture, spans, meter)
+                       for pos in range(len(batch))]  # fmt: skip
+        finally:
+            if meter is not None:
+                meter.close()
         run.settle(records, WorkerInfo.current(self.name), batch.attempts, batch.task)
         return True
 
@@ -110,8 +116,15 @@ def _spans(spec: MapSpec) -> TaskSpans | None:
 
 
 def _attempt(
-    spec: MapSpec, batch: TaskBatch, pos: int, capture: _task.Capture, spans: TaskSpans | None
+    spec: MapSpec,
+    batch: TaskBatch,
+    pos: int,
+    capture: _task.Capture,
+    spans: TaskSpans | None,
+    meter: _usage.Meter | None,
 ) -> Record:
+    """Task ``pos`` of ``batch``, here; its usage is this thread's CPU and this process's
+    peak (``meter``: since the last task)."""
     index, item = batch.indices[pos], batch.items[pos]
     if pos in batch.pickled:
         # The same round trip a worker makes, so that a test on this backend catches
@@ -127,7 +140,10 @@ def _attempt(
     ):
         task = functools.partial(_task.run_one, spec.fn, index, item, spec.star, capture,
                                  in_caller=True)  # fmt: skip
-        return task() if spans is None else spans.run(index, item, task)
+        if meter is not None:
+            meter.read()  # from here
+        record = task() if spans is None else spans.run(index, item, task)
+    return record if meter is None else (*record[:USAGE], meter.read())
 
 
 @contextlib.contextmanager

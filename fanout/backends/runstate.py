@@ -28,7 +28,7 @@ from itertools import repeat
 from typing import Any
 
 from fanout._task import load_value
-from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch
+from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch, UsageFacts
 from fanout.backends.feed import Feed
 from fanout.backends.inorder import InOrder
 from fanout.backends.intake import batch_of
@@ -38,6 +38,7 @@ from fanout.errors import Cancelled, SerializationError, TargetError
 from fanout.models import (
     TaskError,
     TaskResult,
+    Usage,
     WorkerInfo,
     cancelled,
     decided_now,
@@ -205,7 +206,9 @@ class RunState(Sizing):
             self.finish_many(_first_try_results(records, info))  # the common case
             return
         done: list[TaskResult] = []
-        for i, (index, status, payload, started, finished, duration, output) in enumerate(records):
+        for i, (index, status, payload, started, finished, duration, output, usage) in enumerate(
+            records
+        ):
             before = 0 if prior is None else prior[i]
             if status == NOT_RUN:  # never started: no attempt made, nobody ran it
                 who = WorkerInfo.not_run(info.backend, info.host)
@@ -216,7 +219,8 @@ class RunState(Sizing):
                 continue
             ok, value = (True, payload) if status == OK_RAW else load_value(index, status, payload)
             result = TaskResult(index, ok, value if ok else None, None if ok else value, info,
-                                before + 1, started, finished, duration, output)  # fmt: skip
+                                before + 1, started, finished, duration, output,
+                                usage_of(usage))  # fmt: skip
             if ok or task_of is None:
                 done.append(result)
             else:
@@ -361,13 +365,16 @@ class RunState(Sizing):
         outputs: Sequence[str] | None,
         info: WorkerInfo,
         attempts: Sequence[int] | None,
+        usage: tuple[Sequence[float], Sequence[int]] | None = None,
     ) -> None:
         """Successes with raw values, a column per field (the local wire's COLUMNS):
-        ``attempts[i]`` were made before the one that succeeded (None: first tries)."""
+        ``attempts[i]`` were made before the one that succeeded (None: first tries);
+        ``usage``: the cpu and max_rss columns (None: not measured)."""
         tries: Iterable[int] = repeat(1) if attempts is None else [a + 1 for a in attempts]
         columns = (indices, repeat(True), values, repeat(None), repeat(info), tries, started,
                    map(operator.add, started, durations), durations,
-                   repeat("") if outputs is None else outputs)  # fmt: skip
+                   repeat("") if outputs is None else outputs,
+                   repeat(None) if usage is None else map(Usage, *usage))  # fmt: skip
         results = list(map(TaskResult, *columns))
         if self.spec.ordered and isinstance(indices, range) and indices.step == 1:
             # A fresh batch's indices are a range: one piece, without looking at each.
@@ -434,6 +441,12 @@ def _index(task: Task) -> int:
 
 def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:
     """The results of records that are all first-try successes with a raw value."""
-    indices, _, values, started, finished, durations, outputs = zip(*records, strict=True)
+    indices, _, values, started, finished, durations, outputs, usages = zip(*records, strict=True)
     return list(map(TaskResult, indices, repeat(True), values, repeat(None), repeat(info),
-                    repeat(1), started, finished, durations, outputs))  # fmt: skip
+                    repeat(1), started, finished, durations, outputs,
+                    map(usage_of, usages)))  # fmt: skip
+
+
+def usage_of(facts: UsageFacts | None) -> Usage | None:
+    """A record's usage (``_wire``) as the result's."""
+    return None if facts is None else Usage(*facts)

@@ -42,11 +42,11 @@ def sized(items: Any, size: int, ahead: int = 10_000, **spec: Any) -> Sized:
 
 
 def ok(index: int, value: Any = None) -> Record:
-    return (index, OK_RAW, index if value is None else value, 1.0, 2.0, 1.0, "")
+    return (index, OK_RAW, index if value is None else value, 1.0, 2.0, 1.0, "", None)
 
 
 def failed(index: int, kind: str = "ValueError") -> Record:
-    return (index, FAILED, TaskError(kind, f"task {index} failed"), 1.0, 2.0, 1.0, "")
+    return (index, FAILED, TaskError(kind, f"task {index} failed"), 1.0, 2.0, 1.0, "", None)
 
 
 def settle(run: RunState, batch: TaskBatch, records: list[Record]) -> None:
@@ -194,7 +194,7 @@ def test_a_target_no_worker_can_load_fails_every_task_left_at_once() -> None:
     run = sized(range(5), size=2)
     batch = take(run)
     error = TaskError("TargetError", "no module named x")
-    record: Record = (0, NOT_RUN, error, 1.0, 1.0, 0.0, "")
+    record: Record = (0, NOT_RUN, error, 1.0, 1.0, 0.0, "", None)
     settle(run, batch, [record, ok(1)])
     assert run.take_batch() is None  # nothing more is sent: the rest fail now
     results = drain(run)
@@ -209,8 +209,8 @@ def test_a_target_no_worker_can_load_fails_every_task_left_at_once() -> None:
 def test_a_pickled_value_is_unpickled_and_a_bad_one_fails_its_task() -> None:
     run = sized(range(2), size=2, ordered=False)
     batch = take(run)
-    good: Record = (0, OK_PICKLED, pickle.dumps(7), 1.0, 2.0, 1.0, "")
-    bad: Record = (1, OK_PICKLED, b"not a pickle", 1.0, 2.0, 1.0, "")
+    good: Record = (0, OK_PICKLED, pickle.dumps(7), 1.0, 2.0, 1.0, "", None)
+    bad: Record = (1, OK_PICKLED, b"not a pickle", 1.0, 2.0, 1.0, "", None)
     settle(run, batch, [good, bad])
     first, second = sorted(drain(run), key=lambda r: r.index)
     assert (first.ok, first.value) == (True, 7)

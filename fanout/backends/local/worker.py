@@ -16,12 +16,23 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-from fanout import _task
+from fanout import _task, _usage
 from fanout._proc import become_subreaper, die_with_parent, kill_tree
 from fanout._task import RAW_TYPES
-from fanout._wire import FAILED, FINISHED, OK_RAW, STARTED, Record, not_run_record
+from fanout._wire import (
+    DURATION,
+    FAILED,
+    FINISHED,
+    OK_RAW,
+    OUTPUT,
+    STARTED,
+    USAGE,
+    Record,
+    not_run_record,
+)
 from fanout.backends.local import barrier
 from fanout.backends.local.protocol import (
     COLUMNS,
@@ -134,10 +145,12 @@ class WorkerLoop:
         self.printed = self.capture.parts  # non-empty: the running task printed something
         self.claim = Claim(marker)
         self.fn: Callable[..., Any] | None = None
-        self.fn_error = TaskError(TargetError.__name__, "no target was sent")
+        self.fn_error = TaskError(TargetError.__name__, "no target was sent", cause="not-run")
         self.star = self.bare = False
         self.flush_seconds = 0.0
         self.spans: TaskSpans | None = None  # the run's tracing (fanout.tracing)
+        # What tasks cost this process (None: not measured, FANOUT_USAGE=0).
+        self.meter = _usage.Meter() if _usage.enabled() else None
 
     def load(
         self,
@@ -161,7 +174,9 @@ class WorkerLoop:
         except BaseException as exc:
             self.fn = None
             self.fn_error = TaskError(
-                TargetError.__name__, f"the worker cannot load the target: {_task.describe(exc)}"
+                TargetError.__name__,
+                f"the worker cannot load the target: {_task.describe(exc)}",
+                cause="not-run",
             )
         finally:
             self.marker[MARK_BATCH] = IDLE
@@ -222,6 +237,7 @@ class WorkerLoop:
         claimed, deadline, end = claim.last, perf() + every, len(indices)
         for pos in range(start, end):
             if pos > claimed:
+                box.measure()  # a stretch's end: what its tasks cost
                 claimed = claim.next(pos)
                 if claimed < pos:
                     end = pos  # taken back from here on
@@ -326,18 +342,21 @@ class WorkerLoop:
                 ]
                 self.send_one_by_one(batch_id, records)
         if failure is not None:
-            self.send_results(batch_id, [(*failure[:-1], output)])
+            self.send_results(batch_id, [(*failure[:OUTPUT], output, None)])
             return pos + 1
         if output:  # printed by tasks whose values could not go together
             self.out.send((VALUES, batch_id, [], finished, finished, output))
         return pos
 
     def send_results(self, batch_id: int, records: list[Record]) -> None:
-        _, statuses, values, started, _, durations, outputs = zip(*records, strict=True)
+        _, statuses, values, started, _, durations, outputs, usages = zip(*records, strict=True)
         if not any(statuses):  # all OK_RAW: the protocol's COLUMNS
             with contextlib.suppress(Exception):  # a value too big, say: records one by one
                 shown = outputs if any(outputs) else None
-                self.out.send((COLUMNS, batch_id, values, started, durations, shown))
+                cpu = rss = None
+                if all(usages):
+                    cpu, rss = zip(*usages, strict=True)
+                self.out.send((COLUMNS, batch_id, values, started, durations, shown, cpu, rss))
                 return
         try:
             self.out.send((RESULTS, batch_id, records))
@@ -353,6 +372,7 @@ class WorkerLoop:
                 error = TaskError(
                     SerializationError.__name__,
                     f"cannot send the result of task {index}: {_task.describe(exc)}",
+                    cause="raised",
                 )
                 self.out.send((RESULTS, batch_id, [(index, FAILED, error, *record[STARTED:])]))
 
@@ -361,10 +381,13 @@ class Outbox:
     """A batch's results not yet sent, kept in the order the tasks ran: successes with a
     raw value and no output as columns (COLUMNS), anything else as records (RESULTS). A
     record sends the columns before it first; after a record, the batch's next results
-    are records too until the next flush, so that a mixed batch is a few messages."""
+    are records too until the next flush, so that a mixed batch is a few messages.
 
-    __slots__ = ("batch_id", "durations", "indices", "loop", "records", "sent", "started",
-                 "values", "wall")  # fmt: skip
+    :meth:`measure` gives the results since the last reading their usage (``_usage``):
+    the loop calls it at each claim, and nothing leaves unmeasured."""
+
+    __slots__ = ("batch_id", "cpu", "durations", "indices", "loop", "measured", "records",
+                 "rss", "sent", "started", "values", "wall")  # fmt: skip
 
     def __init__(
         self, loop: WorkerLoop, batch_id: int, indices: list[int], start: int, wall: float
@@ -374,35 +397,62 @@ class Outbox:
         self.values: list[Any] = []
         self.started: list[float] = []
         self.durations: list[float] = []
+        self.cpu: list[float] = []  # the columns' usage, as far as measured
+        self.rss: list[int] = []
         self.records: list[Record] = []
+        self.measured = 0  # the records before this one have their usage
 
     def add(self, record: Record) -> None:
-        if self.values:
-            self.send_columns()
         self.records.append(record)
+        if self.values:  # they ran first: they go first
+            self.send_columns()
+
+    def measure(self) -> None:
+        """The tasks run since the last reading share what it says they cost."""
+        meter = self.loop.meter
+        if meter is None:
+            return
+        spent, peak = meter.read()
+        done, records = len(self.cpu), self.records
+        fresh = self.durations[done:]
+        mark = self.measured
+        if not fresh and mark == len(records):
+            return
+        cpu = _usage.share(spent, fresh + [r[DURATION] for r in records[mark:]])
+        self.cpu += cpu[: len(fresh)]
+        self.rss += [peak] * len(fresh)
+        for k in range(mark, len(records)):
+            records[k] = (*records[k][:USAGE], (cpu[len(fresh) + k - mark], peak))
+        self.measured = len(records)
 
     def flush(self) -> None:
         """Send what waits."""
         if self.values:
             self.send_columns()
         if self.records:
+            if self.measured < len(self.records):
+                self.measure()
             self.loop.send_results(self.batch_id, self.records)
             self.sent += len(self.records)
             self.records.clear()
+            self.measured = 0
 
     def send_columns(self) -> None:
         values, started, durations = self.values, self.started, self.durations
+        if len(self.cpu) < len(values):
+            self.measure()
+        cpu, rss = (self.cpu, self.rss) if self.loop.meter is not None else (None, None)
         try:
-            self.loop.out.write(columns_frame(self.batch_id, values, started, durations))
+            self.loop.out.write(columns_frame(self.batch_id, values, started, durations, cpu, rss))
         except Exception:  # a value too big, say: records one by one find the one
             at = self.indices[self.sent : self.sent + len(values)]
-            rows = zip(at, values, started, durations, strict=True)
-            records = [(i, OK_RAW, v, s, s + d, d, "") for i, v, s, d in rows]
+            usages = repeat(None) if cpu is None or rss is None else zip(cpu, rss, strict=True)
+            rows = zip(at, values, started, durations, usages, strict=False)
+            records = [(i, OK_RAW, v, s, s + d, d, "", u) for i, v, s, d, u in rows]
             self.loop.send_one_by_one(self.batch_id, records)
         self.sent += len(values)
-        values.clear()
-        started.clear()
-        durations.clear()
+        for column in (values, started, durations, self.cpu, self.rss):
+            column.clear()
 
 
 class Claim:

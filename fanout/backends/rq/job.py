@@ -295,8 +295,9 @@ def _record(result: TaskResult) -> Record:
         assert result.error is not None
         ran = result.worker.name != NOT_RUN_NAME
         status, payload = (FAILED if ran else NOT_RUN), result.error
+    usage = result.usage
     return (index, status, payload, result.started_at, result.finished_at, result.duration,
-            result.output)  # fmt: skip
+            result.output, None if usage is None else (usage.cpu, usage.max_rss))  # fmt: skip
 
 
 class FanoutJob(Job):

@@ -54,7 +54,7 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from fanout._wire import FAILED, NOT_RUN, Record, TaskBatch
+from fanout._wire import FAILED, NOT_RUN, USAGE, Record, TaskBatch
 from fanout.errors import Cancelled
 
 if TYPE_CHECKING:
@@ -209,7 +209,10 @@ def unpack_results(data: bytes, keys: RunKeys, keyring: Keyring | None) -> Messa
             raise SignatureError("the result message was signed for another run")
     message = pickle.loads(data)
     if len(message) == 3:  # pushed by a fanout before jobs could be split
-        return (*message, None)
+        message = (*message, None)
+    records = message[1]
+    if records and len(records[0]) == USAGE:  # pushed by a fanout before usage
+        message = (message[0], [(*r, None) for r in records], *message[2:])
     loaded: Message = message
     return loaded
 

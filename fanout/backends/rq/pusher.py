@@ -172,14 +172,16 @@ class Pusher:
             yield from self.messages(records[:half], attempts[:half])
             yield from self.messages(records[half:], attempts[half:])
         else:
-            index, _, _, started, finished, duration, output = records[0]
+            index, _, _, started, finished, duration, output, usage = records[0]
             error = TaskError(
                 SerializationError.__name__,
                 f"the result of task {index} is {size / 2**20:.0f} MiB, over the"
                 f" {limit / 2**20:.0f} MiB that Redis takes in one value (its"
                 " proto-max-bulk-len)",
+                cause="raised",
             )
-            yield [(index, FAILED, error, started, finished, duration, output[:10_000])], attempts
+            record = (index, FAILED, error, started, finished, duration, output[:10_000], usage)
+            yield [record], attempts
 
     def push(self, data: bytes, records: list[Record]) -> bool:
         """Push one message; False if the run's data is gone (nobody reads it). A lost or

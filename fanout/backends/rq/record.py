@@ -18,7 +18,7 @@ from rq import Queue, Worker
 from rq.command import send_command
 from rq.job import Job
 
-from fanout._wire import FAILED, NOT_RUN
+from fanout._wire import FAILED, NOT_RUN, Record
 from fanout.backends.rq.protocol import (
     CANCELLED_TTL,
     DEFAULT_QUEUE,
@@ -224,9 +224,9 @@ class RunRecord:
         """Push results decided outside any worker onto the run's stream."""
         w = results[0].worker
         identity = (w.name, w.pid, w.ppid, w.host)
-        records = [
+        records: list[Record] = [
             (r.index, NOT_RUN if r.worker.name == NOT_RUN_NAME else FAILED, r.error,
-             r.started_at, r.finished_at, r.duration, r.output)
+             r.started_at, r.finished_at, r.duration, r.output, None)
             for r in results
         ]  # fmt: skip
         # The attempts made before each record's: a result of an attempt counts it.
