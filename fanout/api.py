@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from fanout._memory import parse_size
 from fanout.backends import Backend, MapSpec, create_backend, get_backend
 from fanout.errors import TargetError
 from fanout.targets import resolve_target, why_not_importable
@@ -35,6 +36,7 @@ def run(
     retries: int = 0,
     ordered: bool = True,
     max_failures: int | None = None,
+    max_memory: int | str | None = None,
     journal: str | os.PathLike[str] | None = None,
     resume: Resume = False,
     **backend_options: Any,
@@ -56,6 +58,7 @@ def run(
                 timeout=timeout,
                 retries=retries,
                 max_failures=max_failures,
+                max_memory=max_memory,
                 journal=journal,
                 resume=resume,
             )
@@ -96,13 +99,16 @@ class Fanout:
         star: bool = False,
         repeat: int | None = None,
         max_failures: int | None = None,
+        max_memory: int | str | None = None,
         journal: str | os.PathLike[str] | None = None,
         resume: Resume = False,
     ) -> Iterator[TaskResult]:
         """Yield one :class:`~fanout.TaskResult` per item: in input order, or as they finish.
 
         ``items`` is consumed lazily; the target is checked now, before any task runs.
-        ``max_failures``: stop after that many failed tasks. ``journal``: append every
+        ``max_failures``: stop after that many failed tasks. ``max_memory`` (bytes, or a
+        size such as ``"512M"``): a task whose process grows past it is ended and fails
+        (cause ``memory-limit``); its worker is replaced. ``journal``: append every
         result to this file (JSON lines); ``resume``: skip the indexes it already holds
         (``"failed"``: only its ``ok`` ones). See :mod:`fanout.journal`.
         """
@@ -115,7 +121,8 @@ class Fanout:
                 "another map() on this Fanout is still running: consume or close it first"
             )
         spec = self.spec(target, items, ordered=ordered, timeout=timeout, retries=retries,
-                         star=star, repeat=repeat, max_failures=max_failures)  # fmt: skip
+                         star=star, repeat=repeat, max_failures=max_failures,
+                         max_memory=max_memory)  # fmt: skip
         if resume and journal is None:
             raise ValueError("resuming needs the journal to resume from: give journal=PATH")
         spec, trace = self.traced(spec)
@@ -217,6 +224,7 @@ class Fanout:
         repeat: int | None = None,
         max_failures: int | None = None,
         room: Callable[[int], int] | None = None,
+        max_memory: int | str | None = None,
     ) -> MapSpec:
         """The :class:`MapSpec` that :meth:`map` runs (before its journal), the target
         and options checked; for whoever drives the run itself too (``fanout.aio``)."""
@@ -224,8 +232,9 @@ class Fanout:
         fn, name = self._resolve(target)
         items, star = _inputs(items, repeat, star)
         _check_limits(timeout, retries, max_failures)
+        memory = None if max_memory is None else parse_size(max_memory)
         return MapSpec(fn, name, iter(items), star, ordered, timeout, retries, max_failures,
-                       room=room)  # fmt: skip
+                       room=room, max_memory=memory)  # fmt: skip
 
     def traced(self, spec: MapSpec) -> tuple[MapSpec, RunTrace | None]:
         """``spec`` with the caller's trace context, its ``fanout.run`` span begun (with

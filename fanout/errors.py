@@ -1,5 +1,8 @@
 """The whole error tree of fanout, and the vocabulary of failed results.
 
+Every failed result also says why it ended in one word, ``TaskError.cause``
+(``fanout.models.CAUSES``); the types below are what the drop-ins raise.
+
 Errors raised to the caller derive from :class:`FanoutError`. Task failures are not
 raised by ``run``/``map``: they come back as failed ``TaskResult``s whose
 ``error.type`` is the name of the task's own exception class (``"ZeroDivisionError"``)
@@ -7,6 +10,7 @@ or of one of these classes, each the whole vocabulary of what fanout itself repo
 
 - ``WorkerLost``: the process running the task died (the message says which, and how);
 - ``TaskTimeout``: it ran longer than its ``timeout`` and its process was ended;
+- ``MemoryLimitExceeded``: its process grew past the run's ``max_memory`` and was ended;
 - ``SerializationError``: its input or value could not be pickled or unpickled (the
   message names the task's index);
 - ``TargetError`` / ``TargetNotAllowed``: the worker could not load the target, or its
@@ -138,6 +142,10 @@ class WorkerLost(FanoutError):
 
 class TaskTimeout(FanoutError):
     """A task ran longer than its ``timeout`` and its process was ended."""
+
+
+class MemoryLimitExceeded(FanoutError):
+    """A task's process grew past its run's ``max_memory`` and was ended."""
 
 
 class Cancelled(FanoutError):

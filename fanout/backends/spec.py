@@ -43,3 +43,10 @@ class MapSpec:
     #: The caller's trace context, as W3C headers and the run's id (``fanout.tracing``):
     #: a backend hands it to whatever runs the tasks (None: nothing to trace).
     trace: Mapping[str, str] | None = None
+    #: A task whose process grows past this many bytes is ended (``memory-limit``).
+    max_memory: int | None = None
+    #: Replace a worker process after this many of the run's tasks, or once it holds
+    #: more than this many bytes after a task (None: as the backend's own options say).
+    #: What a ``fanout worker`` applies to a job's tasks (rq).
+    max_tasks_per_worker: int | None = None
+    max_memory_per_worker: int | None = None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import pytest
+
 from fanout._wire import TaskBatch
 from fanout.backends.local import deaths
 from fanout.backends.local.protocol import (
@@ -27,9 +29,10 @@ class FakeHandle:
 
     def __init__(self, batches: list[Batch], task_started: float = 100.0) -> None:
         self.inflight = deque(batches)
-        self.marker = [IDLE, IDLE, RUNNING, IDLE, 0, 0]
+        self.marker = [IDLE, IDLE, RUNNING, IDLE, 0, 0, 0, 0]
         self.kill_reason: str | None = None
-        self.timeout_index = -1
+        self.killed_for = -1
+        self.resident = 0
         self.task_started = task_started
 
     def running(self, batch: Batch, pos: int, phase: int = RUNNING) -> FakeHandle:
@@ -69,11 +72,36 @@ def test_the_running_task_fails_with_worker_lost_and_the_rest_run_again_in_order
     assert (owner, task.index, result.index, result.attempts) == (run, 1, 1, 1)
     assert result.error is not None
     assert result.error.type == "WorkerLost"
-    assert "worker-1 (pid 4242) died while running task 1: killed by signal SIGKILL" in (
+    assert "worker-1 (pid 4242) on box died while running task 1: killed by signal SIGKILL" in (
         result.error.message
     )
+    assert (result.error.cause, result.error.signal, result.error.exit_code) == ("killed", 9, None)
     assert [t.index for t in settlement.rerun[run]] == [0, 2, 3, 4]
     assert all(t.attempts == 0 for t in settlement.rerun[run])
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "oom", "cause", "words"),
+    [
+        (3, None, False, "exited", "exited with code 3"),
+        (-15, None, False, "killed", "killed by signal SIGTERM"),
+        (-9, None, True, "oom-killed", "killed by the kernel's OOM killer at 300 MB"),
+        (-9, "timeout", False, "timeout", "killed by signal SIGKILL"),
+        (-9, "memory-limit", False, "memory-limit", "killed by signal SIGKILL"),
+        (-9, "abandoned", False, "cancelled", "killed by signal SIGKILL"),
+        (None, None, False, "lost", "it stopped responding"),
+    ],
+)
+def test_how_a_worker_ended_gives_the_cause(
+    code: int | None, reason: str | None, oom: bool, cause: str, words: str
+) -> None:
+    handle = FakeHandle([])
+    handle.kill_reason, handle.resident = reason, 300 * 2**20
+    ending = deaths.Ending.of(handle, code, oom)  # type: ignore[arg-type]
+    assert ending.cause == cause
+    assert ending.words == words
+    assert ending.signal == (-code if code is not None and code < 0 else None)
+    assert ending.exit_code == (code if code is not None and code >= 0 else None)
 
 
 def test_a_death_while_unpickling_an_input_charges_that_task() -> None:
@@ -90,7 +118,7 @@ def test_a_timeout_kill_is_task_timeout_for_the_task_it_was_killed_for() -> None
     run = make_run(timeout=0.5)
     batch = batch_of(run, [0, 1])
     handle = FakeHandle([batch]).running(batch, 0)
-    handle.kill_reason, handle.timeout_index = "timeout", 0
+    handle.kill_reason, handle.killed_for = "timeout", 0
     settlement = autopsy(handle)
     assert settlement.failed is not None
     _, _, result = settlement.failed
@@ -104,7 +132,7 @@ def test_a_task_that_finished_just_before_its_timeout_kill_is_not_charged() -> N
     run = make_run(timeout=0.5)
     batch = batch_of(run, [0, 1])
     handle = FakeHandle([batch]).running(batch, 1)  # task 0 finished; 1 started
-    handle.kill_reason, handle.timeout_index = "timeout", 0
+    handle.kill_reason, handle.killed_for = "timeout", 0
     settlement = autopsy(handle)
     assert settlement.failed is None
     assert [t.index for t in settlement.rerun[run]] == [0, 1]

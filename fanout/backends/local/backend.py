@@ -8,6 +8,7 @@ import pickle
 import weakref
 from collections.abc import Callable, Iterator
 
+from fanout._memory import parse_size
 from fanout._wire import Task
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.local.pool import Pool
@@ -24,6 +25,8 @@ class LocalBackend(Backend):
     ordinary processes, whose tasks may start processes of their own.
     ``max_tasks_per_worker``: a worker exits after that many tasks and a fresh one takes
     its place (``multiprocessing.Pool``'s ``maxtasksperchild``).
+    ``max_memory_per_worker`` (bytes, or a size such as ``"2G"``): a worker holding more
+    than that after a task is replaced before its next one.
     """
 
     name = "local"
@@ -38,6 +41,7 @@ class LocalBackend(Backend):
         daemon: bool = True,
         *,
         max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | str | None = None,
         process_name: str | None = None,
     ) -> None:
         """``process_name`` names every worker process alike (``fanout worker`` names
@@ -52,9 +56,10 @@ class LocalBackend(Backend):
             raise ValueError(
                 f"max_tasks_per_worker must be a positive integer, got {max_tasks_per_worker!r}"
             )
+        memory = None if max_memory_per_worker is None else parse_size(max_memory_per_worker)
         self.workers = workers
         self.daemon = daemon
-        self._pool = Pool(workers, daemon, process_name, self.name, max_tasks_per_worker)
+        self._pool = Pool(workers, daemon, process_name, self.name, max_tasks_per_worker, memory)
         # Workers are stopped when the backend is garbage-collected or at interpreter exit
         # (non-daemon workers would otherwise keep the interpreter waiting for them).
         self._finalizer = weakref.finalize(self, self._pool.shutdown, True)

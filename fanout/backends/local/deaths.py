@@ -4,8 +4,9 @@ the pool's loop (:mod:`.pool`) acts on it.
 When a worker dies (its pidfd or sentinel becomes readable) the pool reads what it
 managed to send, then asks :func:`autopsy`, which reads the shared marker to learn which
 task was running and returns a :class:`Settlement`: that task fails with ``WorkerLost``
-(or ``TaskTimeout`` when the pool killed it for over-running; both are retried while
-``retries`` allow); every other task it held without a result runs again elsewhere
+(or ``TaskTimeout``/``MemoryLimitExceeded`` when the pool killed it for over-running
+its run's time or memory; all are retried while ``retries`` allow), its cause said by
+:class:`Ending`; every other task it held without a result runs again elsewhere
 without counting an attempt: those not started, and those that finished in the last
 instant before the crash but whose results were never sent. The pool applies the
 settlement to the runs (``break_target``, ``failed_attempt``, ``requeue``).
@@ -16,22 +17,26 @@ Time-outs: :func:`next_deadline` tells the loop how long it may wait, and
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fanout._memory import format_size
 from fanout._proc import describe_exit
 from fanout._wire import Task
 from fanout.backends.local.protocol import (
     LOADING_TARGET,
     MARK_BATCH,
+    MARK_CPU,
+    MARK_PEAK,
     MARK_PHASE,
     MARK_POS,
     PHASES,
 )
-from fanout.errors import TaskTimeout, WorkerLost
-from fanout.models import TaskError, TaskResult
+from fanout.errors import MemoryLimitExceeded, TaskTimeout, WorkerLost
+from fanout.models import TaskError, TaskResult, Usage
 
 if TYPE_CHECKING:
     from fanout.backends.local.handles import WorkerHandle
@@ -81,26 +86,80 @@ class Settlement:
     rerun: dict[LocalRun, list[Task]] = field(default_factory=dict)
 
 
-def autopsy(worker: WorkerHandle, code: int | None, backend: str) -> Settlement:
+def autopsy(
+    worker: WorkerHandle,
+    code: int | None,
+    backend: str,
+    oom: bool = False,
+    cpu: float | None = None,
+) -> Settlement:
     """What ``worker``, dead with exit code ``code``, leaves to settle (read before its
-    marker is released). Only runs not yet finished are settled."""
+    marker is released); ``oom``: the kernel's OOM killer ended it; ``cpu``: the CPU
+    seconds the dead process used in all (None: unknown). Only runs not yet finished
+    are settled."""
     live = [b for b in worker.inflight if not b.run.finished]
     settlement = Settlement()
     if not live:
         return settlement
     batch_id = worker.marker[MARK_BATCH]
+    ending = Ending.of(worker, code, oom)
     if batch_id == LOADING_TARGET:
-        message = f"{worker.describe()} died while loading the target: {describe_exit(code)}"
-        settlement.broken = (live[0].run, TaskError(WorkerLost.__name__, message))
+        message = f"{worker.describe()} died while loading the target: {ending.words}"
+        error = TaskError(WorkerLost.__name__, message, cause="not-run", signal=ending.signal,
+                          exit_code=ending.exit_code)  # fmt: skip
+        settlement.broken = (live[0].run, error)
     culprit = _culprit(worker, live, batch_id, worker.marker[MARK_POS])
     for batch in live:
         for p in range(batch.done, batch.end):  # those past end went back already
             if culprit == (batch, p):
                 doing = PHASES.get(worker.marker[MARK_PHASE], "running")
-                settlement.failed = _failed_running(worker, batch, p, code, doing, backend)
+                settlement.failed = _failed_running(worker, batch, p, ending, doing, backend,
+                                                    _usage_of(worker, cpu))  # fmt: skip
             else:
                 settlement.rerun.setdefault(batch.run, []).append(batch.tasks.task(p))
     return settlement
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a worker's process ended: the cause (``models.CAUSES``), the raw facts, and
+    the words for a message."""
+
+    cause: str
+    signal: int | None
+    exit_code: int | None
+    words: str
+
+    @classmethod
+    def of(cls, worker: WorkerHandle, code: int | None, oom: bool) -> Ending:
+        sig = -code if code is not None and code < 0 else None
+        exit_code = code if code is not None and code >= 0 else None
+        words = describe_exit(code)
+        reason = worker.kill_reason
+        if reason in ("timeout", "memory-limit"):
+            cause = reason
+        elif reason == "abandoned":
+            cause = "cancelled"  # its run ended while it ran (the caller left, or cancelled)
+        elif code is None:
+            cause = "lost"
+        elif sig is None:
+            cause = "exited"
+        elif sig == signal.SIGKILL and oom:
+            cause = "oom-killed"
+            seen = f" at {format_size(worker.resident)}" if worker.resident else ""
+            words = f"killed by the kernel's OOM killer{seen}"
+        else:
+            cause = "killed"
+        return cls(cause, sig, exit_code, words)
+
+
+def _usage_of(worker: WorkerHandle, cpu: float | None) -> Usage | None:
+    """What the task a worker died running cost: the CPU the process used since its last
+    reading (in clock ticks), and the most memory it was seen to hold."""
+    if cpu is None:
+        return None
+    spent = max(0.0, cpu - worker.marker[MARK_CPU] / 1e9)
+    return Usage(spent, max(worker.resident, worker.marker[MARK_PEAK]))
 
 
 def _culprit(
@@ -118,37 +177,45 @@ def _culprit(
         pending = [b for b in live if b.done < b.end]
         if pending and pending[0].run.suspect(pending[0].tasks.indices[pending[0].done]):
             culprit = (pending[0], pending[0].done)
-    timed_out = worker.kill_reason == "timeout"
-    if culprit and timed_out and culprit[0].tasks.indices[culprit[1]] != worker.timeout_index:
-        culprit = None  # the timed-out task finished just before the kill
+    killed_for_one = worker.kill_reason in ("timeout", "memory-limit")
+    if culprit and killed_for_one and culprit[0].tasks.indices[culprit[1]] != worker.killed_for:
+        culprit = None  # the task it was killed for finished just before the kill
     return culprit
 
 
 def _failed_running(
-    worker: WorkerHandle, batch: Batch, pos: int, code: int | None, doing: str, backend: str
+    worker: WorkerHandle,
+    batch: Batch,
+    pos: int,
+    ending: Ending,
+    doing: str,
+    backend: str,
+    usage: Usage | None,
 ) -> tuple[LocalRun, Task, TaskResult]:
     """The failed attempt of the task at ``pos`` of ``batch``, which the worker was
-    ``doing`` when it died: ``TaskTimeout`` if the pool killed it for that, else
-    ``WorkerLost``."""
+    ``doing`` when it died: ``TaskTimeout`` or ``MemoryLimitExceeded`` if the pool
+    killed it for that, else ``WorkerLost``; the message says how, where, and who."""
     run = batch.run
     task = batch.tasks.task(pos)
     info = worker.fallback_info(backend)
-    timeout = run.spec.timeout
-    if worker.kill_reason == "timeout" and timeout is not None:
-        error = TaskError(
-            TaskTimeout.__name__,
-            f"task {task.index} ran longer than its timeout of {timeout:g} s; "
-            f"{info.name} (pid {info.pid}) was killed and replaced",
-        )
+    who = f"{info.name} (pid {info.pid}) on {info.host}"
+    timeout, limit = run.spec.timeout, run.spec.max_memory
+    if ending.cause == "timeout" and timeout is not None:
+        kind = TaskTimeout.__name__
+        message = (f"task {task.index} ran longer than its timeout of {timeout:g} s; "
+                   f"{who} was killed and replaced")  # fmt: skip
+    elif ending.cause == "memory-limit" and limit is not None:
+        kind = MemoryLimitExceeded.__name__
+        message = (f"task {task.index} grew past the memory limit of {format_size(limit)}"
+                   f" ({format_size(worker.resident)} reached); {who} was killed and"
+                   " replaced")  # fmt: skip
     else:
-        error = TaskError(
-            WorkerLost.__name__,
-            f"{info.name} (pid {info.pid}) died while {doing} task {task.index}: "
-            f"{describe_exit(code)}",
-        )
+        kind = WorkerLost.__name__
+        message = f"{who} died while {doing} task {task.index}: {ending.words}"
+    error = TaskError(kind, message, cause=ending.cause, signal=ending.signal,
+                      exit_code=ending.exit_code)  # fmt: skip
     now = time.time()
     started = worker.task_started
-    result = TaskResult(
-        task.index, False, None, error, info, task.attempts + 1, started, now, now - started
-    )
+    result = TaskResult(task.index, False, None, error, info, task.attempts + 1, started, now,
+                        now - started, "", usage)  # fmt: skip
     return run, task, result

@@ -53,6 +53,7 @@ class WorkerHandle:
         "inflight",
         "info",
         "kill_reason",
+        "killed_for",
         "marker",
         "marker_map",
         "out_buf",
@@ -60,12 +61,13 @@ class WorkerHandle:
         "pidfd",
         "process",
         "progress_ns",
+        "resident",
         "result_r",
         "stopping",
         "task_started",
         "task_w",
         "tasks_given",
-        "timeout_index",
+        "worn",
         "writing",
     )
 
@@ -85,8 +87,12 @@ class WorkerHandle:
         self.inflight: deque[Batch] = deque()
         self.fn_id = 0  # the run whose target this worker has loaded
         self.info: WorkerInfo | None = None  # from its hello
-        self.kill_reason: str | None = None  # "timeout", "abandoned", "retired": why it ends
-        self.timeout_index = -1  # the task the pool killed this worker for over-running
+        # Why it ends, if the pool ends it: "timeout", "memory-limit" (it was killed for
+        # task ``killed_for``), "abandoned", "retired", "recycled", "garbled".
+        self.kill_reason: str | None = None
+        self.killed_for = -1
+        self.resident = 0  # the most memory it was seen to hold in its task (bytes)
+        self.worn = False  # past a per-worker limit: it retires once its batches are done
         self.task_started = 0.0  # when the task now running (head batch) began
         self.tasks_given = 0  # for max_tasks_per_worker
         self.barrier = False  # it gets the caller's barriers: tasks are taken back at once
@@ -188,12 +194,13 @@ class WorkerHandle:
         """What becomes readable when it dies: its pidfd, else the process sentinel."""
         return self.pidfd if self.pidfd is not None else self.process.sentinel
 
-    def time_out(self) -> None:
-        """Its running task over-ran its run's ``timeout``: SIGKILL it, noting which
-        task it was killed for (the autopsy charges that one)."""
+    def kill_for(self, reason: str) -> None:
+        """Its running task over-ran a limit of its run (``reason``: "timeout",
+        "memory-limit"): SIGKILL it, noting which task it was killed for (the autopsy
+        charges that one)."""
         head = self.inflight[0]
-        self.kill_reason = "timeout"
-        self.timeout_index = head.tasks.indices[head.done]
+        self.kill_reason = reason
+        self.killed_for = head.tasks.indices[head.done]
         self.kill()
 
     def kill(self) -> None:
@@ -243,7 +250,7 @@ def start_worker(
     _caller_fds.update((task_w, result_r))
     _caller_fds.update(fd for fd in pool_fds if fd >= 0)
     marker = mmap.mmap(-1, MARKER_SIZE)  # shared with the worker across fork
-    memoryview(marker).cast("q")[:] = array("q", [IDLE, IDLE, RUNNING, IDLE, 0, NO_STOP])
+    memoryview(marker).cast("q")[:] = array("q", [IDLE, IDLE, RUNNING, IDLE, 0, NO_STOP, 0, 0])
     process = ctx.Process(  # type: ignore[attr-defined]
         name=name,
         target=worker_main,

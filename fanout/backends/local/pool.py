@@ -14,11 +14,13 @@ import itertools
 import multiprocessing
 import os
 import selectors
+import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from fanout._memory import OomKills, cpu_seconds, resident
 from fanout._wire import FINISHED, Task
 from fanout.backends.local import deaths
 from fanout.backends.local.handles import WorkerHandle, forget_selector, start_worker
@@ -39,6 +41,11 @@ from fanout.models import WorkerInfo
 from fanout.targets import file_modules
 
 STOP_GRACE_SECONDS = 2.0
+# How often the resident size of each busy worker is read: often under a run's
+# max_memory (a task that grows fast is caught within a few of these), seldom otherwise
+# (what a death's message says its task was seen to hold).
+MEMORY_SAMPLE_SECONDS = 0.02
+SEEN_SAMPLE_SECONDS = 0.5
 # A worker holding at least this much quick work unstarted at the end of a run's input
 # shares half of it with an idle one.
 SHARE_SECONDS = 0.004
@@ -54,9 +61,12 @@ class Pool:
         process_name: str | None,
         backend: str,
         max_tasks: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self.process_name = process_name
         self.max_tasks = max_tasks  # a worker retires after that many tasks
+        self.max_memory = max_memory  # ... or once it holds more than that after a task
+        self.next_sample = 0.0  # time.monotonic() of the next reading of workers' memory
         self.backend = backend
         self.size = size
         self.daemon = daemon
@@ -72,6 +82,7 @@ class Pool:
         self.counter = itertools.count(1)
         self.closed = False
         self.look_again: float | None = None  # seconds until work may be due to take back
+        self.oom_kills = OomKills()
 
     def selector_fd(self) -> int:
         fileno: Callable[[], int] | None = getattr(self.selector, "fileno", None)
@@ -114,7 +125,8 @@ class Pool:
     def wait(self, max_wait: float | None) -> None:
         """Wait for one round of events and handle them."""
         timeout = deaths.next_deadline(self.workers)
-        for limit in (max_wait, self.look_again):
+        sample = self.next_sample - time.monotonic() if self.busy() else None
+        for limit in (max_wait, self.look_again, sample):
             if limit is not None:
                 timeout = limit if timeout is None else min(timeout, limit)
         events = self.selector.select(None if timeout is None else max(timeout, 0.0))
@@ -133,6 +145,7 @@ class Pool:
             elif mask & selectors.EVENT_WRITE:
                 self.flush(worker)
         self.enforce_timeouts()
+        self.enforce_memory()
 
     def enforce_timeouts(self) -> None:
         """Kill every worker whose running task has over-run its run's ``timeout``."""
@@ -140,14 +153,41 @@ class Pool:
         for worker in deaths.overrunning(self.workers, now):
             self.read(worker)  # a result that just arrived is not a time-out
             if deaths.overrunning([worker], now):
-                worker.time_out()
+                worker.kill_for("timeout")
+
+    def busy(self) -> bool:
+        return any(worker.inflight for worker in self.workers)
+
+    def enforce_memory(self) -> None:
+        """Read each busy worker's resident size when a reading is due; kill every one
+        whose task has grown past its run's ``max_memory``."""
+        now = time.monotonic()
+        if now < self.next_sample:
+            return
+        limited = False
+        for worker in self.workers:
+            if not worker.inflight or worker.kill_reason is not None:
+                continue
+            head = worker.inflight[0]
+            limit = head.run.spec.max_memory
+            limited |= limit is not None
+            size = resident(worker.pid)
+            if size is None:
+                continue
+            worker.resident = max(worker.resident, size)
+            if limit is not None and size > limit and head.done < head.end:
+                worker.kill_for("memory-limit")
+        self.next_sample = now + (MEMORY_SAMPLE_SECONDS if limited else SEEN_SAMPLE_SECONDS)
 
     def bury(self, worker: WorkerHandle) -> None:
         """A worker died: read what it sent, free it, and settle every task it held
         as :func:`.deaths.autopsy` decides."""
         self.read(worker)
+        cpu = cpu_seconds(worker.pid)  # its own, read before it is reaped
         worker.process.join(1.0)
-        settlement = deaths.autopsy(worker, worker.process.exitcode, self.backend)
+        code = worker.process.exitcode
+        oom = code == -signal.SIGKILL and self.oom_kills.took(worker.pid)
+        settlement = deaths.autopsy(worker, code, self.backend, oom, cpu)
         self.forget(worker)  # its marker is released: the autopsy has read it
         if settlement.broken is not None:
             run, error = settlement.broken
@@ -244,13 +284,18 @@ class Pool:
             for w in self.workers
         )
 
+    def task_limit(self, run: LocalRun) -> int | None:
+        """The most tasks a worker runs before it is replaced, for ``run``'s tasks."""
+        limits = [n for n in (self.max_tasks, run.spec.max_tasks_per_worker) if n is not None]
+        return min(limits) if limits else None
+
     def dispatch_one(self, run: LocalRun) -> bool:
-        worker = self.free_worker(run.depth())
+        worker = self.free_worker(run.depth(), self.task_limit(run))
         # Start workers on demand, only once there is a batch for them.
         grow = (worker is None or bool(worker.inflight)) and len(self.workers) < self.size
         if worker is None and not grow:
             return False
-        allowance = self.max_tasks
+        allowance = self.task_limit(run)
         if allowance is not None and not grow:
             assert worker is not None
             allowance -= worker.tasks_given
@@ -263,12 +308,13 @@ class Pool:
         self.send_batch(worker, batch)
         return True
 
-    def free_worker(self, depth: int) -> WorkerHandle | None:
+    def free_worker(self, depth: int, limit: int | None) -> WorkerHandle | None:
         best = None
-        limit = self.max_tasks
         now = 0
         for worker in self.workers:
             if worker.kill_reason is not None or worker.stopping or len(worker.inflight) >= depth:
+                continue
+            if worker.worn:
                 continue
             if limit is not None and worker.tasks_given >= limit:
                 continue
@@ -428,20 +474,38 @@ class Pool:
         batch.done += done
         worker.task_started = finished
         worker.progress_ns = time.perf_counter_ns()
+        worker.resident = 0  # a new task: what it holds is seen afresh
+        limit = self.memory_limit(batch.run)
+        if limit is not None and not worker.worn and (resident(worker.pid) or 0) > limit:
+            self.wear_out(worker)  # its next task runs on a fresh worker
         if batch.done == len(batch):
             worker.inflight.popleft()
             worker.settled()
-            self.after_batch(worker)
+            self.after_batch(worker, batch.run)
 
-    def after_batch(self, worker: WorkerHandle) -> None:
-        if self.max_tasks is not None and worker.tasks_given >= self.max_tasks:
+    def memory_limit(self, run: LocalRun) -> int | None:
+        """The most a worker may hold after one of ``run``'s tasks and run another."""
+        limits = [n for n in (self.max_memory, run.spec.max_memory_per_worker) if n is not None]
+        return min(limits) if limits else None
+
+    def wear_out(self, worker: WorkerHandle) -> None:
+        """Past a per-worker memory limit: it runs nothing more; what it holds unstarted
+        goes back to its runs, and it retires once the task running now is done."""
+        worker.worn = True
+        for owner, tasks in worker.take_back().items():
+            if tasks and not owner.finished:
+                owner.requeue(tasks)
+
+    def after_batch(self, worker: WorkerHandle, run: LocalRun | None = None) -> None:
+        limit = self.max_tasks if run is None else self.task_limit(run)
+        if worker.worn or (limit is not None and worker.tasks_given >= limit):
             self.retire(worker)
 
     def retire(self, worker: WorkerHandle) -> None:
         """``max_tasks`` reached: once its last result is in, the worker exits as an idle
         one does (end-of-file); a new one starts when there is work."""
         if not worker.inflight and not worker.writing and worker.kill_reason is None:
-            worker.kill_reason = "retired"
+            worker.kill_reason = "recycled" if worker.worn else "retired"
             worker.close_task_pipe()
 
     # -- worker lifecycle ---------------------------------------------------------------
@@ -454,6 +518,7 @@ class Pool:
         self.selector.register(worker.result_r, selectors.EVENT_READ, (worker, "result"))
         self.selector.register(worker.death_fd(), selectors.EVENT_READ, (worker, "death"))
         self.workers.append(worker)
+        self.oom_kills.watch(worker.pid)
         return worker
 
     def forget(self, worker: WorkerHandle) -> None:

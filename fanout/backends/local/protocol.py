@@ -29,7 +29,7 @@ A run whose results need no record each (``MapSpec.bare``: the drop-ins' maps) g
 batch's leading successes as one VALUES message: the values alone, the batch's timing
 and what it printed; a failure and everything after it in that batch come as RESULTS.
 
-The marker is six int64 in memory shared across the fork:
+The marker is eight int64 in memory shared across the fork:
 
 - ``MARK_BATCH``, ``MARK_POS``, ``MARK_PHASE``: the batch id (or ``LOADING_TARGET``),
   the position in that batch of the task running now (-1: none), and the phase
@@ -46,6 +46,9 @@ The marker is six int64 in memory shared across the fork:
   reading the claim again: unchanged, every task past it is the caller's at once. A
   stretch is one task, doubling while tasks are quick (up to ``MAX_CLAIM``), so that a
   quick task pays for the claim once in a while and a slow one strands little behind it.
+- ``MARK_CPU``, ``MARK_PEAK``: the worker's CPU time (ns) and peak resident size at its
+  last usage reading (fanout._usage): after a death, with the dead process's own CPU
+  time, what the task it died running cost.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ HELLO, RESULTS, VALUES, COLUMNS, GAVE_BACK = 0, 1, 2, 3, 4
 # The marker: [batch id or LOADING_TARGET, position in the batch, phase, claim, claimed
 # at, stop].
 MARK_BATCH, MARK_POS, MARK_PHASE, MARK_CLAIM, MARK_CLAIM_AT, MARK_STOP = range(6)
-MARKER_SIZE = 6 * 8
+# [the worker's CPU time at its last usage reading (ns), its peak resident bytes then]
+MARK_CPU, MARK_PEAK = 6, 7
+MARKER_SIZE = 8 * 8
 IDLE = -1
 LOADING_TARGET = -2
 RUNNING, UNPICKLING = 0, 1

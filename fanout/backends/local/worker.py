@@ -44,6 +44,8 @@ from fanout.backends.local.protocol import (
     MARK_BATCH,
     MARK_CLAIM,
     MARK_CLAIM_AT,
+    MARK_CPU,
+    MARK_PEAK,
     MARK_PHASE,
     MARK_POS,
     MARK_STOP,
@@ -181,6 +183,17 @@ class WorkerLoop:
         finally:
             self.marker[MARK_BATCH] = IDLE
 
+    def read_usage(self) -> tuple[float, int] | None:
+        """What this process spent since the last reading (``_usage.Meter.read``), noted
+        in the marker too, for the caller should it die (protocol.py); None: not
+        measured."""
+        meter = self.meter
+        if meter is None:
+            return None
+        spent, peak = meter.read()
+        self.marker[MARK_CPU], self.marker[MARK_PEAK] = int(meter.cpu * 1e9), peak
+        return spent, peak
+
     def unpickle_inputs(self, indices: list[int], items: list[Any], pickled: list[int]) -> None:
         """Inputs that travel as their own pickle, unpickled in place; a crash here is
         blamed on that input (the marker's phase says so)."""
@@ -204,6 +217,7 @@ class WorkerLoop:
         self.unpickle_inputs(indices, items, pickled)
         start = 0
         if self.bare and self.fn is not None and self.spans is None:
+            self.read_usage()  # no usage for values alone; a death's is counted from here
             start = self.run_bare(batch_id, indices, items)
         end = self.run_records(batch_id, indices, items, start)
         if end < len(indices):  # the caller took the rest back: say where we stopped
@@ -409,10 +423,10 @@ class Outbox:
 
     def measure(self) -> None:
         """The tasks run since the last reading share what it says they cost."""
-        meter = self.loop.meter
-        if meter is None:
+        reading = self.loop.read_usage()
+        if reading is None:
             return
-        spent, peak = meter.read()
+        spent, peak = reading
         done, records = len(self.cpu), self.records
         fresh = self.durations[done:]
         mark = self.measured
