@@ -106,11 +106,10 @@ class Fanout:
         """Yield one :class:`~fanout.TaskResult` per item: in input order, or as they finish.
 
         ``items`` is consumed lazily; the target is checked now, before any task runs.
-        ``max_failures``: stop after that many failed tasks. ``max_memory`` (bytes, or a
-        size such as ``"512M"``): a task whose process grows past it is ended and fails
-        (cause ``memory-limit``); its worker is replaced. ``journal``: append every
-        result to this file (JSON lines); ``resume``: skip the indexes it already holds
-        (``"failed"``: only its ``ok`` ones). See :mod:`fanout.journal`.
+        ``max_failures``: stop after that many failed tasks. ``max_memory`` (bytes, or
+        ``"512M"``): a task whose process grows past it fails (``memory-limit``), its
+        worker replaced. ``journal``: append every result to this file (JSON lines);
+        ``resume``: skip the indexes it holds (``"failed"``: only its ``ok`` ones).
         """
         self._refuse_if_closed()
         # One unfinished map at a time (backends/base.py): a generator's frame is gone
@@ -126,7 +125,6 @@ class Fanout:
         if resume and journal is None:
             raise ValueError("resuming needs the journal to resume from: give journal=PATH")
         spec, trace = self.traced(spec)
-
         if journal is None:
             results = self._backend.map(spec)
         else:

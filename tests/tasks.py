@@ -338,3 +338,15 @@ def otel_setup() -> None:
     from tests.spans import use_file_exporter
 
     use_file_exporter(os.environ["FANOUT_TEST_SPANS"])
+
+
+def hold_megabytes(megabytes: int) -> int:
+    """Hold ``megabytes`` of touched memory for a moment (a task growing past a limit
+    is seen growing), then give it back."""
+    held = []
+    for _ in range(megabytes // 10):
+        block = bytearray(10 * 2**20)
+        block[::4096] = b"x" * (len(block) // 4096)
+        held.append(block)
+        time.sleep(0.005)
+    return len(held) * 10

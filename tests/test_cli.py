@@ -44,7 +44,7 @@ WORKER_KEYS = {"name", "pid", "ppid", "host", "backend"}
 ERROR_KEYS = {"type", "message", "traceback", "cause", "signal", "exit_code"}
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SUMMARY = re.compile(
-    r"^(?P<count>\d+) tasks?: (?P<ok>\d+) ok, (?P<failed>\d+) failed"
+    r"^(?P<count>\d+) tasks?: (?P<ok>\d+) ok, (?P<failed>\d+) failed(?: \((?P<causes>[^)]*)\))?"
     r" in \d+\.\d+ s on (?P<workers>\d+) (?P<backend>\w+) workers?$"
 )
 
@@ -151,7 +151,8 @@ def table_rows(stdout: str) -> dict[int, list[str]]:
     headers = [i for i, line in enumerate(lines) if line.split()[:2] == ["#", "input"]]
     assert len(headers) == 1, stdout
     header = lines[headers[0]].split()
-    assert header == ["#", "input", "value", "/", "error", "worker", "pid", "ppid", "host", "s"]
+    assert header == ["#", "input", "value", "/", "error", "worker", "pid", "ppid", "host", "s",
+                      "cpu", "mem"]  # fmt: skip
     rows = {}
     for line in lines[headers[0] + 1 :]:
         words = line.split()
@@ -797,3 +798,36 @@ def test_signal_stops_the_run_and_its_workers(sig: int, code: int, word: str) ->
     assert "Traceback" not in stderr
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"workers left behind: {alive}"
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_a_size_that_is_not_one_is_a_one_line_usage_error() -> None:
+    result = run_cli("tests.tasks:square", "--range", "3", "--max-memory", "12Q")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "'12Q' is not a size" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_max_memory_ends_the_task_that_grows_past_it_and_the_summary_says_why() -> None:
+    result = run_cli("tests.tasks:hold_megabytes", "10", "400", "20", "--workers", "1",
+                     "--max-memory", "200M")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "task 1, input 400, memory-limit: MemoryLimitExceeded: task 1 grew past the" in (
+        result.stdout
+    )
+    summary = summary_line(result.stdout)
+    assert (summary["ok"], summary["failed"], summary["causes"]) == ("2", "1", "1 memory-limit")
+
+
+def test_max_tasks_per_worker_replaces_each_worker_after_n_tasks() -> None:
+    result = run_cli("tests.tasks:pid_of", "--range", "6", "--workers", "1",
+                     "--max-tasks-per-worker", "2", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = json_records(result.stdout)
+    pids = [r["value"] for r in sorted(records, key=lambda r: r["index"])]
+    assert len(set(pids)) == 3, pids
+    assert all(pids.count(pid) == 2 for pid in pids), pids

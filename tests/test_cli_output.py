@@ -89,7 +89,7 @@ def test_every_failed_task_is_listed_in_full_after_the_table() -> None:
     lines = result.stdout.splitlines()
     message = "this message is long: " + " ".join(f"word{i}" for i in range(30))
     failure = [line for line in lines if line.startswith("  task 1234,")]
-    assert failure == [f"  task 1234, input 1234: ValueError: {message}"]
+    assert failure == [f"  task 1234, input 1234, raised: ValueError: {message}"]
     assert "... 500 more rows (use --json for all)" in lines
     assert lines[-1].startswith("1500 tasks: 1499 ok, 1 failed")
     assert "Traceback" not in result.stdout
@@ -98,7 +98,7 @@ def test_every_failed_task_is_listed_in_full_after_the_table() -> None:
 def test_tracebacks_option_shows_each_failed_tasks_traceback() -> None:
     result = run_fanout("run", "tests.tasks:divide", "1", "0", "--tracebacks")
     assert result.returncode == 1
-    tail = result.stdout[result.stdout.index("  task 1, input 0: ZeroDivisionError") :]
+    tail = result.stdout[result.stdout.index("  task 1, input 0, raised: ZeroDivisionError") :]
     assert "Traceback (most recent call last):" in tail
     assert "return 1 / x" in tail
 
@@ -250,19 +250,19 @@ def test_an_exception_without_a_message_is_shown_without_a_colon() -> None:
     assert result.returncode == 1, result.stderr
     assert "KeyboardInterrupt" in result.stdout
     assert "KeyboardInterrupt:" not in result.stdout
-    assert "task 0, input 1: KeyboardInterrupt\n" in result.stdout
+    assert "task 0, input 1, raised: KeyboardInterrupt\n" in result.stdout
 
 
 def test_a_summary_where_no_process_ran_a_task_says_so() -> None:
     """Defect 17: "on 0 rq workers" when every result was decided without a worker."""
     info = WorkerInfo.not_run("rq", "box")
-    error = TaskError("TargetError", "on RQ worker w1: no module named 'x'")
+    error = TaskError("TargetError", "on RQ worker w1: no module named 'x'", cause="not-run")
     view = HumanView("rq")
     for index in range(2):
         view.show(TaskResult(index, False, None, error, info, 0, 0.0, 0.0, 0.0), index, print)
     summary = view.summary()
     assert "on 0" not in summary
-    assert summary.startswith("2 tasks: 0 ok, 2 failed in ")
+    assert summary.startswith("2 tasks: 0 ok, 2 failed (2 not-run) in ")
     assert summary.endswith("; no rq worker ran any")
 
 
@@ -272,8 +272,10 @@ def test_cancelled_tasks_are_counted_and_listed_by_reason(
     """A run halted by --max-failures: its cancelled tasks in one line per reason (with
     their indexes), not a line each, and counted apart in the summary."""
     ran = WorkerInfo("worker-1", 10, 1, "box", "local")
-    failed = TaskError("ValueError", "bad input 0")
-    cancelled = TaskError("Cancelled", "the run stopped after 1 failed task (max_failures=1)")
+    failed = TaskError("ValueError", "bad input 0", cause="raised")
+    cancelled = TaskError(
+        "Cancelled", "the run stopped after 1 failed task (max_failures=1)", cause="cancelled"
+    )
     view = HumanView("local")
     view.show(TaskResult(0, False, None, failed, ran, 1, 0.0, 0.0, 0.0), 0, print)
     for index in [*range(1, 6), 8]:
@@ -282,10 +284,10 @@ def test_cancelled_tasks_are_counted_and_listed_by_reason(
     view.show(TaskResult(6, True, 6, None, ran, 1, 0.0, 0.0, 0.0), 6, print)
     view.finish(complete=True)
     out = capsys.readouterr().out
-    assert "  task 0, input 0: ValueError: bad input 0" in out
+    assert "  task 0, input 0, raised: ValueError: bad input 0" in out
     assert f"cancelled, 6 tasks (1-5, 8): {cancelled.message}" in out
     assert "task 1, input" not in out
-    assert out.splitlines()[-1].startswith("8 tasks: 1 ok, 1 failed, 6 cancelled in ")
+    assert out.splitlines()[-1].startswith("8 tasks: 1 ok, 1 failed (1 raised), 6 cancelled in ")
 
 
 def test_warnings_of_the_library_carry_the_fanout_prefix_on_the_command_line() -> None:

@@ -65,6 +65,9 @@ def run_command(
     timeout: opt.Timeout = None,
     retries: opt.Retries = 0,
     max_failures: opt.MaxFailures = None,
+    max_memory: opt.MaxMemory = None,
+    max_tasks_per_worker: opt.MaxTasksPerWorker = None,
+    max_memory_per_worker: opt.MaxMemoryPerWorker = None,
     ordered: opt.Ordered = True,
     json_out: opt.Json = False,
     tracebacks: opt.Tracebacks = False,
@@ -78,7 +81,8 @@ def run_command(
 ) -> None:
     """Run TARGET once per input and report every result with the process that made it."""
     given = {"daemon": daemon, "redis_url": redis_url, "queue": queue, "secret_file": secret_file,
-             "redis_wait": redis_wait}  # fmt: skip
+             "redis_wait": redis_wait, "max_tasks_per_worker": max_tasks_per_worker,
+             "max_memory_per_worker": max_memory_per_worker}  # fmt: skip
     settings = RunSettings(
         target,
         (items, range_, repeat, input_, lines),
@@ -91,6 +95,7 @@ def run_command(
             "timeout": timeout,
             "retries": retries,
             "max_failures": max_failures,
+            "max_memory": max_memory,
             "journal": journal,
             "resume": "failed" if resume_failed else resume,
         },

@@ -29,6 +29,18 @@ def _seconds(value: float | None) -> float | None:
     return value
 
 
+def check_size(value: str | None) -> int | None:
+    """A memory size: ``512M``, ``2G``, a number of bytes."""
+    if value is None:
+        return None
+    from fanout._memory import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def check_wait(value: float | None) -> float | None:
     """How long to wait: 0 or more seconds, inf for as long as it takes."""
     if value is not None and not value >= 0:  # nan and negatives
@@ -175,6 +187,34 @@ MaxFailures = Annotated[
         metavar="N",
         min=1,
         help="Stop after N failed tasks: no new input, tasks not yet started cancelled.",
+    ),
+]
+# Limits and recycling.
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        callback=check_size,
+        help="End a task whose process grows past SIZE (e.g. 512M, 2G); its worker is replaced.",
+    ),
+]
+MaxTasksPerWorker = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tasks-per-worker",
+        metavar="N",
+        min=1,
+        help="Replace a worker process after N tasks.",
+    ),
+]
+MaxMemoryPerWorker = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory-per-worker",
+        metavar="SIZE",
+        callback=check_size,
+        help="Replace a worker process that holds more than SIZE after a task.",
     ),
 ]
 JournalPath = Annotated[

@@ -1,6 +1,7 @@
 """How ``fanout run`` shows results: one JSON line each, or the human view (what each
-task printed, prefixed by its worker, then a table, every failed task in full, the
-cancelled ones by reason, and a summary). ``progress.py`` feeds them as results come.
+task printed, prefixed by its worker, then a table with what each task cost, every
+failed task in full with why it ended, the cancelled ones by reason, and a summary
+that counts the failures by cause). ``progress.py`` feeds them as results come.
 
 User text (inputs, values, errors, names) is never read as markup, and a JSON line is
 never wrapped.
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from fanout._memory import format_size
 from fanout.errors import Cancelled
 from fanout.journal import json_line, json_record
 from fanout.models import NOT_RUN, TaskError, TaskResult
@@ -120,7 +123,7 @@ class HumanView:
             for result, item in sorted(self.failures, key=lambda f: f[0].index):
                 assert result.error is not None
                 error = result.error
-                console.print(f"  task {result.index}, input {_shown(item)}:"
+                console.print(f"  task {result.index}, input {_shown(item)}, {error.cause or '?'}:"
                               f" {error_text(error)}", soft_wrap=True)  # fmt: skip
                 if self.tracebacks and error.traceback:
                     console.print("    " + error.traceback.rstrip().replace("\n", "\n    "),
@@ -145,17 +148,19 @@ class HumanView:
             else:
                 assert r.error is not None
                 outcome = _one_line(error_text(r.error))
-            w = r.worker
+            w, u = r.worker, r.usage
+            cpu, mem = ("-", "-") if u is None else (f"{u.cpu:.3f}", format_size(u.max_rss))
             rows.append((str(r.index), _shown(item), outcome, w.name, str(w.pid), str(w.ppid),
-                         w.host, f"{r.duration:.3f}"))  # fmt: skip
-        headers = ("#", "input", "value / error", "worker", "pid", "ppid", "host", "s")
+                         w.host, f"{r.duration:.3f}", cpu, mem))  # fmt: skip
+        headers = ("#", "input", "value / error", "worker", "pid", "ppid", "host", "s", "cpu",
+                   "mem")  # fmt: skip
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
         room = max(20, width - sum(widths) + widths[1] + widths[2] - 2 * (len(headers) - 1))
         widths[1] = min(widths[1], max(5, room // 4))
         widths[2] = min(widths[2], room - widths[1])
         table = Table(box=None, pad_edge=False, header_style="bold")
         for i, header in enumerate(headers):
-            numeric = header in ("#", "pid", "ppid", "s")
+            numeric = header in ("#", "pid", "ppid", "s", "cpu", "mem")
             table.add_column(header, justify="right" if numeric else "left", no_wrap=True,
                              width=widths[i], overflow="ellipsis")  # fmt: skip
         ordered = sorted(self.rows, key=lambda row: row[0].index)
@@ -175,7 +180,7 @@ class HumanView:
         workers = len(self.workers)
         summary = (
             f"{self.count} task{'s' if self.count != 1 else ''}:"
-            f" {self.count - failed - cancelled} ok, {failed} failed"
+            f" {self.count - failed - cancelled} ok, {failed} failed{self.causes()}"
             + (f", {cancelled} cancelled" if cancelled else "")
             + f" in {elapsed:.2f} s"
         )
@@ -188,6 +193,13 @@ class HumanView:
         if interrupted:
             summary += " (interrupted: these finished)"
         return summary
+
+    def causes(self) -> str:
+        """`` (2 memory-limit, 1 killed)``: the failures by cause, most first."""
+        if not self.failures:
+            return ""
+        counts = Counter(r.error.cause or "?" for r, _ in self.failures if r.error is not None)
+        return " (" + ", ".join(f"{n} {cause}" for cause, n in counts.most_common()) + ")"
 
 
 def _shown(value: Any) -> str:

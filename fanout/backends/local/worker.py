@@ -229,10 +229,9 @@ class WorkerLoop:
 
         The common case, a task that returns a raw value and prints nothing, costs two
         clock reads, the call, two marker stores and three appends: its result joins the
-        columns of the :class:`Outbox`. Anything else goes through :meth:`run_one`.
-        Results go to the caller once ``flush_seconds`` have passed since the last ones
-        went (at least every ``FLUSH_SECONDS``; a task's own time counts, so that results
-        that stand for real work go soon: a crash costs little to redo)."""
+        columns of the :class:`Outbox`; anything else goes through :meth:`run_one`. Results
+        go once ``flush_seconds`` have passed since the last ones went (at least every
+        ``FLUSH_SECONDS``; a task's own time counts: a crash costs little to redo)."""
         fn, marker, star, claim, printed = self.fn, self.marker, self.star, self.claim, self.printed
         traced = self.spans is not None  # a span per task: each the general way
         if claim.stopped:
