@@ -12,7 +12,10 @@ Three figures, each measured the same way for fanout and for ``multiprocessing.P
   whole run (``/proc``, read before the pool stops), divided by N, for fanout's workers
   and for ``Pool.imap_unordered(f, items, 256)``'s.
 - **Bytes per kept TaskResult**: ``tracemalloc``'s count of what the list of N results
-  holds after the run (value, times and the object itself), divided by N.
+  holds after the run (value, times, usage and the object itself), divided by N.
+- **What measuring usage costs**: ``Fanout.map`` over the N tasks, all kept, with each
+  result's ``usage`` measured and with it switched off (``FANOUT_USAGE=0``), in turns:
+  tasks per second and the workers' CPU per task, and their ratios.
 
 ``--root DIR`` profiles another checkout of fanout (an older commit, for a before/after).
 Prints a markdown table; the Python that runs it is the one measured.
@@ -204,6 +207,41 @@ def bytes_per_result(count: int) -> float:
         return held / count
 
 
+def one_usage_run(count: int, measured: bool) -> tuple[float, float]:
+    """(tasks per second, workers' CPU ns per task) of one kept run, usage measured or
+    not (the workers read FANOUT_USAGE as they start)."""
+    import psutil
+
+    import fanout
+
+    os.environ["FANOUT_USAGE"] = "1" if measured else "0"
+    try:
+        with fanout.Fanout(workers=WORKERS) as fo:
+            list(fo.map(inc, range(1000)))
+            pids = [p.pid for p in psutil.Process().children()]
+            before, began = cpu_of(pids), time.perf_counter()
+            results = list(fo.map(inc, range(count)))
+            seconds = time.perf_counter() - began
+            cpu = cpu_of(pids) - before
+    finally:
+        del os.environ["FANOUT_USAGE"]
+    assert (results[-1].usage is not None) == measured
+    return count / seconds, 1e9 * cpu / count
+
+
+def usage_cost(count: int, repeats: int) -> None:
+    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for n in range(repeats):
+        for measured in (True, False) if n % 2 == 0 else (False, True):
+            runs[measured].append(one_usage_run(count, measured))
+    rate = {m: sorted(r for r, _ in runs[m])[repeats // 2] for m in runs}
+    cpu = {m: sorted(c for _, c in runs[m])[repeats // 2] for m in runs}
+    print("| usage | tasks/s (kept) | workers' CPU, ns per task |\n|---|---:|---:|")
+    print(f"| measured | {rate[True]:,.0f} | {cpu[True]:,.0f} |")
+    print(f"| off (`FANOUT_USAGE=0`) | {rate[False]:,.0f} | {cpu[False]:,.0f} |")
+    print(f"| measured ÷ off | {rate[True] / rate[False]:.3f} | {cpu[True] / cpu[False]:.3f} |\n")
+
+
 def median_of(repeats: int, measure: Callable[[], float]) -> float:
     values = sorted(measure() for _ in range(repeats))
     return values[len(values) // 2]
@@ -245,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| both workers, user + system | {fanout_cpu:,.0f} | {pool_cpu:,.0f} |"
           f" {fanout_cpu - pool_cpu:+,.0f} |\n")  # fmt: skip
     print(f"Bytes per kept TaskResult (tracemalloc, {count:,} kept):"
-          f" {bytes_per_result(count):,.0f}")  # fmt: skip
+          f" {bytes_per_result(count):,.0f}\n")  # fmt: skip
+    usage_cost(count, repeats)
     return 0
 
 

@@ -24,7 +24,7 @@ import itertools
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 from fanout._task import load_value
@@ -365,16 +365,17 @@ class RunState(Sizing):
         outputs: Sequence[str] | None,
         info: WorkerInfo,
         attempts: Sequence[int] | None,
-        usage: tuple[Sequence[float], Sequence[int]] | None = None,
+        usage: Sequence[Sequence[Any]] | None = None,
     ) -> None:
         """Successes with raw values, a column per field (the local wire's COLUMNS):
         ``attempts[i]`` were made before the one that succeeded (None: first tries);
-        ``usage``: the cpu and max_rss columns (None: not measured)."""
+        ``usage``: runs of ``(count, cpu, max_rss)``, one Usage shared by each run's
+        tasks (None: not measured)."""
         tries: Iterable[int] = repeat(1) if attempts is None else [a + 1 for a in attempts]
         columns = (indices, repeat(True), values, repeat(None), repeat(info), tries, started,
                    map(operator.add, started, durations), durations,
                    repeat("") if outputs is None else outputs,
-                   repeat(None) if usage is None else map(Usage, *usage))  # fmt: skip
+                   repeat(None) if usage is None else _usages(usage))  # fmt: skip
         results = list(map(TaskResult, *columns))
         if self.spec.ordered and isinstance(indices, range) and indices.step == 1:
             # A fresh batch's indices are a range: one piece, without looking at each.
@@ -445,6 +446,11 @@ def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[Task
     return list(map(TaskResult, indices, repeat(True), values, repeat(None), repeat(info),
                     repeat(1), started, finished, durations, outputs,
                     map(usage_of, usages)))  # fmt: skip
+
+
+def _usages(runs: Sequence[Sequence[Any]]) -> Iterator[Usage]:
+    """A Usage per task from runs of ``(count, cpu, max_rss)``: one object per run."""
+    return chain.from_iterable(repeat(Usage(cpu, peak), count) for count, cpu, peak in runs)
 
 
 def usage_of(facts: UsageFacts | None) -> Usage | None:

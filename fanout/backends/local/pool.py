@@ -446,7 +446,7 @@ class Pool:
             self.progress(worker, batch, len(values), finished)
             return
         if message[0] == COLUMNS:
-            _, _, values, started, durations, outputs, cpu, rss = message
+            _, _, values, started, durations, outputs, usage = message
             count, finished = len(values), started[-1] + durations[-1]
             if not run.finished:
                 run.measure(finished - started[0], count)
@@ -454,8 +454,7 @@ class Pool:
                 tasks, base = batch.tasks, batch.done
                 attempts = None if tasks.attempts is None else tasks.attempts[base : base + count]
                 run.settle_columns(tasks.indices[base : base + count], values, started,
-                                   durations, outputs, worker.info, attempts,
-                                   None if cpu is None else (cpu, rss))  # fmt: skip
+                                   durations, outputs, worker.info, attempts, usage)  # fmt: skip
             self.progress(worker, batch, count, finished)
             return
         records = message[2]

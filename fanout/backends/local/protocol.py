@@ -11,7 +11,7 @@ element names the message:
     worker -> caller   (HELLO, name, pid, ppid, host, whether it gets barriers)
                        (RESULTS, batch id, [result record, ...])   (records: fanout._wire)
                        (COLUMNS, batch id, values, started, durations, outputs or None,
-                        cpu or None, max_rss or None)
+                        usage runs or None)
                        (VALUES, batch id, [value, ...], started, finished, output)
                        (GAVE_BACK, batch id, position): the batch's tasks from that
                         position on were not started and never will be (taken back)
@@ -19,7 +19,8 @@ element names the message:
 Consecutive results that are all first-hand successes with a raw value (the common
 case) go as COLUMNS: one tuple per field, not one tuple per task, cheaper to pickle on
 one side and to turn into results on the other (``outputs`` None: nothing printed;
-``cpu`` and ``max_rss`` None: usage not measured, else each task's, fanout._usage).
+usage runs None: not measured, else ``(count, cpu, max_rss)`` for each run of
+consecutive tasks alike, fanout._usage).
 The worker's hot loop encodes them with msgpack (msgspec): the envelope and the two
 columns of floats, the values still one pickle inside it (:func:`columns_frame`, less
 than half pickle's cost per task); a body that does not start with pickle's PROTO
@@ -111,18 +112,20 @@ _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder().decode
 
 
+UsageRun = tuple[int, float, int]  # (tasks, cpu seconds of each, peak resident bytes)
+
+
 def columns_frame(
     batch_id: int,
     values: list[Any],
     started: list[float],
     durations: list[float],
-    cpu: list[float] | None,
-    rss: list[int] | None,
+    usage: list[UsageRun] | None,
 ) -> bytes:
     """A COLUMNS message without outputs, as the worker's hot loop sends it: msgpack,
     the values one pickle inside it."""
     data = _ENCODE((COLUMNS, batch_id, pickle.dumps(values, pickle.HIGHEST_PROTOCOL),
-                    started, durations, cpu, rss))  # fmt: skip
+                    started, durations, usage))  # fmt: skip
     return HEADER.pack(len(data)) + data
 
 
@@ -131,8 +134,8 @@ def load(data: bytes) -> tuple[Any, ...]:
     if data[0] == _PICKLE:
         message: tuple[Any, ...] = pickle.loads(data)
         return message
-    kind, batch_id, values, started, durations, cpu, rss = _DECODE(data)
-    return (kind, batch_id, pickle.loads(values), started, durations, None, cpu, rss)
+    kind, batch_id, values, started, durations, usage = _DECODE(data)
+    return (kind, batch_id, pickle.loads(values), started, durations, None, usage)
 
 
 def split_frames(buf: bytearray) -> list[bytes]:

@@ -56,6 +56,7 @@ from fanout.backends.local.protocol import (
     UNPICKLING,
     VALUES,
     Reader,
+    UsageRun,
     Writer,
     columns_frame,
     key,
@@ -67,6 +68,9 @@ from fanout.targets import load_file_modules
 if TYPE_CHECKING:
     from fanout.tracing import TaskSpans
 
+# Tasks of a stretch share its CPU equally unless one took more than UNEVEN times the
+# stretch's mean: then each gets a share by its duration.
+UNEVEN = 4
 # A worker sends results mid-batch at least this often (and once they stand for the
 # run's flush_seconds of work).
 FLUSH_SECONDS = 0.1
@@ -366,10 +370,8 @@ class WorkerLoop:
         if not any(statuses):  # all OK_RAW: the protocol's COLUMNS
             with contextlib.suppress(Exception):  # a value too big, say: records one by one
                 shown = outputs if any(outputs) else None
-                cpu = rss = None
-                if all(usages):
-                    cpu, rss = zip(*usages, strict=True)
-                self.out.send((COLUMNS, batch_id, values, started, durations, shown, cpu, rss))
+                runs = [(1, *u) for u in usages] if all(usages) else None
+                self.out.send((COLUMNS, batch_id, values, started, durations, shown, runs))
                 return
         try:
             self.out.send((RESULTS, batch_id, records))
@@ -397,10 +399,13 @@ class Outbox:
     are records too until the next flush, so that a mixed batch is a few messages.
 
     :meth:`measure` gives the results since the last reading their usage (``_usage``):
-    the loop calls it at each claim, and nothing leaves unmeasured."""
+    the loop calls it at each claim, and nothing leaves unmeasured. The columns' usage
+    goes as runs, ``(count, cpu each, peak)``: a stretch of tasks of like durations is one
+    run (one Usage for them all, in the caller), a stretch of uneven ones a run each,
+    its CPU shared by their durations."""
 
-    __slots__ = ("batch_id", "cpu", "durations", "indices", "loop", "measured", "records",
-                 "rss", "sent", "started", "values", "wall")  # fmt: skip
+    __slots__ = ("batch_id", "covered", "durations", "indices", "loop", "measured",
+                 "records", "sent", "started", "usage", "values", "wall")  # fmt: skip
 
     def __init__(
         self, loop: WorkerLoop, batch_id: int, indices: list[int], start: int, wall: float
@@ -410,8 +415,8 @@ class Outbox:
         self.values: list[Any] = []
         self.started: list[float] = []
         self.durations: list[float] = []
-        self.cpu: list[float] = []  # the columns' usage, as far as measured
-        self.rss: list[int] = []
+        self.usage: list[UsageRun] = []  # the columns' usage, as far as measured
+        self.covered = 0  # the columns before this one have their usage
         self.records: list[Record] = []
         self.measured = 0  # the records before this one have their usage
 
@@ -426,14 +431,17 @@ class Outbox:
         if reading is None:
             return
         spent, peak = reading
-        done, records = len(self.cpu), self.records
-        fresh = self.durations[done:]
-        mark = self.measured
-        if not fresh and mark == len(records):
-            return
+        records, mark = self.records, self.measured
+        fresh = self.durations[self.covered :]
+        self.covered = len(self.durations)
+        if mark == len(records):
+            if fresh and max(fresh) * len(fresh) <= UNEVEN * sum(fresh):
+                self.usage.append((len(fresh), spent / len(fresh), peak))  # alike: one run
+                return
+            if not fresh:
+                return
         cpu = _usage.share(spent, fresh + [r[DURATION] for r in records[mark:]])
-        self.cpu += cpu[: len(fresh)]
-        self.rss += [peak] * len(fresh)
+        self.usage += [(1, each, peak) for each in cpu[: len(fresh)]]
         for k in range(mark, len(records)):
             records[k] = (*records[k][:USAGE], (cpu[len(fresh) + k - mark], peak))
         self.measured = len(records)
@@ -452,20 +460,26 @@ class Outbox:
 
     def send_columns(self) -> None:
         values, started, durations = self.values, self.started, self.durations
-        if len(self.cpu) < len(values):
+        if self.covered < len(values):
             self.measure()
-        cpu, rss = (self.cpu, self.rss) if self.loop.meter is not None else (None, None)
+        usage = self.usage if self.loop.meter is not None else None
         try:
-            self.loop.out.write(columns_frame(self.batch_id, values, started, durations, cpu, rss))
+            self.loop.out.write(columns_frame(self.batch_id, values, started, durations, usage))
         except Exception:  # a value too big, say: records one by one find the one
             at = self.indices[self.sent : self.sent + len(values)]
-            usages = repeat(None) if cpu is None or rss is None else zip(cpu, rss, strict=True)
-            rows = zip(at, values, started, durations, usages, strict=False)
+            each = repeat(None) if usage is None else usage_pairs(usage)
+            rows = zip(at, values, started, durations, each, strict=False)
             records = [(i, OK_RAW, v, s, s + d, d, "", u) for i, v, s, d, u in rows]
             self.loop.send_one_by_one(self.batch_id, records)
         self.sent += len(values)
-        for column in (values, started, durations, self.cpu, self.rss):
+        for column in (values, started, durations, self.usage):
             column.clear()
+        self.covered = 0
+
+
+def usage_pairs(runs: list[UsageRun]) -> list[tuple[float, int]]:
+    """Usage runs as a (cpu, peak) pair per task."""
+    return [(cpu, peak) for count, cpu, peak in runs for _ in range(count)]
 
 
 class Claim:
