@@ -18,19 +18,76 @@ nested calls beyond its own workers).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from functools import partial
+from operator import countOf, itemgetter
 from typing import Any
 
 try:
     import joblib
     from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
+    from joblib.parallel import BatchedCalls
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fanout.joblib needs joblib: pip install 'fanout[joblib]'") from exc
 
+from fanout.dropin.common import backend_class
 from fanout.dropin.executor import Executor
 
 NAME = "fanout"
+
+# Callables whose ``==`` means "the same call": a function or a partial (identity), a
+# bound method (the same function of the same object). Another callable's ``__eq__`` may
+# say anything, so a batch of those must hold the very same object.
+_EQUAL_IS_SAME = (
+    types.FunctionType, types.BuiltinFunctionType, types.MethodType, partial,
+)  # fmt: skip
+_FUNCTION, _ARGS, _KWARGS = itemgetter(0), itemgetter(1), itemgetter(2)
+_length = len
+
+
+def columns_of(batch: Any) -> tuple[Callable[..., Any], list[list[Any]]] | None:
+    """A joblib batch whose calls all make the same function with as many positional
+    arguments and no keywords, as that function and its argument columns (the first
+    arguments, the second ones...); None for any other batch.
+
+    Such a batch travels as the function and its columns, whose pickle is a few plain
+    lists, instead of a ``(function, args, kwargs)`` triple per call: a list of numbers
+    unpickles without a Python object per call for the worker's collector to traverse,
+    and the worker makes the calls with ``map`` rather than a loop of its own.
+    """
+    items = getattr(batch, "items", None)
+    if type(batch) is not BatchedCalls or not isinstance(items, list) or not items:
+        return None
+    # One pass of C per check. Not zip(*items): it makes an iterator per call, and so
+    # many new objects wake the collector, which then walks all the caller's calls.
+    n = len(items)
+    if countOf(map(_length, items), 3) != n:
+        return None  # not all (function, args, kwargs): joblib's own call says why
+    fns = list(map(_FUNCTION, items))
+    fn = fns[0]
+    if fns.count(fn) != n:  # the same object counts at once, without its __eq__
+        return None
+    if not isinstance(fn, _EQUAL_IS_SAME) and not all(f is fn for f in fns):
+        return None
+    if any(map(_KWARGS, items)) or not callable(fn):
+        return None
+    args = list(map(_ARGS, items))
+    arity = len(args[0]) if type(args[0]) is tuple else -1
+    if arity < 1 or countOf(map(type, args), tuple) != n or countOf(map(_length, args), arity) != n:
+        return None
+    columns = [list(map(itemgetter(i), args)) for i in range(arity)]
+    return fn, columns
+
+
+def run_columns(
+    fn: Callable[..., Any], columns: Sequence[list[Any]], nested: Any, n_jobs: int | None
+) -> list[Any]:
+    """(On a worker.) A batch sent by :func:`columns_of`: ``fn`` over its columns, the
+    results in order; calls nested in ``fn`` on ``nested`` as joblib's own batches set."""
+    with joblib.parallel_config(backend=nested, n_jobs=n_jobs):
+        return list(map(fn, *columns))
 
 
 class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -54,6 +111,7 @@ class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         self.options = options
         self.executor: Executor | None = None
         self.n_jobs = 1
+        self.columns = False  # batches may go as columns (columns_of)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
@@ -81,13 +139,21 @@ class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
             # batches and how far ahead it dispatches, not a pool.
             workers = None if backend == "rq" else n_jobs
             self.executor = Executor(workers, backend=backend, **self.options)
+            # Where workers vet what they unpickle (rq's allowlists), a batch goes as
+            # joblib made it: its columns would name a function of fanout's as well.
+            self.columns = not backend_class(backend)[1].needs_importable_target
         self.n_jobs = n_jobs
         return n_jobs
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
                ) -> Future[Any]:  # fmt: skip
         assert self.executor is not None, "configure() comes first"
-        future = self.executor.submit(func)
+        found = columns_of(func) if self.columns else None
+        if found is None:
+            future = self.executor.submit(func)
+        else:
+            nested, n_jobs = self.get_nested_backend()
+            future = self.executor.submit(run_columns, *found, nested, n_jobs)
         if callback is not None:
             future.add_done_callback(callback)
         return future

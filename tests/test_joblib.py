@@ -13,12 +13,14 @@ import joblib
 import joblib.test.test_parallel as joblib_tests
 import pytest
 from joblib import Parallel, delayed
+from joblib.parallel import BatchedCalls
 from redis import Redis
 from sklearn.datasets import load_iris
 from sklearn.model_selection import GridSearchCV
 from sklearn.svm import SVC
 
 import fanout.joblib
+from fanout.joblib import columns_of
 from tests.helpers import RQ_WORKERS, RedisServer
 
 # joblib's own tests that take a backend name and test Parallel's behaviour, not the
@@ -80,6 +82,101 @@ def test_a_task_error_is_raised_as_its_own_type() -> None:
         pytest.raises(ValueError, match="math domain error"),
     ):
         Parallel()(delayed(math.sqrt)(x) for x in (1, -1, 4))
+
+
+def power(x: int, y: int = 2) -> int:
+    return int(x**y)
+
+
+def halve(x: int) -> float:
+    if x == 7:
+        raise ArithmeticError(f"no half of {x} today")
+    return x / 2
+
+
+def nested_sum(n: int) -> int:
+    return sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(n)))
+
+
+def active_backend(_: int, *, label: str = "") -> tuple[str, int | None]:
+    backend, _n_jobs = joblib.parallel.get_active_backend()
+    return type(backend).__name__, backend.nesting_level
+
+
+def batch_of(*calls: tuple[Any, ...]) -> BatchedCalls:
+    return BatchedCalls(list(calls), (None, None))
+
+
+class Always:
+    """A callable equal to every other: only the very same object is the same call."""
+
+    def __init__(self, add: int) -> None:
+        self.add = add
+
+    def __call__(self, x: int) -> int:
+        return x + self.add
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+def test_a_batch_of_one_function_and_positional_arguments_travels_as_columns() -> None:
+    assert columns_of(batch_of(*(delayed(power)(i, 3) for i in range(4)))) == (
+        power, [[0, 1, 2, 3], [3, 3, 3, 3]],
+    )  # fmt: skip
+    numbers: list[int] = []  # bound methods of one object are the same call, not the same object
+    assert columns_of(batch_of(delayed(numbers.append)(1), delayed(numbers.append)(2))) == (
+        numbers.append, [[1, 2]],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "calls",
+    [
+        [delayed(power)(1), delayed(power)(2, y=3)],  # a keyword
+        [delayed(power)(1), delayed(abs)(-2)],  # two functions
+        [delayed(power)(1), delayed(power)(2, 3)],  # as many arguments
+        [delayed(time.time)(), delayed(time.time)()],  # none at all
+        [delayed(Always(1))(1), delayed(Always(2))(1)],  # equal, not the same
+        [(power, {0: 5}, {})],  # arguments a mapping: *args would pass its keys
+        [(power, (1,), {}, "a fourth")],  # not a (function, args, kwargs) triple
+    ],
+    ids=["kwargs", "functions", "arity", "no-arguments", "equal-callables", "mapping", "four"],
+)
+def test_any_other_batch_travels_as_joblib_made_it(calls: list[tuple[Any, ...]]) -> None:
+    assert columns_of(batch_of(*calls)) is None
+
+
+def test_batches_of_every_shape_give_their_results_in_order() -> None:
+    items = range(300)
+    calls = [delayed(power)(i) if i % 3 else delayed(power)(i, y=1) for i in items]
+    calls[150:200] = [delayed(abs)(-i) for i in range(150, 200)]
+    expected = [abs(i) if 150 <= i < 200 else i if i % 3 == 0 else i * i for i in items]
+    with joblib.parallel_config(backend="fanout", n_jobs=2):
+        for batch_size in (1, 7, "auto"):
+            assert Parallel(batch_size=batch_size)(calls) == expected
+        assert Parallel()(delayed(power)(i, 3) for i in items) == [i**3 for i in items]
+
+
+def test_a_failure_in_a_batch_of_columns_is_raised_as_its_own_type() -> None:
+    with (
+        joblib.parallel_config(backend="fanout", n_jobs=2),
+        pytest.raises(ArithmeticError, match="no half of 7 today") as caught,
+    ):
+        Parallel(batch_size=4)(delayed(halve)(i) for i in range(12))
+    remote = str(caught.value.__cause__)
+    assert "run_columns" in remote  # it went as columns
+    assert "in halve\n    raise ArithmeticError" in remote  # where it was raised
+
+
+def test_calls_nested_in_a_batch_of_columns_run_in_its_worker() -> None:
+    with joblib.parallel_config(backend="fanout", n_jobs=2):
+        assert Parallel()(delayed(nested_sum)(n) for n in range(5)) == [0, 0, 1, 3, 6]
+        as_columns = Parallel()(delayed(active_backend)(i) for i in range(4))
+        as_made = Parallel()(delayed(active_backend)(i, label="kw") for i in range(4))
+    assert as_columns == as_made == [("SequentialBackend", 1)] * 4
 
 
 def grid_search(n_jobs: int) -> GridSearchCV:
