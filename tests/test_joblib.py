@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import joblib
@@ -21,7 +23,7 @@ from sklearn.svm import SVC
 
 import fanout.joblib
 from fanout.joblib import columns_of
-from tests.helpers import RQ_WORKERS, RedisServer
+from tests.helpers import RQ_WORKERS, RedisServer, gone, wait_until
 
 # joblib's own tests that take a backend name and test Parallel's behaviour, not the
 # internals of joblib's process backends. Left out: test_error_capture (reads the
@@ -50,6 +52,13 @@ JOBLIB_TESTS: list[tuple[str, dict[str, Any]]] = [
     ("test_deadlock_with_generator", {"return_as": "generator", "n_jobs": 2}),
     ("test_backend_batch_statistics_reset", {}),
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_parked_executor() -> Iterator[None]:
+    """Workers kept for the next call end with the test (the leftover check)."""
+    yield
+    fanout.joblib.parked.shutdown()
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # joblib's note on cancelled tasks
@@ -177,6 +186,59 @@ def test_calls_nested_in_a_batch_of_columns_run_in_its_worker() -> None:
         as_columns = Parallel()(delayed(active_backend)(i) for i in range(4))
         as_made = Parallel()(delayed(active_backend)(i, label="kw") for i in range(4))
     assert as_columns == as_made == [("SequentialBackend", 1)] * 4
+
+
+def worker_pids(n: int = 40) -> set[int]:
+    return set(Parallel(n_jobs=2, backend="fanout", batch_size=1)(
+        delayed(os.getpid)() for _ in range(n)
+    ))  # fmt: skip
+
+
+def test_the_next_call_takes_the_workers_of_the_last_one() -> None:
+    first = worker_pids()
+    kept = fanout.joblib.parked.executor
+    assert kept is not None
+    assert worker_pids() <= first
+    with Parallel(n_jobs=2, backend="fanout") as parallel:  # a managed backend too
+        assert fanout.joblib.parked.executor is None  # taken
+        assert set(parallel(delayed(os.getpid)() for _ in range(40))) <= first
+    assert fanout.joblib.parked.executor is kept
+    assert set(Parallel(n_jobs=3, backend="fanout")(delayed(os.getpid)() for _ in range(60))
+               ).isdisjoint(first)  # fmt: skip
+    wait_until(lambda: all(gone(pid) for pid in first), 10, "the 2 workers end: 3 are kept now")
+    fanout.joblib.parked.shutdown()
+
+
+def test_workers_of_a_failed_call_are_not_kept() -> None:
+    first = worker_pids()
+    with pytest.raises(ValueError, match="math domain error"):
+        Parallel(n_jobs=2, backend="fanout")(delayed(math.sqrt)(x) for x in (1, -1, 4))
+    wait_until(lambda: all(gone(pid) for pid in first), 10, "the aborted call's workers end")
+    assert worker_pids().isdisjoint(first)
+
+
+def test_workers_left_idle_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fanout.joblib.Parked, "IDLE_SECONDS", 0.1)
+    first = worker_pids()
+    wait_until(lambda: all(gone(pid) for pid in first), 10, "idle workers end")
+    assert fanout.joblib.parked.executor is None
+
+
+def test_a_forked_child_starts_workers_of_its_own() -> None:
+    first = worker_pids()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            ok = fanout.joblib.parked.executor is None and worker_pids().isdisjoint(first)
+            fanout.joblib.parked.shutdown()
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(child, 0)
+    assert worker_pids() <= first
 
 
 def grid_search(n_jobs: int) -> GridSearchCV:
