@@ -24,7 +24,8 @@ import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
-from operator import countOf, itemgetter
+from itertools import repeat
+from operator import countOf, is_, itemgetter
 from typing import Any
 
 try:
@@ -39,9 +40,11 @@ from fanout.dropin.executor import Executor
 
 NAME = "fanout"
 
-# Callables whose ``==`` means "the same call": a function or a partial (identity), a
-# bound method (the same function of the same object). Another callable's ``__eq__`` may
-# say anything, so a batch of those must hold the very same object.
+# Callables whose ``==`` between two of the type means "the same call": a function or a
+# partial (identity), a bound method (the same function of the same object: a new one
+# each time ``delayed(obj.method)`` is written). Another callable's ``__eq__`` (a
+# subclass of partial's too) may say anything, so a batch of those must hold the very
+# same object.
 _EQUAL_IS_SAME = (
     types.FunctionType, types.BuiltinFunctionType, types.MethodType, partial,
 )  # fmt: skip
@@ -62,6 +65,13 @@ def columns_of(batch: Any) -> tuple[Callable[..., Any], list[list[Any]]] | None:
     items = getattr(batch, "items", None)
     if type(batch) is not BatchedCalls or not isinstance(items, list) or not items:
         return None
+    try:
+        return _columns(items)
+    except Exception:  # a callable whose == raises, args whose len() does: as joblib made it
+        return None
+
+
+def _columns(items: list[Any]) -> tuple[Callable[..., Any], list[list[Any]]] | None:
     # One pass of C per check. Not zip(*items): it makes an iterator per call, and so
     # many new objects wake the collector, which then walks all the caller's calls.
     n = len(items)
@@ -69,10 +79,12 @@ def columns_of(batch: Any) -> tuple[Callable[..., Any], list[list[Any]]] | None:
         return None  # not all (function, args, kwargs): joblib's own call says why
     fns = list(map(_FUNCTION, items))
     fn = fns[0]
-    if fns.count(fn) != n:  # the same object counts at once, without its __eq__
-        return None
-    if not isinstance(fn, _EQUAL_IS_SAME) and not all(f is fn for f in fns):
-        return None
+    if not all(map(is_, fns, repeat(fn))):  # then the same call only as bound methods are
+        kind = type(fn)
+        if kind not in _EQUAL_IS_SAME or countOf(map(type, fns), kind) != n:
+            return None
+        if fns.count(fn) != n:
+            return None
     if any(map(_KWARGS, items)) or not callable(fn):
         return None
     args = list(map(_ARGS, items))

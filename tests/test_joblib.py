@@ -131,6 +131,16 @@ class Always:
     __hash__ = object.__hash__
 
 
+class Raises(Always):
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("no comparing")
+
+    __hash__ = object.__hash__
+
+
 def test_a_batch_of_one_function_and_positional_arguments_travels_as_columns() -> None:
     assert columns_of(batch_of(*(delayed(power)(i, 3) for i in range(4)))) == (
         power, [[0, 1, 2, 3], [3, 3, 3, 3]],
@@ -149,10 +159,22 @@ def test_a_batch_of_one_function_and_positional_arguments_travels_as_columns() -
         [delayed(power)(1), delayed(power)(2, 3)],  # as many arguments
         [delayed(time.time)(), delayed(time.time)()],  # none at all
         [delayed(Always(1))(1), delayed(Always(2))(1)],  # equal, not the same
+        [delayed(power)(1), delayed(Always(2))(1)],  # the second says it equals the first
+        [delayed(power)(1), delayed(Raises())(1)],  # whose == raises
         [(power, {0: 5}, {})],  # arguments a mapping: *args would pass its keys
         [(power, (1,), {}, "a fourth")],  # not a (function, args, kwargs) triple
     ],
-    ids=["kwargs", "functions", "arity", "no-arguments", "equal-callables", "mapping", "four"],
+    ids=[
+        "kwargs",
+        "functions",
+        "arity",
+        "no-arguments",
+        "equal-callables",
+        "says-equal",
+        "eq-raises",
+        "mapping",
+        "four",
+    ],
 )
 def test_any_other_batch_travels_as_joblib_made_it(calls: list[tuple[Any, ...]]) -> None:
     assert columns_of(batch_of(*calls)) is None
