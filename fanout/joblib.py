@@ -12,6 +12,16 @@ per worker as it batches any run. joblib's own sizing stays because ``Parallel``
 progress, applies time-outs and returns generators per batch, and keeps the order of
 results by batch: fanout's batching underneath changes none of that.
 
+A batch whose calls all make one function with positional arguments only (the common
+``delayed(f)(x) for x in ...``) travels as that function and its argument columns
+(:func:`columns_of`, :func:`run_columns`): a few plain lists to pickle rather than a
+``(function, args, kwargs)`` triple per call. Any other batch, and every batch on rq,
+travels as joblib made it. Either way the results, their order and the exceptions are
+joblib's own.
+
+Between ``Parallel`` calls the executor and its workers are kept (:class:`Parked`), as
+loky keeps its own: the next call with the same options takes them.
+
 Calls nested inside a task run sequentially in that task's process (as loky does for
 nested calls beyond its own workers).
 """
