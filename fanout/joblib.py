@@ -20,7 +20,8 @@ travels as joblib made it. Either way the results, their order and the exception
 joblib's own.
 
 Between ``Parallel`` calls the executor and its workers are kept (:class:`Parked`), as
-loky keeps its own: the next call with the same options takes them.
+loky keeps its own: the next call with the same options takes them. ``idle_worker_timeout``
+(loky's keyword, with ``parallel_config``) is how long: 300 s by default, 0 keeps none.
 
 Calls nested inside a task run sequentially in that task's process (as loky does for
 nested calls beyond its own workers).
@@ -119,33 +120,42 @@ class Parked:
     the next call with the same options takes it instead of starting workers anew. A
     local worker is a fork of the caller, so a new one also makes the caller copy every
     page of its memory it writes to next (a refcount is a write): ~40 ms for 200,000
-    joblib calls made before the fork, here. One left idle ``IDLE_SECONDS`` is shut down."""
+    joblib calls made before the fork, here. One left idle its backend's
+    ``idle_worker_timeout`` (loky's name; 300 s, loky's default) is shut down.
 
-    IDLE_SECONDS = 300.0  # loky's own idle time-out for its workers
+    While one is kept, a process forked from the caller with ``os.fork`` that exits
+    normally ends its workers, as it ends those of any open ``fanout.Executor`` (the
+    local backend's shutdown runs at that child's exit); the next call starts new ones.
+    ``idle_worker_timeout=0`` keeps none."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.key: tuple[Any, ...] | None = None
         self.executor: Executor | None = None
         self.timer: threading.Timer | None = None
+        self.inherited: list[Executor] = []  # a forked child's copies of its parent's
 
     def take(self, key: tuple[Any, ...]) -> Executor | None:
         """The parked executor if it was parked with ``key`` (else it is shut down)."""
         with self.lock:
             executor, self.executor = self.executor, None
-            same, self.key = self.key == key, None
+            same, self.key = _same(self.key, key), None
             self._cancel_timer()
         if executor is not None and not same:
             executor.shutdown(wait=True)
             return None
         return executor
 
-    def park(self, key: tuple[Any, ...], executor: Executor) -> None:
-        """Keep ``executor`` for the next call (the one parked before it is shut down)."""
+    def park(self, key: tuple[Any, ...], executor: Executor, seconds: float) -> None:
+        """Keep ``executor`` for the next call, at most ``seconds`` (the one parked
+        before it is shut down)."""
+        if seconds <= 0:
+            executor.shutdown(wait=True)
+            return
         with self.lock:
             old, self.executor, self.key = self.executor, executor, key
             self._cancel_timer()
-            self.timer = threading.Timer(self.IDLE_SECONDS, self._expire, (executor,))
+            self.timer = threading.Timer(seconds, self._expire, (executor,))
             self.timer.daemon = True
             self.timer.start()
         if old is not None:
@@ -160,7 +170,10 @@ class Parked:
             executor.shutdown(wait=True)
 
     def forget(self) -> None:
-        """(In a forked child.) The parent's executor is not this process's to use."""
+        """(In a forked child.) The parent's executor is not this process's to use; it
+        is kept referenced, never collected here, so that nothing of it runs here."""
+        if self.executor is not None:
+            self.inherited.append(self.executor)
         self.lock = threading.Lock()
         self.executor = self.key = self.timer = None
 
@@ -175,6 +188,13 @@ class Parked:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _same(key: tuple[Any, ...] | None, other: tuple[Any, ...]) -> bool:
+    try:
+        return bool(key == other)
+    except Exception:  # options whose == will not say
+        return False
 
 
 parked = Parked()
@@ -195,10 +215,12 @@ class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
         fanout_backend: str | None = None,
+        idle_worker_timeout: float = 300.0,
         **options: Any,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.fanout_backend = fanout_backend
+        self.idle_worker_timeout = idle_worker_timeout  # how long Parked keeps its executor
         self.options = options
         self.executor: Executor | None = None
         self.key: tuple[Any, ...] = ()  # what its executor was made with (Parked)
@@ -272,7 +294,7 @@ class FanoutBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if executor is not None and executor.busy():
             executor.shutdown(wait=True)
         elif executor is not None:
-            parked.park(self.key, executor)
+            parked.park(self.key, executor, self.idle_worker_timeout)
         self.reset_batch_stats()  # the next Parallel call sizes its batches afresh
 
     def get_nested_backend(self) -> tuple[Any, int | None]:

@@ -210,9 +210,10 @@ def test_calls_nested_in_a_batch_of_columns_run_in_its_worker() -> None:
     assert as_columns == as_made == [("SequentialBackend", 1)] * 4
 
 
-def worker_pids(n: int = 40) -> set[int]:
-    return set(Parallel(n_jobs=2, backend="fanout", batch_size=1)(
-        delayed(os.getpid)() for _ in range(n)
+def worker_pids(backend: str | None = "fanout") -> set[int]:
+    """The workers that ran a call (None: the backend of the parallel_config around it)."""
+    return set(Parallel(n_jobs=2, backend=backend, batch_size=1)(
+        delayed(os.getpid)() for _ in range(40)
     ))  # fmt: skip
 
 
@@ -239,11 +240,15 @@ def test_workers_of_a_failed_call_are_not_kept() -> None:
     assert worker_pids().isdisjoint(first)
 
 
-def test_workers_left_idle_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fanout.joblib.Parked, "IDLE_SECONDS", 0.1)
-    first = worker_pids()
+def test_workers_left_idle_end() -> None:
+    with joblib.parallel_config(backend="fanout", idle_worker_timeout=0.1):
+        first = worker_pids(None)
     wait_until(lambda: all(gone(pid) for pid in first), 10, "idle workers end")
     assert fanout.joblib.parked.executor is None
+    with joblib.parallel_config(backend="fanout", idle_worker_timeout=0):
+        first = worker_pids(None)
+        assert fanout.joblib.parked.executor is None  # none kept at all
+    wait_until(lambda: all(gone(pid) for pid in first), 10, "the call's workers end with it")
 
 
 def test_a_forked_child_starts_workers_of_its_own() -> None:
