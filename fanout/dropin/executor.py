@@ -164,6 +164,10 @@ class Executor(_Executor):
             if not sink.ended:
                 self._driver.end(run)  # left early: stop its tasks
 
+    def busy(self) -> bool:
+        """Whether a submitted call has yet to get its result."""
+        return bool(self._calls.waiting)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             already = self._shutdown
