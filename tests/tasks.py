@@ -350,3 +350,11 @@ def hold_megabytes(megabytes: int) -> int:
         held.append(block)
         time.sleep(0.005)
     return len(held) * 10
+
+
+def sleep_then_index(item: Any) -> int:
+    """A task on an input with an ``n``: input 1000 sleeps 0.5 s (the inputs its worker
+    holds behind it are taken back), the others return at once."""
+    if item.n == 1000:
+        time.sleep(0.5)
+    return int(item.n)

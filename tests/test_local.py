@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -296,3 +297,69 @@ def test_a_task_of_a_no_daemon_worker_runs_fanout_itself() -> None:
     for r in results:
         assert r.ok, r.error
         assert r.value["inner"] == [[x * x, r.value["pid"]] for x in range(4)]
+
+
+FORKED_CHILD_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import fanout
+    from tests import tasks
+
+    fo = fanout.Fanout(workers=2)
+    before = {r.worker.pid for r in fo.map(tasks.pid_of, range(8))}
+    child = os.fork()
+    if child == 0:
+        sys.exit(0)  # a normal exit: atexit and finalizers run in the child
+    os.waitpid(child, 0)
+    after = [r for r in fo.map(tasks.square, range(8))]
+    print(json.dumps([sorted(before), all(r.ok for r in after),
+                      sorted({r.worker.pid for r in after})]))
+    fo.close()
+    """
+)
+
+
+def test_a_process_forked_from_the_caller_leaves_its_workers_alone() -> None:
+    """A child forked with os.fork from a caller with an open Fanout inherits a copy of
+    its pool; when the child exits normally, that copy's finalizer must not end the
+    caller's workers (it did: the caller's next map lost them)."""
+    result = subprocess.run([sys.executable, "-c", FORKED_CHILD_SCRIPT], capture_output=True,
+                            text=True, timeout=60, cwd=os.getcwd())  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    before, all_ok, after = json.loads(result.stdout)
+    assert all_ok, result.stdout
+    assert set(after) <= set(before), result.stdout  # the very same workers served it
+
+
+class _Logged:
+    """An input that notes each time it is unpickled (in the file it names)."""
+
+    def __init__(self, path: str, n: int) -> None:
+        self.path, self.n = path, n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickled, (self.path, self.n))
+
+
+def _unpickled(path: str, n: int) -> _Logged:
+    with open(path, "a") as log:
+        log.write(f"{n}\n")
+    return _Logged(path, n)
+
+
+def test_an_input_taken_back_is_unpickled_once(tmp_path: Any) -> None:
+    """Inputs held behind a slow task are taken back and run elsewhere: each is
+    unpickled only by the worker that runs it (every input once), not first by the one
+    that held it."""
+    log = str(tmp_path / "unpickled")
+    items = [_Logged(log, n) for n in range(4000)]  # quick ones first: batches grow
+    with Fanout(workers=2) as fo:
+        results = list(fo.map(tasks.sleep_then_index, items))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    counts: dict[str, int] = {}
+    with open(log) as file:
+        lines = file.read().split()
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    assert sorted(int(n) for n in counts) == list(range(4000))
+    assert set(counts.values()) == {1}, {n: c for n, c in counts.items() if c > 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import multiprocessing.process
 import os
 import signal
 import socket
@@ -41,6 +42,19 @@ _caller_fds: set[int] = set()
 # it closes them or never uses them, and their numbers come back for its own files,
 # which its workers must keep.
 os.register_at_fork(after_in_child=_caller_fds.clear)
+
+
+def _no_inherited_children() -> None:
+    """In a child forked from a caller (``os.fork``): the caller's worker processes are
+    not its children. multiprocessing would still list them as such, and terminate them
+    as the child exits (``util._exit_function``): its own children start with an empty
+    list, a raw fork's inherit the parent's."""
+    children = getattr(multiprocessing.process, "_children", None)
+    if isinstance(children, set):
+        children.clear()
+
+
+os.register_at_fork(after_in_child=_no_inherited_children)
 
 
 class WorkerHandle:

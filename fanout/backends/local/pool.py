@@ -81,6 +81,7 @@ class Pool:
         self.selector.register(self.wake_r, selectors.EVENT_READ, (None, "wake"))
         self.counter = itertools.count(1)
         self.closed = False
+        self.owner = os.getpid()  # a process forked from the caller owns none of it
         self.look_again: float | None = None  # seconds until work may be due to take back
         self.oom_kills = OomKills()
 
@@ -566,6 +567,8 @@ class Pool:
         if self.closed:
             return
         self.closed = True
+        if os.getpid() != self.owner:
+            return  # a copy in a process forked from the caller: the workers are not ours
         workers = list(self.workers)
         for worker in workers:
             if cancel or worker.inflight:

@@ -155,6 +155,11 @@ class WorkerLoop:
         self.star = self.bare = False
         self.flush_seconds = 0.0
         self.spans: TaskSpans | None = None  # the run's tracing (fanout.tracing)
+        # The batch being run: its indices, its inputs, and the positions of those still
+        # pickled (unpickle_claimed), highest first.
+        self.indices: list[int] = []
+        self.items: list[Any] = []
+        self.pickled: list[int] = []
         # What tasks cost this process (None: not measured, FANOUT_USAGE=0).
         self.meter = _usage.Meter() if _usage.enabled() else None
 
@@ -198,12 +203,23 @@ class WorkerLoop:
         self.marker[MARK_CPU], self.marker[MARK_PEAK] = int(meter.cpu * 1e9), peak
         return spent, peak
 
-    def unpickle_inputs(self, indices: list[int], items: list[Any], pickled: list[int]) -> None:
-        """Inputs that travel as their own pickle, unpickled in place; a crash here is
-        blamed on that input (the marker's phase says so)."""
-        marker = self.marker
+    def claim_next(self, pos: int) -> int:
+        """Claim the tasks from ``pos`` on (``Claim.next``) and unpickle their inputs;
+        the last position claimed (below ``pos``: taken back from there)."""
+        claimed = self.claim.next(pos)
+        if claimed >= pos and self.pickled:
+            self.unpickle_claimed(claimed)
+        return claimed
+
+    def unpickle_claimed(self, upto: int) -> None:
+        """The claimed inputs (positions up to ``upto``) that travel as their own pickle,
+        unpickled in place: as their tasks are claimed, so that an input taken back
+        before it is never unpickled here. A crash here is blamed on that input (the
+        marker's phase says so)."""
+        marker, indices, items, pickled = self.marker, self.indices, self.items, self.pickled
         marker[MARK_PHASE] = UNPICKLING
-        for pos in pickled:
+        while pickled and pickled[-1] <= upto:
+            pos = pickled.pop()
             marker[MARK_POS] = pos
             try:
                 items[pos] = pickle.loads(items[pos])
@@ -218,7 +234,8 @@ class WorkerLoop:
         claim = self.claim
         claim.begin(batch_id, len(indices))
         self.marker[MARK_BATCH] = batch_id
-        self.unpickle_inputs(indices, items, pickled)
+        # Unpickled as claimed (unpickle_claimed), the last position first off the end.
+        self.indices, self.items, self.pickled = indices, items, sorted(pickled, reverse=True)
         start = 0
         if self.bare and self.fn is not None and self.spans is None:
             self.read_usage()  # no usage for values alone; a death's is counted from here
@@ -255,7 +272,7 @@ class WorkerLoop:
         for pos in range(start, end):
             if pos > claimed:
                 box.measure()  # a stretch's end: what its tasks cost
-                claimed = claim.next(pos)
+                claimed = self.claim_next(pos)
                 if claimed < pos:
                     end = pos  # taken back from here on
                     break
@@ -328,9 +345,10 @@ class WorkerLoop:
         pos = 0
         failure: Record | None = None
         try:
-            for pos, item in enumerate(items):
-                if pos > claim.last and claim.next(pos) < pos:
+            for pos in range(len(items)):
+                if pos > claim.last and self.claim_next(pos) < pos:
                     break  # taken back from here on: run_records says so
+                item = items[pos]
                 if type(item) is _Unloadable:
                     break  # its error goes as a record
                 marker[MARK_POS] = pos
