@@ -115,6 +115,7 @@ def test_an_option_a_backend_does_not_take_is_a_value_error_naming_it() -> None:
         fanout.Fanout("inline", daemon=True)
     assert isinstance(info.value, fanout.FanoutError)
     with pytest.raises(
-        ValueError, match=r"its options: daemon, max_tasks_per_worker, process_name"
+        ValueError,
+        match=r"its options: daemon, max_memory_per_worker, max_tasks_per_worker, process_name",
     ):
         fanout.Fanout("local", queue="q")
