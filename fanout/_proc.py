@@ -189,10 +189,12 @@ def spawn_fanout_worker(
     tied_to_parent: bool = False,
     quiet: bool = False,
     redis_wait: float | None = None,
+    options: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """A ``fanout worker`` process serving ``queue`` under ``name``. Secrets and URLs go
-    in ``env``, never on the command line, where ``ps`` would show them."""
-    args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name]
+    """A ``fanout worker`` process serving ``queue`` under ``name``, with more
+    ``options``. Secrets and URLs go in ``env``, never on the command line, where ``ps``
+    would show them."""
+    args = [sys.executable, "-m", "fanout", "worker", "--queue", queue, "--name", name, *options]
     args += ["--quiet"] if quiet else []
     args += ["--redis-wait", repr(redis_wait)] if redis_wait is not None else []
     preexec: Callable[[], None] | None = None

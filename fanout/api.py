@@ -231,6 +231,11 @@ class Fanout:
         items, star = _inputs(items, repeat, star)
         _check_limits(timeout, retries, max_failures)
         memory = None if max_memory is None else parse_size(max_memory)
+        if memory is not None and self.backend.runs_in_caller:
+            raise ValueError(
+                f"max_memory is not available on the {self.backend_name} backend: its tasks run"
+                " in this process, which fanout does not end; use the local backend"
+            )
         return MapSpec(fn, name, iter(items), star, ordered, timeout, retries, max_failures,
                        room=room, max_memory=memory)  # fmt: skip
 

@@ -358,3 +358,22 @@ def sleep_then_index(item: Any) -> int:
     if item.n == 1000:
         time.sleep(0.5)
     return int(item.n)
+
+
+def end_as(folder: str, how: str, x: int) -> int:
+    """Write this process's pid to ``folder/<x>``, then end as ``how`` says: "ok" (return
+    the pid), "raise", "exit" (``os._exit(3)``), "sleep" (a minute: for a time-out),
+    "wait" (a minute, for the test to kill it from outside), "grow" (hold 400 MB)."""
+    pid = os.getpid()
+    with open(os.path.join(folder, f"{x}.tmp"), "w") as fh:
+        fh.write(str(pid))
+    os.rename(os.path.join(folder, f"{x}.tmp"), os.path.join(folder, str(x)))
+    if how == "raise":
+        raise ValueError(f"task {x} raised")
+    if how == "exit":
+        os._exit(3)
+    if how in ("sleep", "wait"):
+        time.sleep(60)
+    if how == "grow":
+        hold_megabytes(400)
+    return pid

@@ -119,3 +119,9 @@ def test_an_option_a_backend_does_not_take_is_a_value_error_naming_it() -> None:
         match=r"its options: daemon, max_memory_per_worker, max_tasks_per_worker, process_name",
     ):
         fanout.Fanout("local", queue="q")
+
+
+def test_max_memory_on_the_inline_backend_is_refused_before_anything_runs() -> None:
+    # Its tasks run in the caller's own process, which fanout does not end.
+    with pytest.raises(ValueError, match="max_memory is not available on the inline backend"):
+        fanout.run(tasks.square, [1], backend="inline", max_memory="1G")

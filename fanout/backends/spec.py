@@ -7,7 +7,7 @@ The contract (:mod:`fanout.backends.base`) takes it, and the run logic
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -50,3 +50,32 @@ class MapSpec:
     #: What a ``fanout worker`` applies to a job's tasks (rq).
     max_tasks_per_worker: int | None = None
     max_memory_per_worker: int | None = None
+
+    def with_worker_limits(self, max_tasks: int | None, max_memory: int | None) -> MapSpec:
+        """This spec under a backend's own per-worker limits too (the tighter wins)."""
+        return replace(
+            self,
+            max_tasks_per_worker=_tighter(self.max_tasks_per_worker, max_tasks),
+            max_memory_per_worker=_tighter(self.max_memory_per_worker, max_memory),
+        )
+
+
+def _tighter(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def worker_limits(
+    max_tasks_per_worker: int | None, max_memory_per_worker: int | str | None
+) -> tuple[int | None, int | None]:
+    """A backend's ``max_tasks_per_worker`` and ``max_memory_per_worker`` options,
+    checked: a positive int, and bytes or a size such as ``"2G"`` (ValueError else)."""
+    from fanout._memory import parse_size
+
+    if max_tasks_per_worker is not None and (
+        not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1
+    ):
+        raise ValueError(
+            f"max_tasks_per_worker must be a positive integer, got {max_tasks_per_worker!r}"
+        )
+    memory = None if max_memory_per_worker is None else parse_size(max_memory_per_worker)
+    return max_tasks_per_worker, memory

@@ -120,6 +120,8 @@ def worker_command(
     quiet: ropt.Quiet = False,
     redis_wait: ropt.RedisWait = 60.0,
     metrics_port: ropt.MetricsPort = None,
+    max_tasks_per_worker: opt.MaxTasksPerWorker = None,
+    max_memory_per_worker: opt.MaxMemoryPerWorker = None,
 ) -> None:
     """Serve fanout jobs (plain RQ jobs) from QUEUE until SIGTERM or Ctrl-C."""
     from fanout.backends.rq.allowlist import parse_allow
@@ -129,5 +131,6 @@ def worker_command(
     with errors_as_exit_codes():
         prefixes = parse_allow(allow or [])
         code = run_worker(redis_url, queue, name, burst, processes, prefixes, secret_file, quiet,
-                          redis_wait, metrics_port)  # fmt: skip
+                          redis_wait, metrics_port, max_tasks_per_worker=max_tasks_per_worker,
+                          max_memory_per_worker=max_memory_per_worker)  # fmt: skip
     raise typer.Exit(code)

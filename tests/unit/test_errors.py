@@ -113,3 +113,41 @@ def test_every_backend_makes_a_cancelled_tasks_error_in_one_place() -> None:
     makers = [str(p.relative_to(root)) for p in root.rglob("*.py") if own.search(p.read_text())]
     makers.remove("models.py")  # cancelled() itself
     assert makers == [], makers
+
+
+def test_every_task_error_fanout_makes_says_its_cause() -> None:
+    """DESIGN: 100% of failures carry a cause. Every ``TaskError(...)`` in fanout's own
+    code names one (``cause=``, or the fifth positional argument, after the pickle),
+    and it is one of CAUSES where it is written out; the exceptions are the places that
+    copy one (the journal, the wire) and ``from_exception`` (cause="raised")."""
+    from fanout.models import CAUSES
+
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "TaskError"):
+                continue
+            cause = next((k.value for k in node.keywords if k.arg == "cause"), None)
+            if cause is None and len(node.args) >= 5:
+                cause = node.args[4]
+            where = f"{path.relative_to(PACKAGE)}:{node.lineno}"
+            if cause is None:
+                missing.append(where)
+            elif isinstance(cause, ast.Constant):
+                assert cause.value in CAUSES, where
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("said", "code"),
+    [
+        ("Work-horse terminated unexpectedly; waitpid returned 9 (signal 9); ", -9),
+        ("Work-horse terminated unexpectedly; waitpid returned 768; ", 3),
+        ("Work-horse terminated unexpectedly; ", None),
+        ("", None),
+    ],
+)
+def test_a_stock_workers_horse_end_is_read_from_rqs_words(said: str, code: int | None) -> None:
+    from fanout.backends.rq.watch import _horse_exit
+
+    assert _horse_exit(said) == code

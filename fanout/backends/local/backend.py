@@ -8,12 +8,12 @@ import pickle
 import weakref
 from collections.abc import Callable, Iterator
 
-from fanout._memory import parse_size
 from fanout._wire import Task
 from fanout.backends.base import Backend, MapSpec
 from fanout.backends.local.pool import Pool
 from fanout.backends.local.run import FLUSH_WORK_SECONDS, TARGET_BATCH_SECONDS, LocalRun
 from fanout.backends.runstate import RunState
+from fanout.backends.spec import worker_limits
 from fanout.errors import TargetError
 from fanout.models import TaskResult
 
@@ -50,16 +50,10 @@ class LocalBackend(Backend):
             workers = os.cpu_count() or 1
         if workers < 1:
             raise ValueError(f"the local backend needs at least one worker, got {workers}")
-        if max_tasks_per_worker is not None and (
-            not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1
-        ):
-            raise ValueError(
-                f"max_tasks_per_worker must be a positive integer, got {max_tasks_per_worker!r}"
-            )
-        memory = None if max_memory_per_worker is None else parse_size(max_memory_per_worker)
+        max_tasks, memory = worker_limits(max_tasks_per_worker, max_memory_per_worker)
         self.workers = workers
         self.daemon = daemon
-        self._pool = Pool(workers, daemon, process_name, self.name, max_tasks_per_worker, memory)
+        self._pool = Pool(workers, daemon, process_name, self.name, max_tasks, memory)
         # Workers are stopped when the backend is garbage-collected or at interpreter exit
         # (non-daemon workers would otherwise keep the interpreter waiting for them).
         self._finalizer = weakref.finalize(self, self._pool.shutdown, True)
@@ -109,6 +103,10 @@ class LocalBackend(Backend):
         """Between runs: reap the workers that died idle (``fanout worker`` does, while
         it waits for jobs)."""
         self._pool.reap()
+
+    def pids(self) -> list[int]:
+        """The pids of the worker processes this backend holds now."""
+        return [worker.pid for worker in self._pool.workers]
 
     def kill_running(self) -> None:
         """SIGKILL every worker that holds tasks (safe from another thread)."""

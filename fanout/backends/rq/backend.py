@@ -36,6 +36,7 @@ from fanout.backends.rq.run import READ_MESSAGES, WAIT_SECONDS, RQRun
 from fanout.backends.rq.settings import RunSettings
 from fanout.backends.rq.signing import load_keyring, secret_env, serializer_for
 from fanout.backends.runstate import RunState
+from fanout.backends.spec import worker_limits
 from fanout.errors import BackendUnavailable, UnknownRun
 from fanout.models import TaskResult
 
@@ -60,7 +61,11 @@ class RQBackend(Backend):
     sign every job and accept only results signed with it. ``enqueue_ahead``: tasks
     enqueued ahead of the workers (a run of that many inputs survives its caller whole).
     ``result_ttl``: seconds a run's results are kept after its last activity, when
-    nobody collects them. ``keep``: a completed collection leaves the run's data."""
+    nobody collects them. ``keep``: a completed collection leaves the run's data.
+    ``max_tasks_per_worker`` and ``max_memory_per_worker`` (bytes, or a size such as
+    ``"2G"``): the process that runs the tasks (a ``fanout worker``'s task process) is
+    replaced after that many of the run's tasks, or once it holds more than that after
+    one, as on the local backend."""
 
     name = "rq"
     needs_importable_target = True
@@ -81,7 +86,10 @@ class RQBackend(Backend):
         enqueue_ahead: int = 10_000,
         result_ttl: int = RESULT_TTL,
         keep: bool = False,
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | str | None = None,
     ) -> None:
+        self.worker_limits = worker_limits(max_tasks_per_worker, max_memory_per_worker)
         self.keyring = load_keyring(secret, secret_file)  # a bad secret fails before Redis
         self.secret_env = secret_env(secret, secret_file)
         self.serializer = serializer_for(self.keyring)
@@ -121,7 +129,7 @@ class RQBackend(Backend):
         # Local workers start with the first map, once its target has been checked.
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        run = self._begin(RQRun(self.settings, spec))
+        run = self._begin(RQRun(self.settings, spec.with_worker_limits(*self.worker_limits)))
 
         def end() -> None:
             if run in self.runs:  # else close() ended it already
@@ -145,7 +153,7 @@ class RQBackend(Backend):
     def start_run(self, spec: MapSpec) -> RunState:
         if self.workers and not self._local_names:
             self._start_local_workers(self.workers)
-        return self._begin(RQRun(self.settings, spec))
+        return self._begin(RQRun(self.settings, spec.with_worker_limits(*self.worker_limits)))
 
     def _begin(self, run: RQRun) -> RQRun:
         """Make ``run`` in Redis, held by this backend first: a Ctrl-C from here on

@@ -12,7 +12,7 @@ from fanout._wire import TaskBatch
 from fanout.backends.base import MapSpec
 from fanout.backends.rq.allowlist import plain_loads
 from fanout.backends.rq.connection import mask_url
-from fanout.backends.rq.protocol import RQJob
+from fanout.backends.rq.protocol import LIMITS, RQJob
 from fanout.backends.rq.record import RunRecord
 from fanout.backends.rq.run import RQRun
 from fanout.errors import IncompleteRun, ResultsGone, UnknownRun, WorkerLost
@@ -53,10 +53,14 @@ class CollectRun(RQRun):
             raise ResultsGone(run_id, f"run {run_id} was cancelled by its caller, which had"
                               " not handed its id out, and its results were dropped; fanout"
                               f" status {run_id} shows its counts")  # fmt: skip
+        # The run's limits, for the jobs this collector enqueues again.
+        max_memory, max_tasks, max_held = (int(record[n]) if record.get(n) else None
+                                           for n in LIMITS)  # fmt: skip
         spec = MapSpec(
             _never, record["target"], iter(()), star=record.get("star") == "1", ordered=ordered,
             timeout=float(record["timeout"]) if record.get("timeout") else None,
             retries=int(record.get("retries") or 0),
+            max_memory=max_memory, max_tasks_per_worker=max_tasks, max_memory_per_worker=max_held,
         )  # fmt: skip
         # The run's own queue, whatever this collector's backend serves by default.
         settings = settings.on_queue(record["queue"])
@@ -194,7 +198,7 @@ class CollectRun(RQRun):
             lost = {index for index, bit in zip(order, pipe.execute(), strict=True) if not bit}
         if lost:
             error = TaskError(WorkerLost.__name__, "the job that carried the task is gone"
-                              " from Redis, with its input")  # fmt: skip
+                              " from Redis, with its input", cause="lost")  # fmt: skip
             self.fail_many_in_caller(sorted(lost), error)
 
     def end(self, detach: bool = False, collectable: bool = False) -> None:

@@ -12,13 +12,24 @@ from typing import TYPE_CHECKING
 from rq.job import Job
 from rq.utils import now, utcformat
 
+from fanout.backends.local import LocalBackend
 from fanout.backends.rq.allowlist import allowlist_from_env
 
 if TYPE_CHECKING:
-    from fanout.backends.local import LocalBackend
     from fanout.backends.rq.metrics import WorkerMetrics
 
 REDIS_WAIT = 60.0  # how long a push keeps retrying a lost Redis, by default
+
+
+class TaskProcess(LocalBackend):
+    """The task process of a ``fanout worker``: its results are the rq backend's."""
+
+    name = "rq"
+    # One task process, whose results go to Redis every PUSH_SECONDS anyway: batches
+    # and result messages far bigger than a local pool's cost less per task, and
+    # spread nothing unevenly (benchmarks/scale.py: the worker's CPU per task).
+    batch_seconds = 0.1
+    flush_seconds = 0.05
 
 
 class WorkerContext:
@@ -62,9 +73,18 @@ class WorkerContext:
                 self.heartbeat()
 
     @classmethod
-    def of_stock_worker(cls, job: Job) -> WorkerContext:
-        """A stock ``rq worker``: its name, ``FANOUT_ALLOW``, tasks run in-process."""
+    def of_stock_worker(cls, job: Job, limited: bool = False) -> WorkerContext:
+        """A stock ``rq worker``: its name, ``FANOUT_ALLOW``; tasks run in the job's
+        work-horse, or, for a ``limited`` run (max_memory, recycling: a process is ended
+        or replaced from outside), in a task process of the job's own, as on a ``fanout
+        worker``. Close it after the job (:meth:`close`)."""
         kwargs = job.connection.connection_pool.connection_kwargs
         url = f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         name = job.worker_name or multiprocessing.current_process().name
-        return cls(name, url, allowlist_from_env())
+        executor = TaskProcess(workers=1, daemon=False, process_name=name) if limited else None
+        return cls(name, url, allowlist_from_env(), executor)
+
+    def close(self) -> None:
+        """End the task process, if there is one."""
+        if self.executor is not None:
+            self.executor.close(cancel=True)

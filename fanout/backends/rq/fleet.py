@@ -40,6 +40,9 @@ DRAIN_COMMAND = "fanout-drain"
 GAVE_BACK_FIELD = "fanout_gave_back"
 #: In a fanout worker's registration: how often it heartbeats (only fanout's have it).
 FANOUT_FIELD = "fanout_heartbeat"
+#: In a fanout worker's registration: its task process's pid, as of its last heartbeat
+#: (who ran the task of a worker that died whole, where no result said: watch.py).
+TASK_PID_FIELD = "fanout_task_pid"
 POLL_SECONDS = 0.2  # how often ``fanout drain`` looks whether its workers have exited
 RESEND_SECONDS = 2.0  # a drain nobody received (a worker reconnecting) is sent again
 

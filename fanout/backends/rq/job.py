@@ -60,7 +60,12 @@ def run_batch(*args: Any) -> int:
     assert job is not None, "run_batch runs as an RQ job"
     with contextlib.suppress(Exception):  # a name for the horse if it dies (watch.py)
         job.connection.hset(job.key, HORSE_PID, os.getpid())
-    return execute_batch(job, WorkerContext.of_stock_worker(job), JobArgs(*args))
+    job_args = JobArgs(*args)
+    ctx = WorkerContext.of_stock_worker(job, limited=job_args.limits is not None)
+    try:
+        return execute_batch(job, ctx, job_args)
+    finally:
+        ctx.close()
 
 
 def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
@@ -82,18 +87,20 @@ def execute_batch(job: Job, ctx: WorkerContext, args: JobArgs) -> int:
         # No worker can: say so in every task's result; the caller then fails the run
         # at once instead of finding failed jobs one by one.
         where = ", ".join(dict.fromkeys((*args.refused, ctx.name)))
-        error = TaskError(type(exc).__name__, f"on RQ worker {where}: {exc}")
+        error = TaskError(type(exc).__name__, f"on RQ worker {where}: {exc}", cause="not-run")
         for index in args.indices:
             pusher.add(not_run_record(index, error, time.time()), None)
         pusher.flush()
         return len(args.indices)
     inputs, todo, keep = _unpickle_inputs(args, ctx.allow, pusher)
     prior = None if args.attempts is None else [args.attempts[pos] for pos in keep]
+    max_memory, max_tasks, max_held = args.limits or (None, None, None)
     # Numbered as the run numbers them: results and fanout's own messages name the run's
     # task, not a position in this job.
     spec = MapSpec(fn, args.target, iter(inputs), star=args.star, ordered=False,
                    timeout=args.timeout, retries=args.retries, attempts=prior,
-                   indices=todo, trace=_trace(args))  # fmt: skip
+                   indices=todo, trace=_trace(args), max_memory=max_memory,
+                   max_tasks_per_worker=max_tasks, max_memory_per_worker=max_held)  # fmt: skip
     pusher.check_stop(todo)  # the stop came while the inputs were being unpickled
     _Tasks(job, ctx, args, pusher, todo, keep).run_all(spec)
     return len(args.indices)
@@ -250,7 +257,8 @@ def _unpickle_inputs(
             items[pos] = restricted_loads(items[pos], allow)
         except Exception as exc:
             if isinstance(exc, TargetNotAllowed):
-                error = TaskError(TargetNotAllowed.__name__, f"input of task {index}: {exc}")
+                error = TaskError(TargetNotAllowed.__name__, f"input of task {index}: {exc}",
+                                  cause="not-run")  # fmt: skip
             else:
                 error = _task.input_error(index, exc, "unpickle")
             pusher.add(not_run_record(index, error, time.time()), None)

@@ -59,6 +59,7 @@ from fanout.errors import Cancelled
 
 if TYPE_CHECKING:
     from fanout.backends.rq.signing import Keyring
+    from fanout.backends.spec import MapSpec
 
 DEFAULT_QUEUE = "fanout"
 RUN_BATCH = "fanout.rq.run_batch"  # the RQ function name of every fanout job
@@ -127,6 +128,20 @@ class RunKeys:
         return f"fanout-{self.run_id}-{text(name)}"
 
 
+# A run's limits as a job carries them, MapSpec's fields LIMITS (bytes, tasks, bytes;
+# None: no limit).
+Limits = tuple[int | None, int | None, int | None]
+
+
+LIMITS = ("max_memory", "max_tasks_per_worker", "max_memory_per_worker")
+
+
+def limits_of(spec: MapSpec) -> Limits | None:
+    """``spec``'s limits for its jobs, None where it sets none."""
+    limits = (spec.max_memory, spec.max_tasks_per_worker, spec.max_memory_per_worker)
+    return None if limits == (None, None, None) else limits
+
+
 class JobArgs(NamedTuple):
     """The arguments of a fanout job, in the order RQ passes them to ``run_batch``."""
 
@@ -147,6 +162,9 @@ class JobArgs(NamedTuple):
     refused: tuple[str, ...] = ()
     # The caller's trace context (fanout.tracing's carrier), None where it has none.
     trace: dict[str, str] | None = None
+    # The run's limits on the process that runs its tasks (MapSpec's max_memory,
+    # max_tasks_per_worker, max_memory_per_worker), None where it has none.
+    limits: Limits | None = None
 
     def wire(self) -> tuple[Any, ...]:
         """The job's arguments as RQ stores them: without the trailing ones that are at
@@ -160,10 +178,10 @@ class JobArgs(NamedTuple):
 
     @classmethod
     def of(cls, run_id: str, target: str, star: bool, timeout: float | None, retries: int,
-           tasks: TaskBatch, budget: float | None = None,
-           trace: dict[str, str] | None = None) -> JobArgs:  # fmt: skip
+           tasks: TaskBatch, budget: float | None = None, trace: dict[str, str] | None = None,
+           limits: Limits | None = None) -> JobArgs:  # fmt: skip
         return cls(run_id, target, star, timeout, retries, list(tasks.indices), tasks.items,
-                   tasks.pickled, tasks.attempts, budget, (), trace)  # fmt: skip
+                   tasks.pickled, tasks.attempts, budget, (), trace, limits)  # fmt: skip
 
 
 _REQUIRED = len(JobArgs._fields) - len(JobArgs._field_defaults)

@@ -25,6 +25,7 @@ from fanout.backends.rq.protocol import (
     DROP_SCRIPT,
     ENDED_TTL,
     FEEDER_MS,
+    LIMITS,
     PUSH_SCRIPT,
     READER_MS,
     RECORD_SCRIPT,
@@ -112,6 +113,8 @@ class RunRecord:
             "star": int(spec.star),
             "timeout": "" if spec.timeout is None else spec.timeout,
             "retries": spec.retries,
+            # The limits of the jobs a collector enqueues again (collect.py).
+            **{name: "" if getattr(spec, name) is None else getattr(spec, name) for name in LIMITS},
         }
         pipe = self.connection.pipeline()
         pipe.hset(self.keys.meta, mapping=record)

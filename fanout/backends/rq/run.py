@@ -42,6 +42,7 @@ from fanout.backends.rq.protocol import (
     JobArgs,
     Moves,
     RQJob,
+    limits_of,
     unpack_results,
 )
 from fanout.backends.rq.record import PUBLISH_PART, RunRecord, server_id
@@ -57,8 +58,8 @@ from fanout.backends.rq.watch import (
 )
 from fanout.backends.runstate import ORDER_WINDOW, RunState
 from fanout.backends.sizing import guided
-from fanout.errors import BackendUnavailable, RunRemoved, WorkerLost
-from fanout.models import TaskError, TaskResult, WorkerInfo, cancelled, decided_now
+from fanout.errors import BackendUnavailable, RunRemoved
+from fanout.models import TaskResult, WorkerInfo, cancelled, decided_now
 
 log = logging.getLogger("fanout")
 
@@ -307,7 +308,7 @@ class RQRun(RunState):
         budget = None if self.per_task is None else self.per_task * len(tasks)
         trace = None if spec.trace is None else dict(spec.trace)
         args = JobArgs.of(self.run_id, spec.target, spec.star, spec.timeout, spec.retries,
-                          tasks, budget, trace)  # fmt: skip
+                          tasks, budget, trace, limits_of(spec))  # fmt: skip
         return Queue.prepare_data(
             RUN_BATCH,
             args=args.wire(),
@@ -467,9 +468,8 @@ class RQRun(RunState):
         if not tasks:
             return
         first = tasks[0]
-        message = verdict.message.replace("{task}", str(first.index))
-        error = TaskError(WorkerLost.__name__, message)
-        result = decided_now(first.index, error, verdict.who, first.attempts + 1)
+        result = decided_now(first.index, verdict.error(first.index), verdict.who,
+                             first.attempts + 1)  # fmt: skip
         self.requeue(tasks[1:])
         self.failed_attempt(first, result, decided=True)
 

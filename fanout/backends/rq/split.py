@@ -126,6 +126,7 @@ class Split:
             [task.attempts for task in part],
             per * len(part),
             trace=args.trace,
+            limits=args.limits,
         )  # fmt: skip
 
 

@@ -21,9 +21,11 @@ At each check (every ``CHECK_SECONDS``, by whoever drives the run) the watch loo
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rq import Worker
@@ -33,7 +35,9 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegist
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import utcparse
 
+from fanout._proc import describe_exit
 from fanout.backends.rq.connection import mask_url
+from fanout.backends.rq.fleet import TASK_PID_FIELD
 from fanout.backends.rq.protocol import (
     CALLER_TTL,
     FORGET_JOB_SCRIPT,
@@ -44,7 +48,14 @@ from fanout.backends.rq.protocol import (
     RunKeys,
     text,
 )
-from fanout.errors import BackendUnavailable, FanoutError, JobCanceled, JobStopped, SignatureError
+from fanout.errors import (
+    BackendUnavailable,
+    FanoutError,
+    JobCanceled,
+    JobStopped,
+    SignatureError,
+    WorkerLost,
+)
 from fanout.models import TaskError, WorkerInfo
 
 if TYPE_CHECKING:
@@ -87,6 +98,16 @@ class Lost(Verdict):
 
     message: str
     who: WorkerInfo
+    # Why (models.CAUSES), and the raw facts where RQ said them (a work-horse's end).
+    cause: str = "lost"
+    signal: int | None = None
+    exit_code: int | None = None
+
+    def error(self, index: int) -> TaskError:
+        """The error of task ``index``, the one that was running."""
+        message = self.message.replace("{task}", str(index))
+        return TaskError(WorkerLost.__name__, message, cause=self.cause, signal=self.signal,
+                         exit_code=self.exit_code)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,7 +191,8 @@ class JobWatch:
         verdicts += self._lost(jobs)
         for job_id in self._mine(CanceledJobRegistry(queue=queue), jobs):
             why = f"job {job_id} was canceled in RQ before it ran"
-            verdicts.append(Canceled(job_id, TaskError(JobCanceled.__name__, why)))
+            verdicts.append(Canceled(job_id, TaskError(JobCanceled.__name__, why,
+                                                       cause="cancelled")))  # fmt: skip
         self._watch_for_workers(bool(jobs))
         return verdicts
 
@@ -328,21 +350,29 @@ class JobWatch:
             exc, worker = "", "an RQ worker"
         if "stopped by user" in exc:
             why = f"job {job.id} was stopped on {worker} (rq stop-job)"
-            return Stopped(job.id, TaskError(JobStopped.__name__, why, exc))
+            return Stopped(job.id, TaskError(JobStopped.__name__, why, exc, cause="killed"))
         refused = _signature_failure(exc, self.settings.keyring is not None, worker)
         if refused is not None:
             return Refused(job.id, refused)
         if "terminated unexpectedly" in exc or not exc:
             # The process running the job died: the first unreported task was running.
-            message = (
-                f"the work-horse of {worker} died while running task {{task}} (job {job.id}):"
-                f" {_last_line(exc) or 'no result'}"
-            )
-            return self._lose(job, message, worker)
+            code = _horse_exit(exc)
+            words = describe_exit(code) if code is not None else _last_line(exc) or "no result"
+            message = f"the work-horse of {worker} died while running task {{task}} (job" \
+                      f" {job.id}): {words}"  # fmt: skip
+            lost = self._lose(job, message, worker)
+            if code is None:
+                return lost
+            if code < 0:
+                return replace(lost, cause="killed", signal=-code)
+            return replace(lost, cause="exited", exit_code=code)
         # run_batch turns every task's own failure into a result, so this is RQ or the
-        # worker failing around the tasks (e.g. a Redis restart mid-job).
+        # worker failing around the tasks (e.g. a Redis restart mid-job; RQ's own job
+        # time-out, which fanout's jobs do not set).
         kind, _, said = _last_line(exc).partition(": ")
-        return FailedAround(job.id, TaskError(kind or FanoutError.__name__, said or exc, exc))
+        cause = "timeout" if kind.rpartition(".")[2] == "JobTimeoutException" else "lost"
+        return FailedAround(job.id, TaskError(kind or FanoutError.__name__, said or exc, exc,
+                                              cause=cause))  # fmt: skip
 
     def _lose(self, job: RQJob, message: str, worker: str) -> Lost:
         """``job``'s process died: RQ's records of it are left to expire."""
@@ -353,16 +383,19 @@ class JobWatch:
 
     def _last_known(self, job: RQJob, worker: str) -> WorkerInfo:
         """Who ran ``job``'s lost task, as far as anyone can tell: the process that sent
-        its other results, else the work-horse a stock ``rq worker`` noted in the job
-        (its pid: 0 where none was noted), the RQ worker's pid (its parent) and host."""
+        its other results, else the work-horse a stock ``rq worker`` noted in the job or
+        the task process a ``fanout worker`` last said it had (its pid: 0 where neither
+        was said), the RQ worker's pid (its parent) and host."""
         backend = self.settings.backend
         if job.identity is not None:
             return WorkerInfo(*job.identity, backend)
         try:
             pipe = self.connection.pipeline(transaction=False)
-            pipe.hmget(Worker.redis_worker_namespace_prefix + worker, "pid", "hostname")
+            pipe.hmget(Worker.redis_worker_namespace_prefix + worker, "pid", "hostname",
+                       TASK_PID_FIELD)  # fmt: skip
             pipe.hget(Job.key_for(job.id), HORSE_PID)
-            (ppid, host), pid = pipe.execute()
+            (ppid, host, task_pid), horse = pipe.execute()
+            pid = horse or task_pid
         except Exception:
             pid = ppid = host = None
         host = host.decode() if isinstance(host, bytes) else ""
@@ -422,14 +455,27 @@ def _signature_failure(exc: str, signing: bool, worker: str) -> TaskError | None
         kind, sep, said = line.strip().partition(": ")
         if sep and kind.rpartition(".")[2] == SignatureError.__name__:
             return TaskError(SignatureError.__name__, f"RQ worker {worker} refused the job: {said}",
-                             exc)  # fmt: skip
+                             exc, cause="not-run")  # fmt: skip
     if signing and ("invalid load key" in exc or "DeserializationError" in exc):
         message = (
             f"RQ worker {worker} cannot read signed jobs: start it with the same"
             " FANOUT_SECRET (or --secret-file) as this client"
         )
-        return TaskError(SignatureError.__name__, message, exc)
+        return TaskError(SignatureError.__name__, message, exc, cause="not-run")
     return None
+
+
+def _horse_exit(said: str) -> int | None:
+    """How a stock worker's work-horse ended, from RQ's "Work-horse terminated
+    unexpectedly; waitpid returned STATUS": its exit code, or minus the signal that
+    killed it (None: RQ did not say)."""
+    found = re.search(r"waitpid returned (\d+)", said)
+    if found is None:
+        return None
+    status = int(found.group(1))
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
 
 
 def _last_line(said: str) -> str:

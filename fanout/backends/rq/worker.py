@@ -35,7 +35,6 @@ from rq.utils import utcparse
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
-from fanout.backends.local import LocalBackend
 from fanout.backends.rq.connection import (
     SentinelURL,
     connect,
@@ -45,12 +44,13 @@ from fanout.backends.rq.connection import (
     scrub,
     url_passwords,
 )
-from fanout.backends.rq.context import REDIS_WAIT, WorkerContext
-from fanout.backends.rq.fleet import DRAIN_COMMAND, FANOUT_FIELD, GAVE_BACK_FIELD
+from fanout.backends.rq.context import REDIS_WAIT, TaskProcess, WorkerContext
+from fanout.backends.rq.fleet import DRAIN_COMMAND, FANOUT_FIELD, GAVE_BACK_FIELD, TASK_PID_FIELD
 from fanout.backends.rq.job import FanoutJob
 from fanout.backends.rq.metrics_http import PoolMetrics, worker_endpoint
 from fanout.backends.rq.protocol import text
 from fanout.backends.rq.signing import Keyring, load_keyring, secret_env, serializer_for
+from fanout.backends.spec import worker_limits
 from fanout.errors import JobStopped, SignatureError, TargetNotAllowed
 
 HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
@@ -83,6 +83,7 @@ class FanoutWorker(SimpleWorker):
         self._beat_at = -BEAT_AGAIN_SECONDS  # time.monotonic() of the last heartbeat
         self.stop_asked = False  # a SIGTERM or SIGINT came (see request_stop)
         self.draining = False  # fanout drain came (see drain)
+        self._task_pid: int | None = None  # as the registration says it
 
     def note_stop(self, signum: int, frame: Any) -> None:
         """The SIGTERM and Ctrl-C handler until RQ installs its own. RQ registers the
@@ -109,6 +110,16 @@ class FanoutWorker(SimpleWorker):
             return
         self._beat_at = now
         super().heartbeat(min(timeout or REGISTRATION_TTL, REGISTRATION_TTL), pipeline)
+        self._note_task_process(pipeline)
+
+    def _note_task_process(self, pipeline: Any) -> None:
+        """Say in the registration which process runs this worker's tasks, when that
+        changed: if the worker dies whole, its lost task is charged to that pid."""
+        executor = self.context.executor
+        pid = next(iter(executor.pids()), None) if executor is not None else None
+        if pid is not None and pid != self._task_pid:
+            self._task_pid = pid
+            (pipeline or self.connection).hset(self.key, TASK_PID_FIELD, pid)
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         # RQ's is 7 minutes for a job without a timeout (fanout's: tasks time out in the
@@ -194,6 +205,7 @@ class FanoutWorker(SimpleWorker):
         # connection broke), so that job is not running, rather than died with it.
         self.connection.hset(self.key, mapping={FANOUT_FIELD: HEARTBEAT_SECONDS,
                                                 "fanout_since": self.context.since})  # fmt: skip
+        self._task_pid = None  # a new registration: said again at the next heartbeat
 
     def register_death(self) -> None:
         if self.draining:  # for fanout drain's summary (the registration lives 60 s more)
@@ -251,17 +263,6 @@ class FanoutWorker(SimpleWorker):
             self.context.executor.wake()
 
 
-class TaskProcess(LocalBackend):
-    """The task process of a ``fanout worker``: its results are the rq backend's."""
-
-    name = "rq"
-    # One task process, whose results go to Redis every PUSH_SECONDS anyway: batches
-    # and result messages far bigger than a local pool's cost less per task, and
-    # spread nothing unevenly (benchmarks/scale.py: the worker's CPU per task).
-    batch_seconds = 0.1
-    flush_seconds = 0.05
-
-
 def _put_back(connection: Any, queue: Queue, job_id: str) -> None:
     """A job taken from ``queue`` (into RQ's intermediate list) but not started, back at
     the front of the queue."""
@@ -306,6 +307,9 @@ def run_worker(
     quiet: bool = False,
     redis_wait: float = REDIS_WAIT,
     metrics_port: int | None = None,
+    *,
+    max_tasks_per_worker: int | None = None,
+    max_memory_per_worker: int | str | None = None,
 ) -> int:
     """Serve ``queue`` until stopped (SIGTERM/SIGINT: warm shutdown); returns an exit code.
 
@@ -315,33 +319,30 @@ def run_worker(
     ``redis_wait``: how long a job's results wait for a lost or full Redis before the
     job fails (the worker itself waits for its Redis as long as it takes).
     ``metrics_port``: serve Prometheus metrics there (metrics.py), for all processes.
+    ``max_tasks_per_worker``, ``max_memory_per_worker`` (bytes or a size such as
+    ``"2G"``): the task process is replaced after that many tasks, or once it holds more
+    than that after one (a run's own limits can only be tighter).
     ``FANOUT_OTEL_SETUP=package.module:function``: called once first, to set up
     OpenTelemetry's tracer provider (``fanout.tracing``).
     """
     url = redis_url(url)
     keyring = load_keyring(secret_file=secret_file)  # a bad secret fails before Redis
+    limits = worker_limits(max_tasks_per_worker, max_memory_per_worker)
     if processes > 1:
         return _run_pool(url, queue, name, burst, processes, allow, secret_file, quiet, redis_wait,
-                         metrics_port)  # fmt: skip
+                         metrics_port, _limit_options(*limits))  # fmt: skip
     _tracing_from_env()  # before the task process forks: it inherits it
     connection = connect(url, socket_timeout=None)
     name = name or default_worker_name()
     _refuse_a_taken_name(connection, name, url)
     endpoint = worker_endpoint(queue, name, metrics_port)
-    executor = TaskProcess(workers=1, daemon=False, process_name=name)
+    executor = TaskProcess(1, False, process_name=name, max_tasks_per_worker=limits[0],
+                           max_memory_per_worker=limits[1])  # fmt: skip
     context = WorkerContext(
         name, url, allow, executor, max_value_bytes=_max_value_bytes(connection),
         redis_wait=redis_wait, metrics=endpoint.metrics if endpoint is not None else None,
     )  # fmt: skip
-    # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
-    worker = FanoutWorker(
-        [queue],
-        connection=connection,
-        name=name,
-        worker_ttl=15 + int(HEARTBEAT_SECONDS),
-        serializer=serializer_for(keyring, allow),
-        context=context,
-    )
+    worker = _worker(connection, queue, serializer_for(keyring, allow), context)
     if not quiet:
         _banner(name, queue, url, keyring, allow)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -353,6 +354,20 @@ def run_worker(
         if endpoint is not None:
             endpoint.close()
     return 0
+
+
+def _worker(connection: Any, queue: str, serializer: Any, context: WorkerContext) -> FanoutWorker:
+    """The RQ worker of ``context``, serving ``queue``."""
+    # RQ's idle loop heartbeats every worker_ttl - 15 seconds.
+    return FanoutWorker([queue], connection=connection, name=context.name,
+                        worker_ttl=15 + int(HEARTBEAT_SECONDS), serializer=serializer,
+                        context=context)  # fmt: skip
+
+
+def _limit_options(max_tasks: int | None, max_held: int | None) -> list[str]:
+    """The command-line options of a worker of ``--processes N`` for these limits."""
+    return [*(["--max-tasks-per-worker", str(max_tasks)] if max_tasks else []),
+            *(["--max-memory-per-worker", str(max_held)] if max_held else [])]  # fmt: skip
 
 
 def _tracing_from_env() -> None:
@@ -552,10 +567,12 @@ def _run_pool(
     quiet: bool,
     redis_wait: float,
     metrics_port: int | None = None,
+    options: list[str] | None = None,
 ) -> int:
     """``--processes N``: N single-process workers, stopped together (a SIGKILLed
     parent's workers get the SIGTERM it would have forwarded). With ``metrics_port``,
-    this process serves the metrics of them all (metrics_http.py)."""
+    this process serves the metrics of them all (metrics_http.py). ``options``: more
+    of each worker's command line."""
     base = name or default_worker_name()
     env = dict(os.environ, FANOUT_REDIS_URL=url, FANOUT_ALLOW=",".join(allow))
     env.update(secret_env(None, secret_file))
@@ -565,7 +582,8 @@ def _run_pool(
         metrics = PoolMetrics(metrics_port, lambda: {c.pid for c in children if c.poll() is None})
         env.update(metrics.env())
     spawn = functools.partial(spawn_fanout_worker, queue, env=env, burst=burst, quiet=quiet,
-                              redis_wait=redis_wait, tied_to_parent=True)  # fmt: skip
+                              redis_wait=redis_wait, tied_to_parent=True,
+                              options=options or [])  # fmt: skip
     children += [spawn(f"{base}-{i}") for i in range(1, processes + 1)]
 
     def forward(signum: int, frame: Any) -> None:

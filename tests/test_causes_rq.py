@@ -1,0 +1,241 @@
+"""Why each task ended, on the rq backend, caused for real: a task that raises, exits,
+overruns its time-out, grows past ``max_memory``, is SIGKILLed from outside, or whose
+worker is cut off from Redis — on a ``fanout worker`` and on a stock ``rq worker``
+(real redis-server, real worker processes). Each result says its cause, signal or exit
+code, and the pid and host of the process that ran it (DESIGN: "Why each task ended")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from redis import Redis
+
+import fanout
+from fanout.backends.rq.fleet import TASK_PID_FIELD
+from tests import tasks
+from tests.helpers import (
+    ROOT,
+    CuttableProxy,
+    RedisServer,
+    start_worker,
+    stop_workers,
+    wait_for_workers,
+    wait_until,
+)
+
+HOST = socket.gethostname()
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"causes-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    stop_workers(started)
+
+
+def stock_worker(url: str, queue: str, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rq.cli", "worker", "-u", url, "--name", name, queue],
+        cwd=ROOT, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def kill_when_started(folder: Path, x: int) -> threading.Thread:
+    """SIGKILL, from outside, the process that runs task ``x`` once it has started."""
+
+    def kill() -> None:
+        path = folder / str(x)
+        wait_until(path.exists, 60, f"task {x} starts")
+        os.kill(int(path.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def pid_of_task(folder: Path, x: int) -> int:
+    return int((folder / str(x)).read_text())
+
+
+def check(result: fanout.TaskResult, cause: str | None, folder: Path, name: str) -> None:
+    """``result`` failed for ``cause`` (None: it succeeded), and names the process that
+    ran it: its worker's name, the pid the task saw, this host."""
+    assert result.ok == (cause is None), result
+    if cause is not None:
+        assert result.error is not None
+        assert result.error.cause == cause, result.error
+    assert result.worker.name == name
+    assert result.worker.pid == pid_of_task(folder, result.index)
+    assert result.worker.host == HOST
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_every_ending_on_a_fanout_worker_says_its_cause_signal_and_pid(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    workers.append(start_worker(redis_server.url, "causes-fw", "--queue", queue))
+    wait_for_workers(redis_server.url, ["causes-fw"])
+    how = ["ok", "raise", "exit", "sleep", "grow", "wait", "ok"]
+    killer = kill_when_started(tmp_path, 5)
+    results = fanout.run(
+        tasks.end_as, [(str(tmp_path), h, x) for x, h in enumerate(how)], star=True,
+        backend="rq", redis_url=redis_server.url, queue=queue, timeout=5, max_memory="200M",
+    )  # fmt: skip
+    killer.join(5)
+    assert [r.index for r in results] == list(range(len(how)))
+    causes = [None, "raised", "exited", "timeout", "memory-limit", "killed", None]
+    for result, cause in zip(results, causes, strict=True):
+        check(result, cause, tmp_path, "causes-fw")
+    errors = [r.error for r in results]
+    assert errors[1] is not None
+    assert errors[1].type == "ValueError"
+    assert errors[2] is not None
+    assert (errors[2].exit_code, errors[2].signal) == (3, None)
+    assert errors[3] is not None
+    assert errors[3].type == "TaskTimeout"
+    assert errors[4] is not None
+    assert errors[4].type == "MemoryLimitExceeded"
+    assert "200" in errors[4].message or "MB" in errors[4].message
+    assert errors[5] is not None
+    assert errors[5].signal == signal.SIGKILL
+    # Every result a process ran says what it cost.
+    for result in results:
+        assert result.usage is not None, result
+        assert result.usage.cpu >= 0
+        assert result.usage.max_rss > 0
+    assert results[4].usage is not None
+    assert results[4].usage.max_rss >= 200 * 2**20
+    # The task process was replaced after each death: each death in a process of its own.
+    dead = [r.worker.pid for r in results[2:6]]
+    assert len(set(dead)) == 4
+    assert results[6].worker.pid not in dead
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_stock_workers_horse_that_dies_says_how_with_its_pid(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    workers.append(stock_worker(redis_server.url, queue, "causes-stock"))
+    wait_for_workers(redis_server.url, ["causes-stock"])
+    how = ["ok", "exit", "wait", "raise", "sleep"]
+    killer = kill_when_started(tmp_path, 2)
+    results = fanout.run(
+        tasks.end_as, [(str(tmp_path), h, x) for x, h in enumerate(how)], star=True,
+        backend="rq", redis_url=redis_server.url, queue=queue, timeout=3,
+    )  # fmt: skip
+    killer.join(5)
+    causes = [None, "exited", "killed", "raised", "timeout"]
+    for result, cause in zip(results, causes, strict=True):
+        check(result, cause, tmp_path, "causes-stock")
+    exited, killed = results[1].error, results[2].error
+    assert exited is not None
+    assert (exited.type, exited.exit_code) == ("WorkerLost", 3)
+    assert "exited with code 3" in exited.message
+    assert killed is not None
+    assert (killed.type, killed.signal) == ("WorkerLost", signal.SIGKILL)
+    assert "SIGKILL" in killed.message
+    # The work-horse that died is the stock worker's child.
+    assert results[1].worker.ppid == workers[0].pid
+    assert results[0].usage is not None
+    assert results[3].usage is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_limits_on_a_stock_worker_run_in_a_task_process_of_the_job(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    workers.append(stock_worker(redis_server.url, queue, "limits-stock"))
+    wait_for_workers(redis_server.url, ["limits-stock"])
+    how = ["ok", "grow", "ok", "ok", "ok"]
+    results = fanout.run(
+        tasks.end_as, [(str(tmp_path), h, x) for x, h in enumerate(how)], star=True,
+        backend="rq", redis_url=redis_server.url, queue=queue, max_memory="200M",
+    )  # fmt: skip
+    causes = [None, "memory-limit", None, None, None]
+    for result, cause in zip(results, causes, strict=True):
+        check(result, cause, tmp_path, "limits-stock")
+    # Each task ran in a task process, a child of its job's work-horse (not the RQ worker
+    # itself), and a new one took the place of the one that grew past the limit.
+    assert all(r.worker.ppid not in (workers[0].pid, r.worker.pid) for r in results)
+    assert results[1].worker.pid not in {r.worker.pid for r in results[2:]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_worker_cut_off_from_redis_mid_task_is_lost_naming_its_task_process(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    proxy = CuttableProxy(redis_server.port)
+    workers.append(start_worker(proxy.url, "cut-off", "--queue", queue))
+    wait_for_workers(redis_server.url, ["cut-off"])
+    box: list[list[fanout.TaskResult]] = []
+    caller = threading.Thread(target=lambda: box.append(fanout.run(
+        tasks.end_as, [(str(tmp_path), "wait", 0)], star=True, backend="rq",
+        redis_url=redis_server.url, queue=queue, dead_after=4.0,
+    )))  # fmt: skip
+    caller.start()
+    wait_until((tmp_path / "0").exists, 30, "the task starts")
+    with Redis.from_url(redis_server.url) as redis:
+        key = f"rq:worker:{'cut-off'}"
+        wait_until(lambda: redis.hget(key, TASK_PID_FIELD), 10, "a heartbeat names the task pid")
+    proxy.cut()
+    caller.join(60)
+    assert not caller.is_alive(), "the run hung after its worker was cut off"
+    (result,) = box[0]
+    check(result, "lost", tmp_path, "cut-off")
+    assert result.error is not None
+    assert result.error.type == "WorkerLost"
+    assert (result.error.signal, result.error.exit_code) == (None, None)
+    assert result.worker.ppid == workers[0].pid
+    # Its task process is still running: end it with its worker (stop_workers).
+    for child in psutil.Process(workers[0].pid).children(recursive=True):
+        child.kill()
+
+
+@pytest.mark.timeout(60)
+def test_max_tasks_per_worker_recycles_a_fanout_workers_task_process(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str
+) -> None:
+    workers.append(start_worker(redis_server.url, "recycler", "--queue", queue))
+    wait_for_workers(redis_server.url, ["recycler"])
+    with fanout.Pool(backend="rq", maxtasksperchild=2, redis_url=redis_server.url,
+                     queue=queue) as pool:  # fmt: skip
+        pids = pool.map(tasks.pid_of, range(6), chunksize=6)
+    assert len(set(pids)) == 3
+    assert all(pids.count(pid) == 2 for pid in set(pids))
+
+
+@pytest.mark.timeout(60)
+def test_a_fanout_worker_takes_its_own_recycling_limit(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str
+) -> None:
+    workers.append(start_worker(redis_server.url, "worn", "--queue", queue,
+                                "--max-tasks-per-worker", "3"))  # fmt: skip
+    wait_for_workers(redis_server.url, ["worn"])
+    results = fanout.run(tasks.pid_of, range(6), backend="rq", redis_url=redis_server.url,
+                         queue=queue)  # fmt: skip
+    pids = [r.value for r in results]
+    assert len(set(pids)) == 2, pids
+    assert [r.worker.pid for r in results] == pids
