@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -48,11 +49,17 @@ def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
     stop_workers(started)
 
 
-def stock_worker(url: str, queue: str, name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "-u", url, "--name", name, queue],
-        cwd=ROOT, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def serve(workers: list[subprocess.Popen[bytes]], url: str, queue: str, name: str,
+          *args: str, stock: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
+    """A ``fanout worker`` (or a stock ``rq worker``) named ``name`` on ``queue``, once
+    it has registered."""
+    if stock:
+        command = [sys.executable, "-m", "rq.cli", "worker", "-u", url, "--name", name, queue]
+        workers.append(subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL))
+    else:
+        workers.append(start_worker(url, name, "--queue", queue, *args))
+    wait_for_workers(url, [name])
+    return workers[-1]
 
 
 def kill_when_started(folder: Path, x: int) -> threading.Thread:
@@ -68,20 +75,31 @@ def kill_when_started(folder: Path, x: int) -> threading.Thread:
     return thread
 
 
+def run_endings(url: str, queue: str, folder: Path, how: list[str], **options: Any
+                ) -> list[fanout.TaskResult]:  # fmt: skip
+    """Task ``x`` ends as ``how[x]`` says (tasks.end_as), on ``queue``."""
+    return fanout.run(tasks.end_as, [(str(folder), h, x) for x, h in enumerate(how)],
+                      star=True, backend="rq", redis_url=url, queue=queue,
+                      **options)  # fmt: skip
+
+
 def pid_of_task(folder: Path, x: int) -> int:
     return int((folder / str(x)).read_text())
 
 
-def check(result: fanout.TaskResult, cause: str | None, folder: Path, name: str) -> None:
-    """``result`` failed for ``cause`` (None: it succeeded), and names the process that
-    ran it: its worker's name, the pid the task saw, this host."""
-    assert result.ok == (cause is None), result
-    if cause is not None:
-        assert result.error is not None
-        assert result.error.cause == cause, result.error
-    assert result.worker.name == name
-    assert result.worker.pid == pid_of_task(folder, result.index)
-    assert result.worker.host == HOST
+def check(results: list[fanout.TaskResult], causes: list[str | None], folder: Path,
+          name: str) -> None:  # fmt: skip
+    """Each result failed for its ``cause`` (None: it succeeded), and names the process
+    that ran it: its worker's name, the pid the task saw, this host."""
+    assert [r.index for r in results] == list(range(len(causes)))
+    for result, cause in zip(results, causes, strict=True):
+        assert result.ok == (cause is None), result
+        if cause is not None:
+            assert result.error is not None
+            assert result.error.cause == cause, result.error
+        assert result.worker.name == name
+        assert result.worker.pid == pid_of_task(folder, result.index)
+        assert result.worker.host == HOST
 
 
 @pytest.mark.slow
@@ -90,19 +108,13 @@ def test_every_ending_on_a_fanout_worker_says_its_cause_signal_and_pid(
     redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    workers.append(start_worker(redis_server.url, "causes-fw", "--queue", queue))
-    wait_for_workers(redis_server.url, ["causes-fw"])
+    serve(workers, redis_server.url, queue, "causes-fw")
     how = ["ok", "raise", "exit", "sleep", "grow", "wait", "ok"]
     killer = kill_when_started(tmp_path, 5)
-    results = fanout.run(
-        tasks.end_as, [(str(tmp_path), h, x) for x, h in enumerate(how)], star=True,
-        backend="rq", redis_url=redis_server.url, queue=queue, timeout=5, max_memory="200M",
-    )  # fmt: skip
+    results = run_endings(redis_server.url, queue, tmp_path, how, timeout=5, max_memory="200M")
     killer.join(5)
-    assert [r.index for r in results] == list(range(len(how)))
     causes = [None, "raised", "exited", "timeout", "memory-limit", "killed", None]
-    for result, cause in zip(results, causes, strict=True):
-        check(result, cause, tmp_path, "causes-fw")
+    check(results, causes, tmp_path, "causes-fw")
     errors = [r.error for r in results]
     assert errors[1] is not None
     assert errors[1].type == "ValueError"
@@ -134,18 +146,13 @@ def test_a_stock_workers_horse_that_dies_says_how_with_its_pid(
     redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    workers.append(stock_worker(redis_server.url, queue, "causes-stock"))
-    wait_for_workers(redis_server.url, ["causes-stock"])
+    serve(workers, redis_server.url, queue, "causes-stock", stock=True)
     how = ["ok", "exit", "wait", "raise", "sleep"]
     killer = kill_when_started(tmp_path, 2)
-    results = fanout.run(
-        tasks.end_as, [(str(tmp_path), h, x) for x, h in enumerate(how)], star=True,
-        backend="rq", redis_url=redis_server.url, queue=queue, timeout=3,
-    )  # fmt: skip
+    results = run_endings(redis_server.url, queue, tmp_path, how, timeout=3)
     killer.join(5)
     causes = [None, "exited", "killed", "raised", "timeout"]
-    for result, cause in zip(results, causes, strict=True):
-        check(result, cause, tmp_path, "causes-stock")
+    check(results, causes, tmp_path, "causes-stock")
     exited, killed = results[1].error, results[2].error
     assert exited is not None
     assert (exited.type, exited.exit_code) == ("WorkerLost", 3)
@@ -165,16 +172,11 @@ def test_limits_on_a_stock_worker_run_in_a_task_process_of_the_job(
     redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    workers.append(stock_worker(redis_server.url, queue, "limits-stock"))
-    wait_for_workers(redis_server.url, ["limits-stock"])
+    serve(workers, redis_server.url, queue, "limits-stock", stock=True)
     how = ["ok", "grow", "ok", "ok", "ok"]
-    results = fanout.run(
-        tasks.end_as, [(str(tmp_path), h, x) for x, h in enumerate(how)], star=True,
-        backend="rq", redis_url=redis_server.url, queue=queue, max_memory="200M",
-    )  # fmt: skip
+    results = run_endings(redis_server.url, queue, tmp_path, how, max_memory="200M")
     causes = [None, "memory-limit", None, None, None]
-    for result, cause in zip(results, causes, strict=True):
-        check(result, cause, tmp_path, "limits-stock")
+    check(results, causes, tmp_path, "limits-stock")
     # Each task ran in a task process, a child of its job's work-horse (not the RQ worker
     # itself), and a new one took the place of the one that grew past the limit.
     assert all(r.worker.ppid not in (workers[0].pid, r.worker.pid) for r in results)
@@ -188,8 +190,7 @@ def test_a_worker_cut_off_from_redis_mid_task_is_lost_naming_its_task_process(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     proxy = CuttableProxy(redis_server.port)
-    workers.append(start_worker(proxy.url, "cut-off", "--queue", queue))
-    wait_for_workers(redis_server.url, ["cut-off"])
+    serve(workers, proxy.url, queue, "cut-off")
     box: list[list[fanout.TaskResult]] = []
     caller = threading.Thread(target=lambda: box.append(fanout.run(
         tasks.end_as, [(str(tmp_path), "wait", 0)], star=True, backend="rq",
@@ -204,7 +205,7 @@ def test_a_worker_cut_off_from_redis_mid_task_is_lost_naming_its_task_process(
     caller.join(60)
     assert not caller.is_alive(), "the run hung after its worker was cut off"
     (result,) = box[0]
-    check(result, "lost", tmp_path, "cut-off")
+    check([result], ["lost"], tmp_path, "cut-off")
     assert result.error is not None
     assert result.error.type == "WorkerLost"
     assert (result.error.signal, result.error.exit_code) == (None, None)
@@ -218,8 +219,7 @@ def test_a_worker_cut_off_from_redis_mid_task_is_lost_naming_its_task_process(
 def test_max_tasks_per_worker_recycles_a_fanout_workers_task_process(
     redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str
 ) -> None:
-    workers.append(start_worker(redis_server.url, "recycler", "--queue", queue))
-    wait_for_workers(redis_server.url, ["recycler"])
+    serve(workers, redis_server.url, queue, "recycler")
     with fanout.Pool(backend="rq", maxtasksperchild=2, redis_url=redis_server.url,
                      queue=queue) as pool:  # fmt: skip
         pids = pool.map(tasks.pid_of, range(6), chunksize=6)
@@ -231,9 +231,7 @@ def test_max_tasks_per_worker_recycles_a_fanout_workers_task_process(
 def test_a_fanout_worker_takes_its_own_recycling_limit(
     redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str
 ) -> None:
-    workers.append(start_worker(redis_server.url, "worn", "--queue", queue,
-                                "--max-tasks-per-worker", "3"))  # fmt: skip
-    wait_for_workers(redis_server.url, ["worn"])
+    serve(workers, redis_server.url, queue, "worn", "--max-tasks-per-worker", "3")
     results = fanout.run(tasks.pid_of, range(6), backend="rq", redis_url=redis_server.url,
                          queue=queue)  # fmt: skip
     pids = [r.value for r in results]
