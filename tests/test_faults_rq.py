@@ -87,6 +87,7 @@ def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
     error = results[1].error
     assert error is not None
     assert error.type == "WorkerLost"
+    assert (error.cause, error.signal) == ("killed", 9)
     assert "stock-h" in error.message
     assert "task 1" in error.message
     # What is known of the work-horse that died: its worker, its own pid (issue 22,
@@ -134,6 +135,7 @@ def test_a_whole_fanout_worker_killed_mid_task_is_detected_and_its_task_settled(
     else:
         assert result.error is not None
         assert result.error.type == "WorkerLost"
+        assert result.error.cause == "lost"
         assert "victim" in result.error.message
 
 
