@@ -236,10 +236,10 @@ def test_max_tasks_per_worker_replaces_workers_and_each_result_names_its_own() -
 
 
 def test_max_memory_per_worker_replaces_a_worker_past_it_before_its_next_task() -> None:
-    limit = above_the_caller(100)
-    results = fanout.run(tasks.keep_megabytes, [60] * 6, workers=1,
+    limit = above_the_caller(45)
+    results = fanout.run(tasks.keep_megabytes, [30] * 12, workers=1,
                          max_memory_per_worker=limit)  # fmt: skip
-    assert [r.index for r in results] == list(range(6))
+    assert [r.index for r in results] == list(range(12))
     assert all(r.ok and r.worker.pid == r.value[0] for r in results), results
     by_worker: dict[int, list[int]] = {}
     for r in results:
