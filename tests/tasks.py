@@ -377,3 +377,58 @@ def end_as(folder: str, how: str, x: int) -> int:
     if how == "grow":
         hold_megabytes(400)
     return pid
+
+
+def meet_its_end(how: str, param: Any, log: str, index: int) -> int:
+    """A task that ends as ``how`` says, having first appended ``"index pid"`` to the
+    file ``log`` (which process ran which task): "ok" returns this process's pid;
+    "raise" raises ValueError; "exit" calls ``os._exit(param)``; "grow" grows by ``param``
+    megabytes, 10 at a time, and holds them while it waits to be killed; "hang" sleeps
+    ``param`` seconds; "wait-kill" writes its pid to the FIFO ``param`` (the test kills
+    it from outside) and waits."""
+    with open(log, "a") as fh:
+        fh.write(f"{index} {os.getpid()}\n")
+    if how == "raise":
+        raise ValueError(f"task {index} raised")
+    if how == "exit":
+        os._exit(param)
+    if how == "grow":
+        held = [_touched(10) for _ in range(param // 10)]  # noqa: F841 - held till killed
+        time.sleep(60)
+    elif how == "hang":
+        time.sleep(param)
+    elif how == "wait-kill":
+        with open(param, "w") as fifo:
+            fifo.write(f"{os.getpid()}\n")
+        time.sleep(60)
+    return os.getpid()
+
+
+def _touched(megabytes: int) -> bytearray:
+    """``megabytes`` of memory, every page written (resident)."""
+    block = bytearray(megabytes * 2**20)
+    block[::4096] = b"x" * (len(block) // 4096)
+    return block
+
+
+_kept_megabytes: list[bytearray] = []
+
+
+def keep_megabytes(megabytes: int) -> tuple[int, int]:
+    """Grow this process by ``megabytes`` of touched memory and keep it (the process
+    stays that big after the task): (its pid, its resident size now, in bytes)."""
+    from fanout._memory import resident
+
+    _kept_megabytes.append(_touched(megabytes))
+    return os.getpid(), resident(os.getpid()) or 0
+
+
+def _unloadable(why: str) -> Any:
+    raise ValueError(why)
+
+
+class FailsToUnpickle:
+    """Pickles fine; unpickling it raises ValueError (an input the worker cannot load)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unloadable, ("this input cannot be unpickled",))

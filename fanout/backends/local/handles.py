@@ -271,7 +271,7 @@ def start_worker(
         args=(task_r, result_w, marker, sorted(_caller_fds), os.getpid(), on_main_thread()),
         daemon=daemon,
     )
-    process.start()
+    _start_reaping_none(process)
     os.close(task_r)
     os.close(result_w)
     # Set the group from both sides: whichever runs first wins the race with a kill.
@@ -285,6 +285,24 @@ def start_worker(
         handle.pidfd = os.pidfd_open(handle.pid)
         _caller_fds.add(handle.pidfd)
     return handle
+
+
+def _start_reaping_none(process: BaseProcess) -> None:
+    """Start ``process`` without reaping the caller's other children: ``start`` first
+    reaps every dead child multiprocessing knows of (``process._cleanup``), and a worker
+    reaped before its pool buries it leaves no CPU time to read (``/proc/PID/stat`` goes
+    with it), so the task it died running would have no usage. The others are reaped as
+    before, by their next ``join``, ``is_alive`` or ``active_children``."""
+    children = getattr(multiprocessing.process, "_children", None)
+    if not isinstance(children, set):
+        process.start()
+        return
+    known = set(children)
+    children.clear()
+    try:
+        process.start()
+    finally:
+        children.update(known)
 
 
 def forget_selector(*fds: int) -> None:

@@ -291,7 +291,10 @@ class Pool:
         return min(limits) if limits else None
 
     def dispatch_one(self, run: LocalRun) -> bool:
-        worker = self.free_worker(run.depth(), self.task_limit(run))
+        # Under a per-worker memory limit a worker holds no batch ahead: its size after
+        # each is read (progress) before it is sent the next.
+        depth = 1 if self.memory_limit(run) is not None else run.depth()
+        worker = self.free_worker(depth, self.task_limit(run))
         # Start workers on demand, only once there is a batch for them.
         grow = (worker is None or bool(worker.inflight)) and len(self.workers) < self.size
         if worker is None and not grow:
