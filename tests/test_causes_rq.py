@@ -24,6 +24,7 @@ from redis import Redis
 import fanout
 from fanout.backends.rq.fleet import TASK_PID_FIELD
 from tests import tasks
+from tests.cgroups import memory_cgroup, v1_limits, v1_parent, v2_limits, v2_memory, v2_parent
 from tests.helpers import (
     ROOT,
     CuttableProxy,
@@ -138,6 +139,30 @@ def test_every_ending_on_a_fanout_worker_says_its_cause_signal_and_pid(
     dead = [r.worker.pid for r in results[2:6]]
     assert len(set(dead)) == 4
     assert results[6].worker.pid not in dead
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_kernels_oom_killer_on_a_fanout_worker_is_oom_killed(
+    redis_server: RedisServer, workers: list[subprocess.Popen[bytes]], queue: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    parent, limits = (v2_parent(), v2_limits()) if v2_memory() else (v1_parent(), v1_limits())
+    with memory_cgroup(parent, limits) as cgroup:
+        worker = serve(workers, redis_server.url, queue, "oom-fw")
+        # The worker and whatever it has started so far: its task process then forks
+        # inside the cgroup, whose limit the task's 400 MB pass.
+        family = [worker.pid, *(c.pid for c in psutil.Process(worker.pid).children(True))]
+        for pid in family:
+            (cgroup / "cgroup.procs").write_text(str(pid))
+        results = run_endings(redis_server.url, queue, tmp_path, ["ok", "grow", "ok"])
+        stop_workers([worker])
+    check(results, [None, "oom-killed", None], tmp_path, "oom-fw")
+    error = results[1].error
+    assert error is not None
+    assert (error.type, error.signal, error.exit_code) == ("WorkerLost", signal.SIGKILL, None)
+    assert "killed by the kernel's OOM killer" in error.message
+    assert results[2].worker.pid != results[1].worker.pid
 
 
 @pytest.mark.slow
