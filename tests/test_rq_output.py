@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.helpers import (
     CuttableProxy,
     RedisServer,
     free_port,
+    registered_workers,
     run_fanout,
     start_cli,
     start_worker,
@@ -63,6 +65,33 @@ def test_a_target_no_worker_can_import_gives_results_no_process_ran(
         assert (r.worker.name, r.worker.pid, r.worker.ppid) == ("(not run)", 0, 0)
         assert r.worker.host == socket.gethostname()
         assert r.attempts == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_killed_workers_registration_does_not_keep_an_unloadable_job_going(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SIGKILLed worker's registration outlives it by up to a minute: taken for a worker
+    # that might load the target, it kept the jobs going round the live one for minutes
+    # (20 give-backs, pausing up to 5 s each), past this test's time-out.
+    url, queue = redis_server.url, "phantom"
+    phantom = start_worker(url, "phantom-dead", "--queue", queue)
+    live = start_worker(url, "phantom-live", "--queue", queue)
+    try:
+        wait_for_workers(url, ["phantom-dead", "phantom-live"])
+        phantom.kill()
+        phantom.wait()
+        assert "phantom-dead" in registered_workers(url)
+        (tmp_path / "only_here2.py").write_text("def f(x):\n    return x\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        started = time.monotonic()
+        results = fanout.run("only_here2:f", range(4), backend="rq", redis_url=url, queue=queue)
+        assert time.monotonic() - started < 20
+        assert {r.error.type for r in results if r.error} == {"TargetError"}
+        assert len(results) == 4
+    finally:
+        stop_workers([phantom, live])
 
 
 def test_the_summary_counts_only_processes_that_ran_tasks() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from rq import Queue, Worker
 from rq.command import PUBSUB_CHANNEL_TEMPLATE, send_shutdown_command
 from rq.suspension import WORKERS_SUSPENDED, is_suspended, resume, suspend
+from rq.utils import utcparse
 
 from fanout.backends.rq.protocol import text
 
@@ -43,6 +44,28 @@ FANOUT_FIELD = "fanout_heartbeat"
 #: In a fanout worker's registration: its task process's pid, as of its last heartbeat
 #: (who ran the task of a worker that died whole, where no result said: watch.py).
 TASK_PID_FIELD = "fanout_task_pid"
+SILENT_BEATS = 3  # a fanout worker silent for this many heartbeats has no process
+
+
+def live_workers(connection: Any, queue: Queue) -> set[str]:
+    """The names of the workers serving ``queue`` that may be alive: RQ's registrations,
+    less those of fanout workers silent for ``SILENT_BEATS`` heartbeats (a killed
+    worker's registration outlives it by up to a minute). A stock worker's heartbeat,
+    minutes apart when idle, says nothing: it counts while registered."""
+    names = [w.name for w in Worker.all(connection=connection, queue=queue)]
+    pipe = connection.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(Worker.redis_worker_namespace_prefix + name, "last_heartbeat", FANOUT_FIELD)
+    live = set()
+    for name, (beat, every) in zip(names, pipe.execute(), strict=True):
+        if beat and every:
+            silent = time.time() - utcparse(text(beat)).timestamp()
+            if silent > SILENT_BEATS * float(every):
+                continue
+        live.add(name)
+    return live
+
+
 POLL_SECONDS = 0.2  # how often ``fanout drain`` looks whether its workers have exited
 RESEND_SECONDS = 2.0  # a drain nobody received (a worker reconnecting) is sent again
 

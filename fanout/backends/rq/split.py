@@ -27,6 +27,7 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from fanout._wire import Task
+from fanout.backends.rq.fleet import live_workers
 from fanout.backends.rq.protocol import (
     FAILURE_TTL,
     RESULT_TTL,
@@ -141,7 +142,7 @@ def give_back_unloadable(job: Job, args: JobArgs, pusher: Pusher, worker: str,
     refused = (*args.refused, worker)
     connection = job.connection
     queue = Queue(job.origin, connection=connection)
-    serving = {w.name for w in Worker.all(connection=connection, queue=queue)}
+    serving = live_workers(connection, queue)
     if serving <= set(refused) or len(refused) > MAX_REFUSALS:
         return False
     again = args.refused.count(worker)
