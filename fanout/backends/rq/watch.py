@@ -358,8 +358,10 @@ class JobWatch:
             # The process running the job died: the first unreported task was running.
             code = _horse_exit(exc)
             words = describe_exit(code) if code is not None else _last_line(exc) or "no result"
-            message = f"the work-horse of {worker} died while running task {{task}} (job" \
-                      f" {job.id}): {words}"  # fmt: skip
+            message = (
+                f"the work-horse of {worker} died while running task {{task}} (job {job.id}):"
+                f" {words}"
+            )
             lost = self._lose(job, message, worker)
             if code is None:
                 return lost
