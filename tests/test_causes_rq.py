@@ -235,9 +235,11 @@ def test_a_worker_cut_off_from_redis_mid_task_is_lost_naming_its_task_process(
     assert result.error.type == "WorkerLost"
     assert (result.error.signal, result.error.exit_code) == (None, None)
     assert result.worker.ppid == workers[0].pid
-    # Its task process is still running: end it with its worker (stop_workers).
-    for child in psutil.Process(workers[0].pid).children(recursive=True):
-        child.kill()
+    # Cut off, it could only stop warmly once Redis answered: end it and its task
+    # process here, as a lost machine ends.
+    for process in [*psutil.Process(workers[0].pid).children(recursive=True), workers[0]]:
+        process.kill()
+    workers[0].wait()
 
 
 @pytest.mark.timeout(60)
