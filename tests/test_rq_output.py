@@ -52,16 +52,27 @@ def one_line(result: object, code: int, *fragments: str) -> None:
 
 
 def test_a_target_no_worker_can_import_gives_results_no_process_ran(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "only_here.py").write_text("def f(x):\n    return x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # the caller can import it; workers cannot
-    results = fanout.run("only_here:f", range(20), backend="rq", redis_url=redis_url)
+    # A worker of its own on a queue of its own. With the session's two, a job one
+    # refused waited for the other, which an earlier test's leftover job could keep
+    # busy: the refusing worker then met the run's 20 jobs again and again, pausing up
+    # to 5 s each time, past the 120 s time-out (once in a full plain-pytest run).
+    url, queue = redis_server.url, "unloadable"
+    workers = [start_worker(url, "unloadable-1", "--queue", queue)]
+    try:
+        wait_for_workers(url, ["unloadable-1"])
+        (tmp_path / "only_here.py").write_text("def f(x):\n    return x\n")
+        monkeypatch.syspath_prepend(str(tmp_path))  # the caller can import it; workers cannot
+        results = fanout.run("only_here:f", range(20), backend="rq", redis_url=url, queue=queue)
+    finally:
+        stop_workers(workers)
     assert sorted(r.index for r in results) == list(range(20))
     for r in results:
         assert r.error is not None
         assert r.error.type == "TargetError"
-        assert "on RQ worker test-worker-" in r.error.message
+        assert r.error.cause == "not-run"
+        assert "on RQ worker unloadable-1" in r.error.message
         assert (r.worker.name, r.worker.pid, r.worker.ppid) == ("(not run)", 0, 0)
         assert r.worker.host == socket.gethostname()
         assert r.attempts == 0
