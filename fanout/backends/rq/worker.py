@@ -35,6 +35,7 @@ from rq.utils import utcparse
 from rq.worker import SimpleWorker, WorkerStatus
 
 from fanout._proc import spawn_fanout_worker
+from fanout.backends.rq import fleet
 from fanout.backends.rq.connection import (
     SentinelURL,
     connect,
@@ -45,7 +46,6 @@ from fanout.backends.rq.connection import (
     url_passwords,
 )
 from fanout.backends.rq.context import REDIS_WAIT, TaskProcess, WorkerContext
-from fanout.backends.rq.fleet import DRAIN_COMMAND, FANOUT_FIELD, GAVE_BACK_FIELD, TASK_PID_FIELD
 from fanout.backends.rq.job import FanoutJob
 from fanout.backends.rq.metrics_http import PoolMetrics, worker_endpoint
 from fanout.backends.rq.protocol import text
@@ -58,7 +58,8 @@ HEARTBEAT_SECONDS = 2.0  # a fanout worker's heartbeat, idle or busy
 # idle or busy (RQ's own is minutes: 7 for a job without a timeout). More than a
 # caller's dead_after (30 s by default): the heartbeat's silence says first.
 REGISTRATION_TTL = 60
-TAKE_OVER_AFTER = 3 * HEARTBEAT_SECONDS  # a registration silent this long has no process
+# A registration silent this long has no process (fleet.live_workers' rule too).
+TAKE_OVER_AFTER = fleet.SILENT_BEATS * HEARTBEAT_SECONDS
 # RQ beats three times between two jobs, three commands each: a beat this soon after
 # the last adds nothing (callers read beats against HEARTBEAT_SECONDS).
 BEAT_AGAIN_SECONDS = 0.5
@@ -119,7 +120,7 @@ class FanoutWorker(SimpleWorker):
         pid = next(iter(executor.pids()), None) if executor is not None else None
         if pid is not None and pid != self._task_pid:
             self._task_pid = pid
-            (pipeline or self.connection).hset(self.key, TASK_PID_FIELD, pid)
+            (pipeline or self.connection).hset(self.key, fleet.TASK_PID_FIELD, pid)
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         # RQ's is 7 minutes for a job without a timeout (fanout's: tasks time out in the
@@ -128,7 +129,7 @@ class FanoutWorker(SimpleWorker):
 
     def handle_payload(self, message: Any) -> None:
         """RQ's command listener, which also hears fanout's own ``fanout-drain``."""
-        if parse_payload(message).get("command") == DRAIN_COMMAND:
+        if parse_payload(message).get("command") == fleet.DRAIN_COMMAND:
             self.drain()
         else:
             super().handle_payload(message)  # type: ignore[no-untyped-call]
@@ -203,14 +204,14 @@ class FanoutWorker(SimpleWorker):
         # And since when this process serves: a registration newer than a job's start
         # but not the process means the worker registered again between jobs (its
         # connection broke), so that job is not running, rather than died with it.
-        self.connection.hset(self.key, mapping={FANOUT_FIELD: HEARTBEAT_SECONDS,
+        self.connection.hset(self.key, mapping={fleet.FANOUT_FIELD: HEARTBEAT_SECONDS,
                                                 "fanout_since": self.context.since})  # fmt: skip
         self._task_pid = None  # a new registration: said again at the next heartbeat
 
     def register_death(self) -> None:
         if self.draining:  # for fanout drain's summary (the registration lives 60 s more)
             with contextlib.suppress(redis.RedisError, OSError):
-                self.connection.hset(self.key, GAVE_BACK_FIELD, self.context.gave_back)
+                self.connection.hset(self.key, fleet.GAVE_BACK_FIELD, self.context.gave_back)
         super().register_death()  # type: ignore[no-untyped-call]
 
     def set_shutdown_requested_date(self) -> None:
