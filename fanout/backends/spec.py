@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fanout._memory import parse_size
+
 
 @dataclass(frozen=True)
 class MapSpec:
@@ -69,8 +71,6 @@ def worker_limits(
 ) -> tuple[int | None, int | None]:
     """A backend's ``max_tasks_per_worker`` and ``max_memory_per_worker`` options,
     checked: a positive int, and bytes or a size such as ``"2G"`` (ValueError else)."""
-    from fanout._memory import parse_size
-
     if max_tasks_per_worker is not None and (
         not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1
     ):
