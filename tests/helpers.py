@@ -208,14 +208,20 @@ def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
 class CuttableProxy:
     """A TCP relay to ``port`` on 127.0.0.1 that a test can cut, as a network partition
     would: every connection through it is dropped and new ones are refused until
-    :meth:`restore`."""
+    :meth:`restore`. ``held``: a connection waits, accepted but not relayed, until
+    :meth:`release` (``accepted`` is set once one came): a client started ahead, ready,
+    whose first command reaches Redis at the moment the test chooses."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, held: bool = False) -> None:
         import threading
 
         self.target = port
         self.port = free_port()
         self.lock = threading.Lock()
+        self.accepted = threading.Event()
+        self.open = threading.Event()
+        if not held:
+            self.open.set()
         self.sockets: list[socket.socket] = []
         self.listener: socket.socket | None = None
         self.restore()
@@ -233,6 +239,10 @@ class CuttableProxy:
         listener.listen(64)
         self.listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def release(self) -> None:
+        """Relay the connections held (``held``), and every one after them."""
+        self.open.set()
 
     def cut(self) -> None:
         with self.lock:
@@ -252,6 +262,8 @@ class CuttableProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            self.accepted.set()
+            self.open.wait()
             upstream = socket.create_connection(("127.0.0.1", self.target))
             with self.lock:
                 if self.listener is not listener:
