@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -139,7 +138,7 @@ class Fanout:
                 book.take_over(self._backend.attach)  # a killed caller's run, still going
 
             def run_on(inputs: Iterator[Any]) -> Iterator[TaskResult]:
-                run = self._backend.map(dataclasses.replace(spec, items=inputs))
+                run = self._backend.map(spec._replace(items=inputs))
                 if (run_id := self._backend.last_run_id()) is not None:
                     book.note_run(run_id)  # resuming, take its results if it goes on
                 return run
@@ -248,7 +247,7 @@ class Fanout:
         trace = tracing.begin_run(spec.target, self.backend_name)
         if trace is None:
             return spec, None
-        return dataclasses.replace(spec, trace=trace.carrier), trace
+        return spec._replace(trace=trace.carrier), trace
 
     def _resolve(self, target: Callable[..., Any] | str) -> tuple[Callable[..., Any], str | None]:
         fn, name = resolve_target(target)

@@ -115,7 +115,6 @@ passes it whole and serves ``Executor``, ``Pool`` and ``AsyncFanout``.
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -165,6 +164,8 @@ class Backend(ABC):
     @classmethod
     def option_names(cls) -> list[str] | None:
         """The keyword options ``__init__`` takes besides ``workers`` (None: any)."""
+        import inspect  # here: a third of what ``import fanout`` would cost
+
         params = inspect.signature(cls.__init__).parameters.values()
         if any(p.kind is p.VAR_KEYWORD for p in params) and cls.__init__ is not Backend.__init__:
             return None

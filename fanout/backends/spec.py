@@ -7,15 +7,16 @@ The contract (:mod:`fanout.backends.base`) takes it, and the run logic
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from fanout._memory import parse_size
 
 
-@dataclass(frozen=True)
-class MapSpec:
-    """One ``map`` call, normalised: what to call, on what, and with which limits."""
+class MapSpec(NamedTuple):
+    """One ``map`` call, normalised: what to call, on what, and with which limits.
+    Immutable: ``spec._replace(field=value)`` is a changed copy. (A named tuple, not a
+    dataclass: ``dataclasses`` and the ``inspect`` it imports were half of what
+    ``import fanout`` cost.)"""
 
     fn: Callable[..., Any]
     target: str | None  # "module:function" when the callable is importable by name
@@ -55,8 +56,7 @@ class MapSpec:
 
     def with_worker_limits(self, max_tasks: int | None, max_memory: int | None) -> MapSpec:
         """This spec under a backend's own per-worker limits too (the tighter wins)."""
-        return replace(
-            self,
+        return self._replace(
             max_tasks_per_worker=_tighter(self.max_tasks_per_worker, max_tasks),
             max_memory_per_worker=_tighter(self.max_memory_per_worker, max_memory),
         )
