@@ -12,6 +12,7 @@ Helpers the test modules import are in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 
 from fanout.backends.local import warden
 from tests.helpers import (
+    ROOT,
     RQ_WORKERS,
     SECRETS_IN_TESTS,
     SESSION_PIDS,
@@ -44,6 +46,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="fast: every test but the slow fault drills (the default); all: every test"
         " (.ci/run). Default: $FANOUT_TEST_TIER, else fast.",
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite starts hundreds of Python processes (CLIs, workers) that import fanout
+    and the test tasks from this tree. Where ``PYTHONDONTWRITEBYTECODE`` is set, each of
+    them compiles every module it imports (about 0.1 s), as nothing writes the bytecode:
+    write it once here, as an install would (a changed source is compiled again)."""
+    for folder in ("fanout", "tests"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
 
 
 def tier(config: pytest.Config) -> str:

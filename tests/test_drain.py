@@ -212,6 +212,7 @@ def test_a_worker_with_processes_is_drained_by_its_process_names(
     assert parent.wait(10) == 0
 
 
+@pytest.mark.slow  # RQ's teardown may wait 60 s for its pubsub listener (below)
 def test_a_stock_rq_worker_is_asked_for_rqs_warm_shutdown_instead(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

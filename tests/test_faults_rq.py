@@ -64,6 +64,7 @@ def kill_whole_worker(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_stock_workers_horse_killed_mid_task_gives_worker_lost_within_seconds(
     server: RedisServer, workers: list[subprocess.Popen[bytes]], tmp_path: Path

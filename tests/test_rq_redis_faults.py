@@ -156,6 +156,7 @@ def test_redis_full_with_cli_workers_exits_3_without_a_traceback(server: RedisSe
     assert len(stderr.splitlines()) <= 4, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_redis_that_evicts_keys_mid_run_ends_the_run_in_one_line(
     server: RedisServer, workers: list[subprocess.Popen[bytes]]

@@ -378,7 +378,8 @@ class BackendContract:
 
         values = []
         for r in fanout.Fanout(**fanout_options).map(tasks.square, range(20)):
-            gc.collect()
+            if r.index in (0, 10):  # a full collection is slow in a long test process
+                gc.collect()
             values.append(r.value)
         assert values == [x * x for x in range(20)]
 
