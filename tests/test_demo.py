@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -138,8 +139,16 @@ def test_compose_commands_run_as_local_processes_on_every_worker(demo_redis) -> 
     assert "local-demo-only" not in out + err
 
 
-def _start_twin(*args: str) -> subprocess.Popen[str]:
-    return start_python(str(ROOT / "demo" / "local_twin.py"), *args, new_session=True)
+def _start_twin(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return start_python(str(ROOT / "demo" / "local_twin.py"), *args, env=env, new_session=True)
+
+
+def _with_mark(process: psutil.Process, mark: str) -> bool:
+    """Whether ``process`` has ``mark`` in its environment (what this test's demo
+    started, not another test suite's on the same machine)."""
+    with contextlib.suppress(psutil.Error):
+        return process.environ().get("FANOUT_TEST_DEMO") == mark
+    return False
 
 
 @pytest.mark.slow
@@ -182,7 +191,8 @@ def test_local_twin_runs_the_demo_on_sentinel_and_stops_everything() -> None:
 
 @pytest.mark.slow
 def test_local_twin_stops_everything_on_ctrl_c() -> None:
-    process = _start_twin()
+    mark = uuid.uuid4().hex
+    process = _start_twin(env={"FANOUT_TEST_DEMO": mark})
     assert process.stderr is not None
     for line in process.stderr:  # an event, not a sleep: the workers have registered
         if "workers up" in line:
@@ -211,6 +221,6 @@ def test_local_twin_stops_everything_on_ctrl_c() -> None:
     # Nor a submit started after the snapshot above.
     submits = [
         p for p in psutil.process_iter(["cmdline"])
-        if "fanout.examples:hello" in (p.info["cmdline"] or [])
+        if "fanout.examples:hello" in (p.info["cmdline"] or []) and _with_mark(p, mark)
     ]  # fmt: skip
     assert not submits, submits
