@@ -88,15 +88,15 @@ def a_new_job(url: str, name: str, tasks: int, timeout: float) -> None:
     one of at least ``tasks`` tasks."""
     with Redis.from_url(url) as connection:
         seen = {current_job(connection, name)[0]}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def started() -> bool:
             job_id, held = current_job(connection, name)
-            if job_id not in seen:
-                if held >= tasks:
-                    return
-                seen.add(job_id)
-            time.sleep(0.005)
-    raise AssertionError(f"{name} started no job of {tasks} tasks in {timeout} s")
+            if job_id in seen:
+                return False
+            seen.add(job_id)
+            return held >= tasks
+
+        wait_until(started, timeout, f"{name} starts a new job of {tasks} tasks")
 
 
 def runs_per_index(folder: Path) -> Counter[int]:
