@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fanout._memory import parse_size
 from fanout.backends import Backend, MapSpec, create_backend, get_backend
+from fanout.backends.resultstream import ResultStream
 from fanout.errors import TargetError
 from fanout.targets import resolve_target, why_not_importable
 
@@ -114,7 +115,7 @@ class Fanout:
         # One unfinished map at a time (backends/base.py): a generator's frame is gone
         # once it is exhausted or closed.
         active = self._active() if self._active is not None else None
-        if getattr(active, "gi_frame", None) is not None:
+        if active is not None and _running(active):
             raise RuntimeError(
                 "another map() on this Fanout is still running: consume or close it first"
             )
@@ -283,6 +284,15 @@ def _keeping(
     """``results``, holding ``owner`` until they end: ``for r in Fanout().map(...)``
     keeps its Fanout (whose collection would end the workers) for as long as it runs.
     A traced run's results are counted for its span, which ends with them."""
+    if trace is None and isinstance(results, ResultStream):
+        return results.held_by(owner)  # a result at C speed (backends/resultstream.py)
+    return _held(owner, results, trace)
+
+
+def _held(
+    owner: Fanout, results: Iterator[TaskResult], trace: RunTrace | None
+) -> Iterator[TaskResult]:
+    """``_keeping`` for any iterator: a generator whose frame holds ``owner``."""
     try:
         if trace is None:
             yield from results
@@ -297,6 +307,13 @@ def _keeping(
         if trace is not None:
             # Asked for once the run has ended, the id changes nothing about it.
             trace.end(owner._backend.last_run_id())
+
+
+def _running(results: Iterator[TaskResult]) -> bool:
+    """Whether a map's results (``_keeping``'s) have not ended yet."""
+    if isinstance(results, ResultStream):
+        return results.running
+    return getattr(results, "gi_frame", None) is not None
 
 
 def _inputs(

@@ -215,6 +215,22 @@ def test_the_next_map_does_not_wait_behind_an_abandoned_one() -> None:
     assert [r.value for r in results] == [x * x for x in range(100)]
 
 
+@pytest.mark.parametrize("journaled", [False, True])
+def test_one_unfinished_map_at_a_time_and_the_next_once_it_is_closed(
+    journaled: bool, tmp_path: Any
+) -> None:
+    journal = {"journal": tmp_path / "j.jsonl"} if journaled else {}
+    with Fanout("local", workers=2) as fo:
+        first = fo.map(tasks.square, range(1000), **journal)
+        assert next(first).value == 0
+        with pytest.raises(RuntimeError, match="another map"):
+            fo.map(tasks.square, range(3))
+        first.close()  # type: ignore[attr-defined]
+        assert list(first) == []  # closed: nothing more, even what had come in
+        assert [r.value for r in fo.map(tasks.square, range(3))] == [0, 1, 4]
+        assert [r.value for r in fo.map(tasks.square, range(3))] == [0, 1, 4]  # consumed
+
+
 def test_an_input_whose_unpickling_kills_the_worker_fails_only_its_task() -> None:
     results = fanout.run(tasks.identity, [1, tasks.ExitOnUnpickle(), 2], workers=2)
     assert [r.ok for r in results] == [True, False, True]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import chain, repeat
 from typing import Any
 
@@ -32,6 +32,7 @@ from fanout._wire import NOT_RUN, OK_RAW, STATUS, Record, Task, TaskBatch, Usage
 from fanout.backends.feed import Feed
 from fanout.backends.inorder import InOrder
 from fanout.backends.intake import batch_of
+from fanout.backends.resultstream import ResultStream
 from fanout.backends.sizing import Sizing
 from fanout.backends.spec import MapSpec
 from fanout.errors import Cancelled, SerializationError, TargetError
@@ -414,19 +415,31 @@ class RunState(Sizing):
 
     # -- the results generator --------------------------------------------------------
 
-    def results(self, step: Callable[[], object], end: Callable[[], None]) -> Iterator[TaskResult]:
-        """Yield results, calling ``step`` to make progress; ``end`` runs however it ends."""
-        ready = self.ready  # never replaced: the loop below runs once per result
-        popleft = ready.popleft
+    def results(self, step: Callable[[], object], end: Callable[[], None]) -> ResultStream:
+        """The results one by one (``result_lists``, handed on by a ResultStream)."""
+        return ResultStream(self.result_lists(step, end))
+
+    def result_lists(
+        self, step: Callable[[], object], end: Callable[[], None]
+    ) -> Generator[list[TaskResult], None, None]:
+        """The results, a list of those ready at a time, calling ``step`` to make
+        progress while none are; ``end`` runs however it ends. Closed early, it empties
+        the list it handed on last: its results are not yielded."""
+        ready = self.ready  # never replaced: drivers and backends hold it
+        handed: list[TaskResult] = []
         try:
             while True:
-                while ready:
-                    yield popleft()
+                if ready:
+                    handed = list(ready)
+                    ready.clear()
+                    yield handed
+                    continue
                 if self.done():
                     break
                 if not ready:  # done() may have released what it held
                     step()
         finally:
+            handed.clear()  # ended early: they were not yielded (else: all were)
             self.finished = True
             try:
                 end()  # which may send, or cancel, the tasks waiting to go again

@@ -364,6 +364,42 @@ def test_results_runs_the_end_hook_when_the_consumer_leaves_early() -> None:
     assert run.finished
 
 
+def test_results_are_handed_on_a_list_at_a_time_and_close_ends_the_run() -> None:
+    run = sized(range(30), size=10)
+    ended: list[bool] = []
+    steps: list[int] = []
+
+    def step() -> None:
+        steps.append(len(steps))
+        batch = run.take_batch()
+        if batch is not None:
+            settle(run, batch, [ok(i) for i in batch.indices])
+
+    results = run.results(step, lambda: ended.append(True))
+    assert results.running
+    assert [next(results).index for _ in range(3)] == [0, 1, 2]
+    assert steps == [0]  # the ten ready at once came as one list
+    results.close()
+    assert ended == [True]
+    assert run.finished
+    assert not results.running
+    assert list(results) == []  # the seven handed on but not taken are not yielded
+
+
+def test_results_run_to_the_end_once_each_and_stop() -> None:
+    run = sized(range(25), size=10)
+
+    def step() -> None:
+        batch = run.take_batch()
+        if batch is not None:
+            settle(run, batch, [ok(i) for i in batch.indices])
+
+    results = run.results(step, lambda: None)
+    assert [r.index for r in results] == list(range(25))
+    assert not results.running
+    assert list(results) == []
+
+
 def test_fail_in_caller_is_a_result_no_process_ran() -> None:
     run = make([1])
     take(run)
