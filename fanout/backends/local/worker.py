@@ -160,6 +160,7 @@ class WorkerLoop:
         self.indices: list[int] = []
         self.items: list[Any] = []
         self.pickled: list[int] = []
+        self.unloadable = False  # an input of the batch could not be unpickled
         # What tasks cost this process (None: not measured, FANOUT_USAGE=0).
         self.meter = _usage.Meter() if _usage.enabled() else None
 
@@ -225,6 +226,7 @@ class WorkerLoop:
                 items[pos] = pickle.loads(items[pos])
             except BaseException as exc:
                 items[pos] = _Unloadable(_task.input_error(indices[pos], exc, "unpickle"))
+                self.unloadable = True
         marker[MARK_POS] = IDLE
         marker[MARK_PHASE] = RUNNING
 
@@ -236,6 +238,7 @@ class WorkerLoop:
         self.marker[MARK_BATCH] = batch_id
         # Unpickled as claimed (unpickle_claimed), the last position first off the end.
         self.indices, self.items, self.pickled = indices, items, sorted(pickled, reverse=True)
+        self.unloadable = False
         start = 0
         if self.bare and self.fn is not None and self.spans is None:
             self.read_usage()  # no usage for values alone; a death's is counted from here
@@ -248,62 +251,76 @@ class WorkerLoop:
         """Run the batch's tasks from ``start`` on, a result each; the position where it
         stopped (the length of the batch when none was taken back).
 
-        The common case, a task that returns a raw value and prints nothing, costs two
-        clock reads, the call, two marker stores and three appends: its result joins the
-        columns of the :class:`Outbox`; anything else goes through :meth:`run_one`. Results
-        go once ``flush_seconds`` have passed since the last ones went (at least every
-        ``FLUSH_SECONDS``; a task's own time counts: a crash costs little to redo)."""
-        fn, marker, star, claim, printed = self.fn, self.marker, self.star, self.claim, self.printed
-        traced = self.spans is not None  # a span per task: each the general way
+        Tasks run a claimed stretch at a time (:class:`Claim`): the common case, a stretch
+        of tasks that return raw values and print nothing, in :meth:`run_quick`; anything
+        else through :meth:`run_one`. Results go once ``flush_seconds`` have passed since
+        the last ones went (at least every ``FLUSH_SECONDS``; a task's own time counts:
+        a crash costs little to redo), looked at after each stretch; with no time to
+        wait (``flush_seconds`` 0), after each task."""
+        claim = self.claim
         if claim.stopped:
             return start  # run_bare stopped there
         perf = time.perf_counter
         # One wall-clock read per batch: a task's start is wall + its perf_counter().
         box = Outbox(self, batch_id, indices, start, time.time() - perf())
-        wall, values, starts, durations, records = (
-            box.wall,
-            box.values,
-            box.started,
-            box.durations,
-            box.records,
-        )
         every = min(self.flush_seconds, FLUSH_SECONDS)
-        claimed, deadline, end = claim.last, perf() + every, len(indices)
-        for pos in range(start, end):
-            if pos > claimed:
+        general = self.fn is None or self.spans is not None  # a span per task: each alone
+        pos, end, deadline = start, len(indices), perf() + every
+        while pos < end:
+            if pos > claim.last:
                 box.measure()  # a stretch's end: what its tasks cost
-                claimed = self.claim_next(pos)
-                if claimed < pos:
+                if self.claim_next(pos) < pos:
                     end = pos  # taken back from here on
                     break
-            item = items[pos]
-            if records or type(item) is _Unloadable or fn is None or traced:
-                t1 = self.run_one(box, indices[pos], pos, item)[FINISHED] - wall
+            stop = claim.last + 1 if every else pos + 1
+            if general or box.records or self.unloadable:
+                while pos < stop:
+                    t1 = self.run_one(box, indices[pos], pos, items[pos])[FINISHED] - box.wall
+                    pos += 1
             else:
-                marker[MARK_POS] = pos
-                t0 = perf()
-                try:
-                    value = (fn(**item) if type(item) is dict else fn(*item)) if star else fn(item)
-                except BaseException as exc:
-                    t1 = perf()
-                    box.add(self.failed(indices[pos], exc, wall + t0, t1 - t0))
-                else:
-                    t1 = perf()
-                    if _forked:
-                        os._exit(0)  # the task forked and returned in the child: we answer
-                    marker[MARK_POS] = IDLE
-                    if printed or type(value) not in RAW_TYPES:
-                        output = self.capture.take()
-                        box.add(_task.ok_record(indices[pos], value, wall + t0, t1 - t0, output))
-                    else:
-                        values.append(value)
-                        starts.append(wall + t0)
-                        durations.append(t1 - t0)
+                pos, t1 = self.run_quick(box, items, pos, stop)
             if t1 >= deadline:
                 box.flush()
                 deadline = t1 + every
         box.flush()
         return end
+
+    def run_quick(self, box: Outbox, items: list[Any], pos: int, stop: int) -> tuple[int, float]:
+        """Run tasks ``pos`` to ``stop`` (claimed, their inputs loaded) while each returns
+        a raw value and prints nothing: two clock reads, the call, two marker stores and
+        three appends each, its result joining the outbox's columns. The first that does
+        otherwise ends the stretch, its result a record. Where it stopped, and the
+        perf_counter() there."""
+        fn, star, marker, printed = self.fn, self.star, self.marker, self.printed
+        perf = time.perf_counter
+        assert fn is not None
+        wall, values, starts, durations = box.wall, box.values, box.started, box.durations
+        t1 = t0 = perf()
+        try:
+            while pos < stop:
+                item = items[pos]
+                marker[MARK_POS] = pos
+                t0 = perf()
+                value = (fn(**item) if type(item) is dict else fn(*item)) if star else fn(item)
+                t1 = perf()
+                if _forked:
+                    os._exit(0)  # the task forked and returned in the child: we answer
+                marker[MARK_POS] = IDLE
+                if printed or type(value) not in RAW_TYPES:
+                    break
+                values.append(value)
+                starts.append(wall + t0)
+                durations.append(t1 - t0)
+                pos += 1
+            else:
+                return pos, t1
+        except BaseException as exc:
+            t1 = perf()
+            box.add(self.failed(box.indices[pos], exc, wall + t0, t1 - t0))
+            return pos + 1, t1
+        output = self.capture.take()
+        box.add(_task.ok_record(box.indices[pos], value, wall + t0, t1 - t0, output))
+        return pos + 1, t1
 
     def run_one(self, box: Outbox, index: int, pos: int, item: Any) -> Record:
         """One task the general way; its record joins the outbox's records."""
