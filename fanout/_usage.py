@@ -1,11 +1,12 @@
 """What tasks cost the process that runs them: CPU seconds and peak resident memory.
 
-A :class:`Meter` reads ``getrusage(RUSAGE_SELF)`` — one system call (~0.8 µs here) that
-gives both the process's CPU time and its resident high-water mark — and says what was
-spent since its last reading. Workers read it once per stretch of tasks: one task when
-tasks take 20 µs or more, up to 64 quick ones (the stretch a worker claims at a time,
-local/protocol.py), so that measuring costs a trivial task a few nanoseconds; a
-stretch's CPU is shared among its tasks by their durations.
+A :class:`Meter` reads ``getrusage(RUSAGE_SELF)`` — one system call that gives both the
+process's CPU time and its resident high-water mark — and says what was spent since its
+last reading. The call costs about 3 µs on a quiet machine and 20 to 40 µs while every core
+is busy, so workers read it after each task of 20 µs or more (a stretch of one task,
+local/protocol.py) and otherwise once per millisecond of quick tasks, and when results
+go: measuring costs a trivial task a few nanoseconds. The tasks measured together share
+the reading's CPU by their durations.
 
 The high-water mark only ever grows, so after a reading that saw it grow the meter
 resets it (``/proc/self/clear_refs``, "5": Linux's reset of the peak resident size, which
@@ -23,6 +24,10 @@ import contextlib
 import os
 import resource
 import sys
+
+# Tasks measured together share the reading's CPU equally unless one took more than
+# UNEVEN times their mean: such a task gets its share by its duration (runs).
+UNEVEN = 4
 
 _SELF = resource.RUSAGE_SELF
 _getrusage = resource.getrusage
@@ -89,3 +94,25 @@ def share(spent: float, durations: list[float]) -> list[float]:
         part = spent / total
         return [part * d for d in durations]
     return [spent / len(durations)] * len(durations) if durations else []
+
+
+def runs(spent: float, durations: list[float]) -> list[tuple[int, float]]:
+    """``spent`` CPU seconds shared among tasks by their ``durations``, as runs of
+    ``(tasks, cpu each)`` in their order: tasks of like durations (none over ``UNEVEN``
+    times the mean) alike, a run for each stretch of them between the others, which get
+    a run of one each. One run when all are alike, however many there are."""
+    count, total = len(durations), sum(durations)
+    if not count:
+        return []
+    limit = UNEVEN * total / count
+    if total <= 0 or max(durations) <= limit:
+        return [(count, spent / count)]
+    part, found, start = spent / total, [], 0
+    for k in [k for k, d in enumerate(durations) if d > limit]:
+        if k > start:  # the like tasks before it: their stretch's share, equally
+            found.append((k - start, part * sum(durations[start:k]) / (k - start)))
+        found.append((1, part * durations[k]))
+        start = k + 1
+    if start < count:
+        found.append((count - start, part * sum(durations[start:]) / (count - start)))
+    return found

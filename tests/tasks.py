@@ -27,6 +27,15 @@ def square(x: int) -> int:
     return x * x
 
 
+def square_or_spin(x: int, spin_at: int = 50, cpu_seconds: float = 0.05) -> int:
+    """``x * x``; task ``spin_at`` first spends ``cpu_seconds`` of this thread's CPU."""
+    if x == spin_at:
+        end = time.thread_time() + cpu_seconds
+        while time.thread_time() < end:
+            pass
+    return x * x
+
+
 def identity(x: Any) -> Any:
     return x
 

@@ -90,6 +90,19 @@ def with_usage(results: list[TaskResult]) -> None:
             assert r.usage.max_rss > 0, r
 
 
+def test_a_busy_task_among_quick_ones_is_charged_its_cpu_and_they_little() -> None:
+    """Quick tasks share usage readings a millisecond of them at a time; one that took
+    longer among them gets its share by duration (fanout._usage.runs)."""
+    results = fanout.run(tasks.square_or_spin, range(3000), workers=2)
+    assert [r.value for r in results] == [x * x for x in range(3000)]
+    with_usage(results)
+    busy = results[50].usage
+    assert busy is not None
+    total = sum(r.usage.cpu for r in results if r.usage is not None)
+    assert 0.04 <= busy.cpu <= total
+    assert busy.cpu > 0.6 * total, (busy.cpu, total)
+
+
 def above_the_caller(megabytes: int) -> int:
     """A memory limit ``megabytes`` above what the caller holds now, in bytes: a worker
     forked from the caller starts about as big."""

@@ -68,9 +68,9 @@ from fanout.targets import load_file_modules
 if TYPE_CHECKING:
     from fanout.tracing import TaskSpans
 
-# Tasks of a stretch share its CPU equally unless one took more than UNEVEN times the
-# stretch's mean: then each gets a share by its duration.
-UNEVEN = 4
+# Quick tasks (claimed many at a time) share a usage reading at most this often: a
+# reading is a system call that costs 3 µs on a quiet machine and 20-40 µs on busy cores.
+MEASURE_SECONDS = 0.001
 # A worker sends results mid-batch at least this often (and once they stand for the
 # run's flush_seconds of work).
 FLUSH_SECONDS = 0.1
@@ -163,6 +163,7 @@ class WorkerLoop:
         self.unloadable = False  # an input of the batch could not be unpickled
         # What tasks cost this process (None: not measured, FANOUT_USAGE=0).
         self.meter = _usage.Meter() if _usage.enabled() else None
+        self.read_at = 0.0  # time.perf_counter() at the last reading
 
     def load(
         self,
@@ -201,6 +202,7 @@ class WorkerLoop:
         if meter is None:
             return None
         spent, peak = meter.read()
+        self.read_at = time.perf_counter()
         self.marker[MARK_CPU], self.marker[MARK_PEAK] = int(meter.cpu * 1e9), peak
         return spent, peak
 
@@ -265,10 +267,14 @@ class WorkerLoop:
         box = Outbox(self, batch_id, indices, start, time.time() - perf())
         every = min(self.flush_seconds, FLUSH_SECONDS)
         general = self.fn is None or self.spans is not None  # a span per task: each alone
-        pos, end, deadline = start, len(indices), perf() + every
+        pos, end, t1 = start, len(indices), perf()
+        deadline = t1 + every
         while pos < end:
             if pos > claim.last:
-                box.measure()  # a stretch's end: what its tasks cost
+                # What the tasks since the last reading cost: after a slow task (a
+                # stretch of one), or once MEASURE_SECONDS of quick ones have run.
+                if claim.chunk == 1 or t1 - self.read_at >= MEASURE_SECONDS:
+                    box.measure()
                 if self.claim_next(pos) < pos:
                     end = pos  # taken back from here on
                     break
@@ -434,10 +440,11 @@ class Outbox:
     are records too until the next flush, so that a mixed batch is a few messages.
 
     :meth:`measure` gives the results since the last reading their usage (``_usage``):
-    the loop calls it at each claim, and nothing leaves unmeasured. The columns' usage
-    goes as runs, ``(count, cpu each, peak)``: a stretch of tasks of like durations is one
-    run (one Usage for them all, in the caller), a stretch of uneven ones a run each,
-    its CPU shared by their durations."""
+    the loop calls it at a claim after a slow task, or once ``MEASURE_SECONDS`` of quick
+    ones have run, and nothing leaves unmeasured. The columns' usage goes as runs,
+    ``(count, cpu each, peak)``: tasks of like durations measured together are one run
+    (one Usage for them all, in the caller), uneven ones a run each, the reading's CPU
+    shared by their durations."""
 
     __slots__ = ("batch_id", "covered", "durations", "indices", "loop", "measured",
                  "records", "sent", "started", "usage", "values", "wall")  # fmt: skip
@@ -469,17 +476,14 @@ class Outbox:
         records, mark = self.records, self.measured
         fresh = self.durations[self.covered :]
         self.covered = len(self.durations)
-        if mark == len(records):
-            if fresh and max(fresh) * len(fresh) <= UNEVEN * sum(fresh):
-                self.usage.append((len(fresh), spent / len(fresh), peak))  # alike: one run
-                return
-            if not fresh:
-                return
-        cpu = _usage.share(spent, fresh + [r[DURATION] for r in records[mark:]])
-        self.usage += [(1, each, peak) for each in cpu[: len(fresh)]]
-        for k in range(mark, len(records)):
-            records[k] = (*records[k][:USAGE], (cpu[len(fresh) + k - mark], peak))
-        self.measured = len(records)
+        if mark < len(records):  # records too: each its share, the columns theirs
+            taken = [r[DURATION] for r in records[mark:]]
+            cpu = _usage.share(spent, [sum(fresh), *taken])
+            for k, each in enumerate(cpu[1:], mark):
+                records[k] = (*records[k][:USAGE], (each, peak))
+            self.measured = len(records)
+            spent = cpu[0]
+        self.usage += [(n, each, peak) for n, each in _usage.runs(spent, fresh)]
 
     def flush(self) -> None:
         """Send what waits."""
