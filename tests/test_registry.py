@@ -98,12 +98,12 @@ def test_register_backend_in_code() -> None:
     assert "doubling" not in backend_names()
 
 
-def test_import_fanout_does_not_import_the_cli_stack() -> None:
+def test_import_fanout_does_not_import_the_cli_stack_or_the_records() -> None:
     import subprocess
 
     code = (
         "import sys, fanout; "
-        "print(sorted(m for m in ('typer', 'rich', 'redis', 'rq', 'cloudpickle') "
+        "print(sorted(m for m in ('typer', 'rich', 'redis', 'rq', 'cloudpickle', 'msgspec') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Generator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from fanout.models import TaskResult
+if TYPE_CHECKING:  # not at run time: `import fanout` does not load the records
+    from fanout.models import TaskResult
 
-ResultLists = Generator[list[TaskResult], None, None]
+    _Chain = itertools.chain[TaskResult]
+else:
+    _Chain = itertools.chain
+
+ResultLists = Generator[list["TaskResult"], None, None]
 
 
-class ResultStream(itertools.chain[TaskResult]):
+class ResultStream(_Chain):
     """The results of one run, from the lists its run hands on (see the module)."""
 
     __slots__ = ("__weakref__", "_lists", "_owner")
