@@ -59,7 +59,6 @@ NAME = "fanout"
 _EQUAL_IS_SAME = (
     types.FunctionType, types.BuiltinFunctionType, types.MethodType, partial,
 )  # fmt: skip
-_FUNCTION, _ARGS, _KWARGS = itemgetter(0), itemgetter(1), itemgetter(2)
 _length = len
 
 
@@ -83,12 +82,12 @@ def columns_of(batch: Any) -> tuple[Callable[..., Any], list[list[Any]]] | None:
 
 
 def _columns(items: list[Any]) -> tuple[Callable[..., Any], list[list[Any]]] | None:
-    # One pass of C per check. Not zip(*items): it makes an iterator per call, and so
-    # many new objects wake the collector, which then walks all the caller's calls.
+    # A pass of C or a comprehension per check, each unpacking a call in place (and
+    # raising, caught by columns_of, unless it has that many parts). Not zip(*items): it
+    # makes an iterator per call, and so many new objects wake the collector, which then
+    # walks all the caller's calls.
     n = len(items)
-    if countOf(map(_length, items), 3) != n:
-        return None  # not all (function, args, kwargs): joblib's own call says why
-    fns = list(map(_FUNCTION, items))
+    fns = [fn for fn, _, _ in items]  # each call a (function, args, kwargs)
     fn = fns[0]
     if not all(map(is_, fns, repeat(fn))):  # then the same call only as bound methods are
         kind = type(fn)
@@ -96,11 +95,15 @@ def _columns(items: list[Any]) -> tuple[Callable[..., Any], list[list[Any]]] | N
             return None
         if fns.count(fn) != n:
             return None
-    if any(map(_KWARGS, items)) or not callable(fn):
+    if not callable(fn):
         return None
-    args = list(map(_ARGS, items))
-    arity = len(args[0]) if type(args[0]) is tuple else -1
-    if arity < 1 or countOf(map(type, args), tuple) != n or countOf(map(_length, args), arity) != n:
+    args = [args for _, args, kwargs in items if not kwargs]
+    if len(args) != n or type(args[0]) is not tuple or not args[0]:
+        return None  # a call with keywords, or none to put in columns
+    arity = len(args[0])
+    if arity == 1:  # the common delayed(f)(x): f(*args) is f(x) whatever args is
+        return fn, [[x for (x,) in args]]
+    if countOf(map(type, args), tuple) != n or countOf(map(_length, args), arity) != n:
         return None
     columns = [list(map(itemgetter(i), args)) for i in range(arity)]
     return fn, columns
