@@ -60,6 +60,7 @@ _EQUAL_IS_SAME = (
     types.FunctionType, types.BuiltinFunctionType, types.MethodType, partial,
 )  # fmt: skip
 _length = len
+_FUNCTION = itemgetter(0)
 
 
 def columns_of(batch: Any) -> tuple[Callable[..., Any], list[list[Any]]] | None:
@@ -87,9 +88,9 @@ def _columns(items: list[Any]) -> tuple[Callable[..., Any], list[list[Any]]] | N
     # makes an iterator per call, and so many new objects wake the collector, which then
     # walks all the caller's calls.
     n = len(items)
-    fns = [fn for fn, _, _ in items]  # each call a (function, args, kwargs)
-    fn = fns[0]
-    if not all(map(is_, fns, repeat(fn))):  # then the same call only as bound methods are
+    fn = items[0][0]
+    if not all(map(is_, map(_FUNCTION, items), repeat(fn))):  # the same call, if bound methods
+        fns = list(map(_FUNCTION, items))
         kind = type(fn)
         if kind not in _EQUAL_IS_SAME or countOf(map(type, fns), kind) != n:
             return None
@@ -97,7 +98,7 @@ def _columns(items: list[Any]) -> tuple[Callable[..., Any], list[list[Any]]] | N
             return None
     if not callable(fn):
         return None
-    args = [args for _, args, kwargs in items if not kwargs]
+    args = [args for _, args, kwargs in items if not kwargs]  # each a (fn, args, kwargs)
     if len(args) != n or type(args[0]) is not tuple or not args[0]:
         return None  # a call with keywords, or none to put in columns
     arity = len(args[0])
