@@ -112,8 +112,8 @@ class Fanout:
         ``resume``: skip the indexes it holds (``"failed"``: only its ``ok`` ones).
         """
         self._refuse_if_closed()
-        # One unfinished map at a time (backends/base.py): a generator's frame is gone
-        # once it is exhausted or closed.
+        # One unfinished map at a time (backends/base.py): the last one's results have
+        # ended once exhausted or closed (_running).
         active = self._active() if self._active is not None else None
         if active is not None and _running(active):
             raise RuntimeError(
