@@ -63,4 +63,4 @@ class ResultStream(_Chain):
 
     def __del__(self) -> None:
         # Ended before what it holds is let go: the owner's collection ends the workers.
-        self._lists.close()
+        self.close()
