@@ -45,8 +45,9 @@ The marker is eight int64 in memory shared across the fork:
   says so (``GAVE_BACK``). The caller takes work back by storing a stop point past the
   claim it read, making a memory barrier on every worker's CPU (``barrier.py``) and
   reading the claim again: unchanged, every task past it is the caller's at once. A
-  stretch is one task, doubling while tasks are quick (up to ``MAX_CLAIM``), so that a
-  quick task pays for the claim once in a while and a slow one strands little behind it.
+  stretch is one task, doubling while tasks are quick and a stretch short
+  (``STRETCH_NS``), so that a quick task pays for the claim once in a while and a slow
+  one strands little behind it.
 - ``MARK_CPU``, ``MARK_PEAK``: the worker's CPU time (ns) and peak resident size at its
   last usage reading (fanout._usage): after a death, with the dead process's own CPU
   time, what the task it died running cost.
@@ -85,10 +86,13 @@ PHASES = {RUNNING: "running", UNPICKLING: "unpickling the input of"}
 POS_BITS = 24
 NO_STOP = (1 << 63) - 1
 # A claim covers one task, and twice as many as the last while the last stretch's tasks
-# took less than QUICK_TASK_NS each; one that took longer starts over at one. At most
-# MAX_CLAIM quick tasks are then stranded behind one that turns out slow.
+# took less than QUICK_TASK_NS each and the stretch less than STRETCH_NS in all (up to
+# MAX_CLAIM tasks); one that took longer per task starts over at one. Quick tasks then
+# pay for a claim once per STRETCH_NS or so, and about that much work at most is
+# stranded behind one that turns out slow.
 QUICK_TASK_NS = 20_000
-MAX_CLAIM = 64
+STRETCH_NS = 200_000
+MAX_CLAIM = 4096
 
 
 def key(batch_id: int, pos: int) -> int:

@@ -53,6 +53,7 @@ from fanout.backends.local.protocol import (
     QUICK_TASK_NS,
     RESULTS,
     RUNNING,
+    STRETCH_NS,
     UNPICKLING,
     VALUES,
     Reader,
@@ -528,8 +529,8 @@ def usage_pairs(runs: list[UsageRun]) -> list[tuple[float, int]]:
 class Claim:
     """The worker's side of taking back (protocol.py): a task starts only under a claim,
     and none at or past the caller's stop point. A claim covers one task, or twice as
-    many as the last one while stretches are quick, so that quick tasks pay for it
-    once in a while and a slow one strands nothing behind it."""
+    many as the last one while stretches are quick and short, so that quick tasks pay
+    for it once in a while and a slow one strands little behind it."""
 
     __slots__ = ("at", "base", "chunk", "last", "marker", "size", "stopped")
 
@@ -549,8 +550,11 @@ class Claim:
         """Claim the tasks from ``pos`` on; the last position claimed (below ``pos``:
         the caller took the batch back from ``pos`` on, so stop there)."""
         now = time.perf_counter_ns()
-        quick = now - self.at < QUICK_TASK_NS * self.chunk  # the last stretch's tasks
-        self.chunk = min(2 * self.chunk, MAX_CLAIM) if quick else 1
+        took = now - self.at  # the last stretch, and what came between it and this claim
+        if took >= QUICK_TASK_NS * self.chunk:
+            self.chunk = 1
+        elif took < STRETCH_NS:
+            self.chunk = min(2 * self.chunk, MAX_CLAIM)
         self.at = now
         last = min(pos + self.chunk, self.size) - 1
         marker = self.marker
