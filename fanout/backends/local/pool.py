@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import mmap
 import multiprocessing
 import os
 import selectors
@@ -84,6 +85,10 @@ class Pool:
         self.owner = os.getpid()  # a process forked from the caller owns none of it
         self.look_again: float | None = None  # seconds until work may be due to take back
         self.oom_kills = OomKills()
+        # Result pipes are read into this, one buffer for the pool's life: a fresh buffer
+        # per read (os.read) costs a page fault for each page the read fills. Mapped,
+        # not allocated: only the pages reads have filled are ever touched.
+        self.scratch = memoryview(mmap.mmap(-1, PIPE_SIZE))
 
     def selector_fd(self) -> int:
         fileno: Callable[[], int] | None = getattr(self.selector, "fileno", None)
@@ -390,18 +395,18 @@ class Pool:
 
     def read(self, worker: WorkerHandle) -> None:
         """Take every complete message waiting on the worker's result pipe."""
-        buf = worker.in_buf
+        buf, scratch = worker.in_buf, self.scratch
         while True:
             try:
-                chunk = os.read(worker.result_r, PIPE_SIZE)
+                size = os.readv(worker.result_r, [scratch])
             except BlockingIOError:
                 break
             except OSError:
-                chunk = b""
-            if not chunk:
+                size = 0
+            if not size:
                 break
-            buf += chunk
-            if len(chunk) < PIPE_SIZE:
+            buf += scratch[:size]
+            if size < PIPE_SIZE:
                 break
         for data in split_frames(buf):
             if worker.kill_reason == "garbled":

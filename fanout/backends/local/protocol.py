@@ -150,13 +150,14 @@ def split_frames(buf: bytearray) -> list[bytes]:
     """
     frames: list[bytes] = []
     start, size = 0, len(buf)
-    while size - start >= HEADER.size:
-        (n,) = HEADER.unpack_from(buf, start)
-        end = start + HEADER.size + n
-        if end > size:
-            break
-        frames.append(bytes(buf[start + HEADER.size : end]))
-        start = end
+    with memoryview(buf) as view:  # a frame is copied once, not sliced and then copied
+        while size - start >= HEADER.size:
+            (n,) = HEADER.unpack_from(view, start)
+            end = start + HEADER.size + n
+            if end > size:
+                break
+            frames.append(bytes(view[start + HEADER.size : end]))
+            start = end
     del buf[:start]
     return frames
 
