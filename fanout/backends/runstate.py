@@ -24,7 +24,7 @@ import itertools
 import operator
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from itertools import chain, repeat
+from itertools import chain, repeat, starmap
 from typing import Any
 
 from fanout._task import load_value
@@ -377,7 +377,9 @@ class RunState(Sizing):
                    map(operator.add, started, durations), durations,
                    repeat("") if outputs is None else outputs,
                    repeat(None) if usage is None else _usages(usage))  # fmt: skip
-        results = list(map(TaskResult, *columns))
+        # starmap over zip, not map over eleven columns: map copies each call's
+        # arguments into memory of its own, zip's tuple is reused.
+        results = list(starmap(TaskResult, zip(*columns, strict=False)))
         if self.spec.ordered and isinstance(indices, range) and indices.step == 1:
             # A fresh batch's indices are a range: one piece, without looking at each.
             self.outstanding -= len(results)
@@ -456,9 +458,9 @@ def _index(task: Task) -> int:
 def _first_try_results(records: Sequence[Record], info: WorkerInfo) -> list[TaskResult]:
     """The results of records that are all first-try successes with a raw value."""
     indices, _, values, started, finished, durations, outputs, usages = zip(*records, strict=True)
-    return list(map(TaskResult, indices, repeat(True), values, repeat(None), repeat(info),
-                    repeat(1), started, finished, durations, outputs,
-                    map(usage_of, usages)))  # fmt: skip
+    columns = zip(indices, repeat(True), values, repeat(None), repeat(info), repeat(1), started,
+                  finished, durations, outputs, map(usage_of, usages), strict=False)  # fmt: skip
+    return list(starmap(TaskResult, columns))  # not map(): see settle_columns
 
 
 def _usages(runs: Sequence[Sequence[Any]]) -> Iterator[Usage]:
