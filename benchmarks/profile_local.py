@@ -16,6 +16,11 @@ Three figures, each measured the same way for fanout and for ``multiprocessing.P
 - **What measuring usage costs**: ``Fanout.map`` over the N tasks, all kept, with each
   result's ``usage`` measured and with it switched off (``FANOUT_USAGE=0``), in turns:
   tasks per second and the workers' CPU per task, and their ratios.
+- **The first map after a pool starts** (at most 20,000 tasks; compare.py's "warm"
+  column times such a map): its time and the caller's minor page faults, beside a
+  later map's, for fanout and for ``Pool.imap_unordered``, and what one page fault
+  costs on this machine. After the fork, every page the caller writes costs a fault,
+  and so does every fresh page it keeps results in.
 
 ``--root DIR`` profiles another checkout of fanout (an older commit, for a before/after).
 Prints a markdown table; the Python that runs it is the one measured.
@@ -24,9 +29,13 @@ Prints a markdown table; the Python that runs it is the one measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import mmap
 import os
 import platform
+import resource
+import statistics
 import sys
 import time
 import tracemalloc
@@ -242,6 +251,66 @@ def usage_cost(count: int, repeats: int) -> None:
     print(f"| measured ÷ off | {rate[True] / rate[False]:.3f} | {cpu[True] / cpu[False]:.3f} |\n")
 
 
+def faults() -> int:
+    """This process's minor page faults so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def fault_cost(pages: int = 4096) -> float:
+    """Seconds one page fault costs here: the first touch of each page of a fresh
+    anonymous mapping (the kernel zeroes and maps a page each time)."""
+    area = mmap.mmap(-1, pages * mmap.PAGESIZE)
+    try:
+        began = time.perf_counter()
+        for offset in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+            area[offset] = 1
+        return (time.perf_counter() - began) / pages
+    finally:
+        area.close()
+
+
+def two_maps(count: int, use_fanout: bool) -> list[tuple[float, int]]:
+    """(seconds, the caller's page faults) of the first map of ``count`` tasks on a
+    pool just started (and warmed up with a few tasks, as compare.py does), then of a
+    second map on it, results kept until the map is timed."""
+    import fanout
+
+    items = list(range(count))
+    with contextlib.ExitStack() as stack:
+        if use_fanout:
+            fo = stack.enter_context(fanout.Fanout(workers=WORKERS))
+            run: Callable[[list[int]], list[Any]] = lambda xs: list(fo.map(inc, xs))  # noqa: E731
+        else:
+            pool = stack.enter_context(Pool(WORKERS))
+            run = lambda xs: list(pool.imap_unordered(inc, xs, CHUNKSIZE))  # noqa: E731
+        run(items[: 2 * WORKERS])
+        spans = []
+        for _ in range(2):
+            before, began = faults(), time.perf_counter()
+            results = run(items)
+            spans.append((time.perf_counter() - began, faults() - before))
+            del results
+    return spans
+
+
+def first_maps(count: int, repeats: int) -> None:
+    """The first map after a pool starts pays a page fault for each page it writes:
+    pages shared with the workers since the fork, and fresh ones for what it keeps."""
+    rows = {name: [two_maps(count, name == "fanout") for _ in range(repeats)]
+            for name in ("fanout", "pool")}  # fmt: skip
+    print(
+        f"| {count:,} tasks, caller | first map: ms | page faults | a later map: ms |"
+        " page faults |\n|---|---:|---:|---:|---:|"
+    )
+    for name, label in (("fanout", "fanout `Fanout.map`"), ("pool", "`Pool.imap_unordered(256)`")):
+        runs = rows[name]
+        cells = [statistics.median(run[k][i] for run in runs) for k in (0, 1) for i in (0, 1)]
+        print(f"| {label} | {1e3 * cells[0]:.1f} | {cells[1]:,.0f} | {1e3 * cells[2]:.1f} |"
+              f" {cells[3]:,.0f} |")  # fmt: skip
+    cost = statistics.median(fault_cost() for _ in range(5))
+    print(f"\nOne page fault here: {1e6 * cost:.2f} µs (first touch of a fresh page).\n")
+
+
 def median_of(repeats: int, measure: Callable[[], float]) -> float:
     values = sorted(measure() for _ in range(repeats))
     return values[len(values) // 2]
@@ -285,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Bytes per kept TaskResult (tracemalloc, {count:,} kept):"
           f" {bytes_per_result(count):,.0f}\n")  # fmt: skip
     usage_cost(count, repeats)
+    first_maps(min(count, 20_000), max(repeats, 3))
     return 0
 
 
