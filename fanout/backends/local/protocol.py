@@ -162,6 +162,9 @@ def split_frames(buf: bytearray) -> list[bytes]:
     return frames
 
 
+_sched_yield = getattr(os, "sched_yield", lambda: None)
+
+
 class Writer:
     """Framed, blocking writes to a pipe (the worker's side)."""
 
@@ -184,6 +187,10 @@ class Writer:
                     continue
                 raise
             view = view[n:]
+        # The caller reads what was written: let it run now. With a worker per core it
+        # has no core of its own, and every result it takes sooner is a batch it sends
+        # sooner. Where a core is free this returns at once.
+        _sched_yield()
 
 
 class Reader:
