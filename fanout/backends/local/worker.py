@@ -165,6 +165,7 @@ class WorkerLoop:
         # What tasks cost this process (None: not measured, FANOUT_USAGE=0).
         self.meter = _usage.Meter() if _usage.enabled() else None
         self.read_at = 0.0  # time.perf_counter() at the last reading
+        self.ended = 0.0  # time.perf_counter() when the last task run here ended
 
     def load(
         self,
@@ -177,6 +178,7 @@ class WorkerLoop:
     ) -> None:
         self.star, self.flush_seconds, self.bare = star, flush_seconds, bare
         self.spans = None
+        self.claim.restart()  # a new target: its tasks are claimed one at a time at first
         if trace is not None:  # the caller traces (fanout.tracing)
             from fanout import tracing
 
@@ -207,10 +209,11 @@ class WorkerLoop:
         self.marker[MARK_CPU], self.marker[MARK_PEAK] = int(meter.cpu * 1e9), peak
         return spent, peak
 
-    def claim_next(self, pos: int) -> int:
-        """Claim the tasks from ``pos`` on (``Claim.next``) and unpickle their inputs;
-        the last position claimed (below ``pos``: taken back from there)."""
-        claimed = self.claim.next(pos)
+    def claim_next(self, pos: int, ended: float) -> int:
+        """Claim the tasks from ``pos`` on (``Claim.next``; the last task before them
+        ended at ``ended``) and unpickle their inputs; the last position claimed (below
+        ``pos``: taken back from there)."""
+        claimed = self.claim.next(pos, ended)
         if claimed >= pos and self.pickled:
             self.unpickle_claimed(claimed)
         return claimed
@@ -270,13 +273,14 @@ class WorkerLoop:
         general = self.fn is None or self.spans is not None  # a span per task: each alone
         pos, end, t1 = start, len(indices), perf()
         deadline = t1 + every
+        ended = self.ended  # when the last task ended: what the last claim's stretch took
         while pos < end:
             if pos > claim.last:
                 # What the tasks since the last reading cost: after a slow task (a
                 # stretch of one), or once MEASURE_SECONDS of quick ones have run.
                 if claim.chunk == 1 or t1 - self.read_at >= MEASURE_SECONDS:
                     box.measure()
-                if self.claim_next(pos) < pos:
+                if self.claim_next(pos, ended) < pos:
                     end = pos  # taken back from here on
                     break
             stop = claim.last + 1 if every else pos + 1
@@ -286,9 +290,11 @@ class WorkerLoop:
                     pos += 1
             else:
                 pos, t1 = self.run_quick(box, items, pos, stop)
+            ended = t1
             if t1 >= deadline:
                 box.flush()
                 deadline = t1 + every
+        self.ended = ended
         box.flush()
         return end
 
@@ -369,12 +375,14 @@ class WorkerLoop:
         values: list[Any] = []
         append = values.append
         started = time.time()
-        t0 = time.perf_counter()
+        perf = time.perf_counter
+        t0 = perf()
         pos = 0
         failure: Record | None = None
         try:
             for pos in range(len(items)):
-                if pos > claim.last and self.claim_next(pos) < pos:
+                # Values go at the end: a stretch runs from one claim to the next.
+                if pos > claim.last and self.claim_next(pos, perf() if pos else self.ended) < pos:
                     break  # taken back from here on: run_records says so
                 item = items[pos]
                 if type(item) is _Unloadable:
@@ -391,7 +399,8 @@ class WorkerLoop:
             duration = time.perf_counter() - t0
             failure = _task.failure_record(indices[pos], exc, started, duration, "")
         marker[MARK_POS] = IDLE
-        finished = started + (time.perf_counter() - t0)
+        self.ended = perf()
+        finished = started + (self.ended - t0)
         output = self.capture.take()
         if values:
             try:
@@ -532,7 +541,7 @@ class Claim:
     many as the last one while stretches are quick and short, so that quick tasks pay
     for it once in a while and a slow one strands little behind it."""
 
-    __slots__ = ("at", "base", "chunk", "last", "marker", "size", "stopped")
+    __slots__ = ("base", "began", "chunk", "last", "marker", "size", "stopped")
 
     def __init__(self, marker: memoryview) -> None:
         self.marker = marker
@@ -540,22 +549,29 @@ class Claim:
         self.size = 0  # its length
         self.last = -1  # the last position of it claimed so far
         self.stopped = False  # the caller took the rest of it back
-        self.chunk = 1
-        self.at = 0  # time.perf_counter_ns() of the last claim
+        self.chunk = 0  # tasks in the last claim (0: none yet, the next claims one)
+        self.began = 0.0  # time.perf_counter() at the last claim
+
+    def restart(self) -> None:
+        """Claim one task next: how long other tasks took says nothing of the next."""
+        self.chunk = 0  # no stretch yet
 
     def begin(self, batch_id: int, size: int) -> None:
         self.base, self.size, self.last, self.stopped = key(batch_id, 0), size, -1, False
 
-    def next(self, pos: int) -> int:
-        """Claim the tasks from ``pos`` on; the last position claimed (below ``pos``:
-        the caller took the batch back from ``pos`` on, so stop there)."""
-        now = time.perf_counter_ns()
-        took = now - self.at  # the last stretch, and what came between it and this claim
-        if took >= QUICK_TASK_NS * self.chunk:
+    def next(self, pos: int, ended: float) -> int:
+        """Claim the tasks from ``pos`` on, the last stretch's last task having ended at
+        ``ended`` (``time.perf_counter()``); the last position claimed (below ``pos``:
+        the caller took the batch back from ``pos`` on, so stop there). What came
+        between that task and this claim (sending results, waiting for a batch) does
+        not count as the stretch's time."""
+        took = (ended - self.began) * 1e9  # ns
+        if not self.chunk or took >= QUICK_TASK_NS * self.chunk:
             self.chunk = 1
         elif took < STRETCH_NS:
             self.chunk = min(2 * self.chunk, MAX_CLAIM)
-        self.at = now
+        now = time.perf_counter_ns()
+        self.began = now / 1e9
         last = min(pos + self.chunk, self.size) - 1
         marker = self.marker
         marker[MARK_CLAIM_AT] = now
