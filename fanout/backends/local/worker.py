@@ -210,9 +210,8 @@ class WorkerLoop:
         return spent, peak
 
     def claim_next(self, pos: int, ended: float) -> int:
-        """Claim the tasks from ``pos`` on (``Claim.next``; the last task before them
-        ended at ``ended``) and unpickle their inputs; the last position claimed (below
-        ``pos``: taken back from there)."""
+        """Claim the tasks from ``pos`` on (``Claim.next``) and unpickle their inputs;
+        the last position claimed (below ``pos``: taken back from there)."""
         claimed = self.claim.next(pos, ended)
         if claimed >= pos and self.pickled:
             self.unpickle_claimed(claimed)
@@ -561,10 +560,9 @@ class Claim:
 
     def next(self, pos: int, ended: float) -> int:
         """Claim the tasks from ``pos`` on, the last stretch's last task having ended at
-        ``ended`` (``time.perf_counter()``); the last position claimed (below ``pos``:
-        the caller took the batch back from ``pos`` on, so stop there). What came
-        between that task and this claim (sending results, waiting for a batch) does
-        not count as the stretch's time."""
+        ``ended`` (``time.perf_counter()``; what came after it, sending results or waiting
+        for a batch, is not the stretch's time); the last position claimed (below
+        ``pos``: the caller took the batch back from ``pos`` on, so stop there)."""
         took = (ended - self.began) * 1e9  # ns
         if not self.chunk or took >= QUICK_TASK_NS * self.chunk:
             self.chunk = 1
