@@ -1,11 +1,12 @@
 """The local wire's pieces that need no process: framing, and how a worker sizes its
-claims (fanout.backends.local.protocol, worker.Claim)."""
+claims (fanout.backends.local.protocol and .claim)."""
 
 from __future__ import annotations
 
 import mmap
 import time
 
+from fanout.backends.local.claim import Claim
 from fanout.backends.local.protocol import (
     MARK_STOP,
     MARKER_SIZE,
@@ -16,7 +17,6 @@ from fanout.backends.local.protocol import (
     frame,
     split_frames,
 )
-from fanout.backends.local.worker import Claim
 
 
 def test_split_frames_takes_the_whole_frames_and_leaves_a_partial_one() -> None:

@@ -18,7 +18,8 @@ loop, serving any number of runs), ``handles`` (a worker's pipes, pidfd and mark
 taking work back from it), ``deaths`` (what a dead or timed-out worker leaves, decided
 from its handle; the pool applies it to the runs),
 ``protocol`` (messages and the shared marker), ``barrier`` (a memory barrier on every
-worker's CPU), ``worker`` (the child process's side).
+worker's CPU), ``worker`` (the child process's side), ``claim`` (how many tasks a worker
+takes on at a time).
 
 Why a pipe pair per worker and no shared queue: a worker killed while holding a
 shared queue's lock (blocked in ``get()``, or half-way through a ``put()``) takes the
