@@ -1,6 +1,6 @@
 """Where a trivial task's time goes on the local backend: ``python benchmarks/profile_local.py``.
 
-Three figures, each measured the same way for fanout and for ``multiprocessing.Pool``:
+Five figures, each measured the same way for fanout and ``multiprocessing.Pool`` where both have it:
 
 - **The caller, per task, by phase** (``Fanout.map`` over N trivial tasks, all kept as
   ``fanout.run`` keeps them, 2 workers, collection on and off): dispatch (taking a batch
